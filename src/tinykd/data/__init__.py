@@ -1,0 +1,6 @@
+"""Datasets by name, reproducible splits, fast loaders."""
+
+from tinykd.data.datasets import DATASETS, DataBundle, build_datasets
+from tinykd.data.tensors import Augment, TensorImageDataset, collate_batched
+
+__all__ = ["DATASETS", "Augment", "DataBundle", "TensorImageDataset", "build_datasets", "collate_batched"]

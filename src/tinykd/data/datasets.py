@@ -1,0 +1,282 @@
+"""Datasets by name: fashion-mnist, digits, cifar10, cifar100, imagefolder.
+
+Each builder returns the *full* training set (augmented view builder included)
+and the test set; `build_datasets` then cuts a validation split from the
+training set with a seeded permutation, so the same seed gives the same split
+on every machine.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from tinykd.data.idx import read_idx
+from tinykd.data.tensors import Augment, TensorImageDataset
+from tinykd.errors import TinykdError
+from tinykd.registry import Registry
+
+
+@dataclass
+class RawSplits:
+    """What a builder returns: a training set (with and without augmentation) and a test set."""
+
+    train: Dataset
+    train_eval: Dataset  # the same images without augmentation, for the validation split
+    test: Dataset
+    classes: list[str]
+    in_channels: int
+    image_size: int
+
+
+@dataclass
+class DataBundle:
+    """Train / val / test datasets and what a model needs to know about them."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    classes: list[str]
+    in_channels: int
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset")
+
+
+def build_datasets(
+    name: str,
+    root: str | None = None,
+    download: bool = False,
+    augment: bool = True,
+    val_size: float = 0.1,
+    train_subset: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> DataBundle:
+    """Build a dataset by name and split off `val_size` (a fraction, or a count if >= 1) for validation."""
+    builder = DATASETS.get(name)
+    raw = builder(root=root, download=download, augment=augment, image_size=image_size)
+    n = len(raw.train)
+    n_val = round(val_size * n) if val_size < 1 else int(val_size)
+    if not 0 <= n_val < n:
+        raise TinykdError(f"data.val_size={val_size} leaves no training images out of {n}; use a fraction below 1")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if train_subset is not None:
+        if not 0 < train_subset <= len(train_idx):
+            raise TinykdError(f"data.train_subset={train_subset} must be between 1 and {len(train_idx)}")
+        train_idx = train_idx[:train_subset]
+    return DataBundle(
+        train=Subset(raw.train, train_idx),
+        val=Subset(raw.train_eval, val_idx) if n_val else None,
+        test=raw.test,
+        classes=raw.classes,
+        in_channels=raw.in_channels,
+        image_size=raw.image_size,
+    )
+
+
+# --- Fashion-MNIST -----------------------------------------------------------------------------------------------
+
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]  # fmt: skip
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def fashion_mnist_dirs(root: str | None) -> list[Path]:
+    """Where to look, in order: the recipe's path, $TINYKD_DATA, Debian's package, the download cache."""
+    dirs = []
+    if root:
+        dirs += [Path(root), Path(root) / "fashion-mnist"]
+    if os.environ.get("TINYKD_DATA"):
+        data = Path(os.environ["TINYKD_DATA"])
+        dirs += [data / "fashion-mnist", data]
+    dirs += [Path("/usr/share/datasets/fashion-mnist"), _cache_dir() / "fashion-mnist"]
+    return dirs
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinykd"
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _locate_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
+    dirs = fashion_mnist_dirs(root)
+    for directory in dirs:
+        found = {key: _find_file(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    if download:
+        target = _cache_dir() / "fashion-mnist"
+        target.mkdir(parents=True, exist_ok=True)
+        for stem in FASHION_MNIST_FILES.values():
+            try:
+                urllib.request.urlretrieve(FASHION_MNIST_URL + stem + ".gz", target / f"{stem}.gz.part")
+            except OSError as exc:
+                raise TinykdError(f"could not download Fashion-MNIST from {FASHION_MNIST_URL}: {exc}") from None
+            (target / f"{stem}.gz.part").rename(target / f"{stem}.gz")
+        return {key: target / f"{stem}.gz" for key, stem in FASHION_MNIST_FILES.items()}
+    raise TinykdError(
+        "Fashion-MNIST files not found; looked in " + ", ".join(str(d) for d in dirs)
+        + "; install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+        "set data.root or $TINYKD_DATA to a folder with the four IDX files, or set data.download=true"
+    )
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
+    """Zalando's Fashion-MNIST: 60k/10k grey 28x28 images, 10 classes. Augmentation: crop (pad 2) and flip."""
+    files = _locate_fashion_mnist(root, download)
+    tensors = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+            raise TinykdError(
+                f"Fashion-MNIST {split} files hold images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
+                f"expected (N, 28, 28) and (N,): {files[f'{split}_images']} is not a Fashion-MNIST file"
+            )
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > 9):
+            raise TinykdError(f"Fashion-MNIST labels in {files[f'{split}_labels']} are outside 0..9")
+    aug = Augment(pad=2, hflip=True) if augment else None
+
+    def make(split: str, augmentation: Augment | None) -> TensorImageDataset:
+        images = tensors[f"{split}_images"].unsqueeze(1)
+        return TensorImageDataset(images, tensors[f"{split}_labels"], FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+                                  augmentation, FASHION_MNIST_CLASSES)  # fmt: skip
+
+    return RawSplits(make("train", aug), make("train", None), make("test", None), FASHION_MNIST_CLASSES, 1, 28)
+
+
+# --- scikit-learn's digits ---------------------------------------------------------------------------------------
+
+
+@DATASETS.register("digits")
+def digits(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); a fixed 20% test split (seed 0)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images * 255.0 / 16.0).round()).to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = len(labels) // 5
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    classes = [str(i) for i in range(10)]
+    mean, std = (0.3,), (0.4,)
+    full = TensorImageDataset(images, labels, mean, std, None, classes)
+    aug = Augment(pad=1) if augment else None
+    return RawSplits(full.subset(train_idx, aug), full.subset(train_idx), full.subset(test_idx), classes, 1, 8)
+
+
+# --- CIFAR -------------------------------------------------------------------------------------------------------
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar(name: str, root: str | None, download: bool, augment: bool) -> RawSplits:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    directory = Path(root or os.environ.get("TINYKD_DATA", _cache_dir()))
+    try:
+        train = cls(str(directory), train=True, download=download)
+        test = cls(str(directory), train=False, download=download)
+    except RuntimeError as exc:
+        raise TinykdError(
+            f"{name} not found in {directory} ({exc}); put torchvision's "
+            f"{cls.base_folder} folder there (data.root or $TINYKD_DATA), or set data.download=true"
+        ) from None
+    mean, std = CIFAR_STATS[name]
+
+    def make(ds, augmentation: Augment | None) -> TensorImageDataset:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return TensorImageDataset(images, torch.tensor(ds.targets), mean, std, augmentation, list(ds.classes))
+
+    aug = Augment(pad=4, hflip=True) if augment else None
+    return RawSplits(make(train, aug), make(train, None), make(test, None), list(train.classes), 3, 32)
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
+    """CIFAR-10 in torchvision's on-disk format. Augmentation: crop (pad 4) and flip."""
+    return _cifar("cifar10", root, download, augment)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
+    """CIFAR-100 in torchvision's on-disk format. Augmentation: crop (pad 4) and flip."""
+    return _cifar("cifar100", root, download, augment)
+
+
+# --- any folder of class sub-folders -----------------------------------------------------------------------------
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
+    """`root/train/<class>/*.jpg` and `root/test/<class>/*.jpg` (or `val/`); ImageNet statistics, RGB.
+
+    Augmentation: random resized crop and flip; evaluation: resize and centre crop to `image_size` (default 224).
+    """
+    import torchvision
+    from torchvision.transforms import v2
+
+    if not root:
+        raise TinykdError("dataset 'imagefolder' needs data.root: a folder with train/ and test/ (or val/) sub-folders")
+    base = Path(root)
+    test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
+    if not (base / "train").is_dir() or test_dir is None:
+        raise TinykdError(f"imagefolder root {base} must hold train/ and test/ (or val/) folders of class sub-folders")
+    size = image_size or 224
+    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406),
+                                                                              (0.229, 0.224, 0.225))]  # fmt: skip
+    train_tf = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if augment else []
+    eval_tf = [v2.Resize(int(size * 8 / 7), antialias=True), v2.CenterCrop(size)]
+    rgb = "RGB"
+
+    def folder(path: Path, tf: list) -> torchvision.datasets.ImageFolder:  # type: ignore[type-arg]
+        try:
+            return torchvision.datasets.ImageFolder(
+                str(path), transform=v2.Compose(tf + norm), loader=lambda p: _open_rgb(p, rgb)
+            )
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise TinykdError(f"imagefolder {path}: {exc}") from None
+
+    train = folder(base / "train", train_tf or eval_tf)
+    test = folder(test_dir, eval_tf)
+    if train.classes != test.classes:
+        raise TinykdError(f"imagefolder: train/ and {test_dir.name}/ have different class folders")
+    return RawSplits(train, folder(base / "train", eval_tf), test, train.classes, 3, size)
+
+
+def _open_rgb(path: str, mode: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert(mode)

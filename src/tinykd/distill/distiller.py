@@ -1,0 +1,133 @@
+"""The Distiller: a frozen teacher, a student in training, and weighted loss terms.
+
+    loss = sum_i weight_i * term_i(student_outputs, teacher_outputs, targets)
+
+Each weight multiplies its own term and nothing else: `ce: 0.1, kd: 0.9` means
+0.1 x cross-entropy + 0.9 x (T^2 KL). With no teacher it is plain supervised
+training of the student, so `tinykd train` and `tinykd distill` share one path.
+The Distiller knows nothing of devices: it runs where its inputs are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinykd.distill.taps import FeatureTaps
+from tinykd.errors import TinykdError
+from tinykd.losses.base import LossTerm, Outputs
+
+
+def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Run a model on a tensor or a dict of tensors and return its logits (plain, tuple or `.logits`)."""
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+
+
+class Distiller(nn.Module):
+    """Trains `student` with `loss_terms` ({name: (term, weight)}) against a frozen `teacher`.
+
+    `example_inputs` (a small batch) is run once through both models before
+    training: it checks that their outputs match and sizes the adapters of
+    feature terms. `forward(inputs, targets)` returns the student's logits and
+    a dict of weighted loss values, one per term.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | None,
+        student: nn.Module,
+        loss_terms: Mapping[str, tuple[LossTerm, float] | LossTerm],
+        example_inputs: Any = None,
+    ) -> None:
+        super().__init__()
+        if not loss_terms:
+            raise TinykdError("no loss terms: give at least one, e.g. ce")
+        pairs = {k: v if isinstance(v, tuple) else (v, 1.0) for k, v in loss_terms.items()}
+        needing = [k for k, (term, _) in pairs.items() if term.needs_teacher]
+        if teacher is None and needing:
+            raise TinykdError(f"loss term(s) {', '.join(needing)} need a teacher, and none was given")
+        self.student = student
+        self.teacher = teacher
+        self.terms = nn.ModuleDict({k: term for k, (term, _) in pairs.items()})
+        self.weights = {k: float(w) for k, (_, w) in pairs.items()}
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self._student_taps = FeatureTaps(student, [p for t in self.terms.values() for p in t.student_taps()], "student")
+        teacher_paths = [p for t in self.terms.values() for p in t.teacher_taps()]
+        self._teacher_taps = FeatureTaps(teacher, teacher_paths, "teacher") if teacher is not None else None
+        if example_inputs is not None:
+            self.probe(example_inputs)
+        elif teacher is not None or teacher_paths:
+            raise TinykdError("Distiller needs example_inputs (one small batch) to check the models and size adapters")
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Switch the student and adapters; the teacher always stays in eval mode (BN statistics, dropout)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The student's parameters and those of the terms' adapters: what the optimizer gets."""
+        yield from self.student.parameters()
+        yield from self.terms.parameters()
+
+    @torch.no_grad()
+    def probe(self, example_inputs: Any) -> None:
+        """Run one batch through both models in eval mode: check output shapes, build the terms' adapters."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            student, teacher = self._student_outputs(example_inputs), self._teacher_outputs(example_inputs)
+            if teacher is not None and teacher.logits.shape != student.logits.shape:
+                raise TinykdError(
+                    f"teacher outputs shape {tuple(teacher.logits.shape)} but student outputs "
+                    f"{tuple(student.logits.shape)} on the same batch; they must predict the same classes "
+                    "(check num_classes of both models)"
+                )
+            for name, term in self.terms.items():
+                try:
+                    term.build(student, teacher)
+                except ValueError as exc:
+                    raise TinykdError(f"loss term '{name}': {exc}") from None
+        finally:
+            self.student.train(was_training)
+
+    def forward(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher = self._teacher_outputs(inputs)
+        student = self._student_outputs(inputs)
+        losses = {k: self.weights[k] * term(student, teacher, targets) for k, term in self.terms.items()}
+        return student.logits, losses
+
+    def _student_outputs(self, inputs: Any) -> Outputs:
+        logits = call_model(self.student, inputs)
+        return Outputs(logits, self._student_taps.pop())
+
+    def _teacher_outputs(self, inputs: Any) -> Outputs | None:
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            logits = call_model(self.teacher, inputs)
+        return Outputs(logits, self._teacher_taps.pop())  # type: ignore[union-attr]
+
+    def formula(self) -> str:
+        """The total loss as a readable sum, e.g. `0.1 * ce + 0.9 * kd(temperature=4.0)`."""
+        parts = []
+        for k, term in self.terms.items():
+            extra = term.extra_repr()
+            parts.append(f"{self.weights[k]:g} * {k}" + (f"({extra})" if extra else ""))
+        return " + ".join(parts)
+
+    def extra_repr(self) -> str:
+        return f"loss = {self.formula()}"

@@ -1,0 +1,239 @@
+"""The training engine: one readable loop on top of Hugging Face Accelerate.
+
+It trains any `task` module whose `forward(inputs, targets)` returns
+`(logits, {name: loss})` and that offers `trainable_parameters()`; it checkpoints
+and evaluates `model`, the module that will be kept. It does not know what
+distillation is, and nothing here names a device: Accelerate places the work.
+Per-step values stay on the device and are read once per `log_every` steps, so
+the loop has no host sync per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tinykd.data import collate_batched
+from tinykd.distill.distiller import call_model
+from tinykd.engine.runtime import make_accelerator
+from tinykd.engine.schedule import build_optimizer, lr_at
+from tinykd.errors import TinykdError
+from tinykd.recipes.schema import RuntimeSpec, TrainSpec
+
+console = Console(stderr=True)
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the best validation accuracy, where the checkpoints are, and the history."""
+
+    best_accuracy: float
+    best_epoch: int
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    seconds: float
+    images_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MetricsLog:
+    """Append-only JSON lines (`metrics.jsonl`), written by the main process only."""
+
+    def __init__(self, path: Path | None, enabled: bool) -> None:
+        self.path = path if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """Training loaders shuffle (seeded) and drop the last partial batch, so every step has the same shape."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        collate_fn=collate_batched,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class Engine:
+    """Owns the Accelerator; `fit` trains, `evaluate` measures accuracy."""
+
+    def __init__(self, runtime: RuntimeSpec) -> None:
+        self.runtime = runtime
+        self.accelerator = make_accelerator(runtime)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _to_memory_format(self, x: Any) -> Any:
+        if self.runtime.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def fit(
+        self,
+        task: nn.Module,
+        model: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        spec: TrainSpec,
+        run_dir: Path | None = None,
+        save: Callable[[nn.Module, Path], None] | None = None,
+    ) -> FitResult:
+        """Train `task` for `spec.epochs`; evaluate and checkpoint `model` after each epoch."""
+        acc = self.accelerator
+        if self.runtime.channels_last:
+            task.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(task.trainable_parameters(), spec.optimizer)
+        task, optimizer, train_loader = acc.prepare(task, optimizer, train_loader)
+        if val_loader is not None:
+            val_loader = acc.prepare(val_loader)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        steps_per_epoch = len(train_loader)
+        if spec.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, spec.max_steps_per_epoch)
+        if steps_per_epoch == 0:
+            raise TinykdError("the training set is smaller than one batch; lower data.batch_size")
+        total_steps = spec.epochs * steps_per_epoch
+        ckpt_dir = run_dir / "checkpoints" if run_dir else None
+        log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, self.is_main)
+        result = FitResult(-1.0, -1, None, None, 0.0, 0.0)
+        step, images, start = 0, 0, time.perf_counter()
+        with _progress(self.is_main) as bar:
+            for epoch in range(1, spec.epochs + 1):
+                task.train()
+                bar_task = bar.add_task(f"epoch {epoch}/{spec.epochs}", total=steps_per_epoch, stats="")
+                running: torch.Tensor | None = None
+                names: list[str] = []
+                window_start, window_images, epoch_start = time.perf_counter(), 0, time.perf_counter()
+                for i, (inputs, targets) in enumerate(train_loader):
+                    if i >= steps_per_epoch:
+                        break
+                    lr = lr_at(step, total_steps, steps_per_epoch, spec.optimizer.lr, spec.schedule)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with acc.autocast():
+                        logits, losses = task(self._to_memory_format(inputs), targets)
+                    loss = torch.stack([v.float() for v in losses.values()]).sum()
+                    acc.backward(loss)
+                    if spec.grad_clip:
+                        acc.clip_grad_norm_(params, spec.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    # [total, each term..., correct, images, steps], kept on the device until the log interval
+                    device = loss.device
+                    stats = torch.stack(
+                        [loss.detach(), *(v.detach().float() for v in losses.values()),
+                         (logits.detach().argmax(1) == targets).sum().float(),
+                         torch.full((), float(len(targets)), device=device), torch.ones((), device=device)]
+                    )  # fmt: skip
+                    running = stats if running is None else running + stats
+                    names = list(losses)
+                    step += 1
+                    window_images += len(targets) * acc.num_processes
+                    if (i + 1) % spec.log_every == 0 or i + 1 == steps_per_epoch:
+                        record = self._read(running, names)  # the one host sync of the interval
+                        record.update(event="train", epoch=epoch, step=step, lr=lr)
+                        now = time.perf_counter()
+                        record["img_per_s"] = window_images / max(now - window_start, 1e-9)
+                        images += window_images
+                        window_start, window_images, running = now, 0, None
+                        self._check_finite(record, epoch, step)
+                        log.write(record)
+                        bar.update(bar_task, completed=i + 1, stats=_bar_stats(record))
+                    else:
+                        bar.update(bar_task, completed=i + 1)
+                epoch_seconds = time.perf_counter() - epoch_start
+                val = self.evaluate(model, val_loader) if val_loader is not None else {}
+                record = {"event": "epoch", "epoch": epoch, "step": step, "seconds": round(epoch_seconds, 3)}
+                record.update({f"val_{k}": v for k, v in val.items()})
+                log.write(record)
+                result.history.append(record)
+                if self.is_main:
+                    val_text = f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}" if val else "no validation set"
+                    console.print(f"epoch {epoch}/{spec.epochs}: {val_text} ({epoch_seconds:.1f} s)")
+                score = val.get("accuracy", epoch)  # without validation, the latest epoch counts as the best
+                if ckpt_dir is not None and save is not None and self.is_main:
+                    result.last_checkpoint = ckpt_dir / "last.safetensors"
+                    save(acc.unwrap_model(model), result.last_checkpoint)
+                    if score > result.best_accuracy:
+                        result.best_checkpoint = ckpt_dir / "best.safetensors"
+                        save(acc.unwrap_model(model), result.best_checkpoint)
+                if score > result.best_accuracy:
+                    result.best_accuracy, result.best_epoch = float(score), epoch
+                acc.wait_for_everyone()
+        result.seconds = time.perf_counter() - start
+        result.images_per_second = images / max(result.seconds, 1e-9)
+        if not val:
+            result.best_accuracy = float("nan")
+        return result
+
+    def _read(self, running: torch.Tensor, names: list[str]) -> dict[str, Any]:
+        """Reduce the interval's sums over processes: mean loss per step, accuracy over images."""
+        totals = self.accelerator.reduce(running, reduction="sum").tolist()
+        *loss_sums, correct, count, steps = totals
+        record: dict[str, Any] = {"loss": loss_sums[0] / steps}
+        record.update({f"loss/{name}": value / steps for name, value in zip(names, loss_sums[1:], strict=True)})
+        record["accuracy"] = correct / count
+        return record
+
+    @staticmethod
+    def _check_finite(record: dict[str, Any], epoch: int, step: int) -> None:
+        bad = [k for k, v in record.items() if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)]
+        if bad:
+            term = next((k for k in bad if k != "loss"), "loss")
+            raise TinykdError(f"the loss became {record[bad[0]]} at epoch {epoch}, step {step} (term '{term}'); "
+                              "lower train.optimizer.lr or set train.grad_clip")  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Top-1 accuracy and mean cross-entropy of `model` on `loader` (every sample counted once)."""
+        acc = self.accelerator
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(3, device=acc.device)
+        for inputs, targets in loader:
+            with acc.autocast():
+                logits = call_model(model, self._to_memory_format(inputs)).float()
+            logits, targets = acc.gather_for_metrics((logits, targets))
+            sums += torch.stack([(logits.argmax(1) == targets).sum().float(),
+                                 F.cross_entropy(logits, targets, reduction="sum"),
+                                 torch.tensor(float(len(targets)), device=sums.device)])  # fmt: skip
+        model.train(was_training)
+        correct, loss, count = sums.tolist()
+        return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+def _bar_stats(record: dict[str, Any]) -> str:
+    return f"loss {record['loss']:.4f}  acc {record['accuracy']:.2%}  {record['img_per_s']:,.0f} img/s"
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"), console=console, disable=not enabled, transient=False,
+    )  # fmt: skip

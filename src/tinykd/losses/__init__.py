@@ -1,0 +1,7 @@
+"""Loss terms by name. Each built-in term lives in its own file and is imported here on purpose."""
+
+from tinykd.losses import at, ce, fitnet, kd, logit_mse  # noqa: F401  (registers the built-in terms)
+from tinykd.losses.base import LOSSES, LossTerm, Outputs, build_loss_term, register_loss
+from tinykd.losses.kd import kd_loss
+
+__all__ = ["LOSSES", "LossTerm", "Outputs", "build_loss_term", "kd_loss", "register_loss"]

@@ -1,0 +1,99 @@
+"""Checkpoints of a model: its weights as safetensors, and enough metadata to rebuild it.
+
+safetensors holds tensors and strings only, so loading a stranger's file never
+runs code. The metadata records the model's name and arguments, the classes,
+and the tinykd and torch versions; `load_weights` says plainly when a file was
+made for another architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from tinykd.errors import TinykdError
+
+META_KEY = "tinykd"
+
+
+def save_model(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    """Write `model`'s state dict (contiguous, de-duplicated) and `meta` atomically to `path`."""
+    import tinykd
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    info = {"tinykd_version": tinykd.__version__, "torch_version": torch.__version__, **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)})
+    tmp.replace(path)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a tinykd checkpoint ({} for a plain safetensors file)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
+    return json.loads(raw) if raw else {}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its best checkpoint, else its last)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("checkpoints/best.safetensors", "checkpoints/last.safetensors", "best.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise TinykdError(f"{p} is a folder with no checkpoints/best.safetensors or checkpoints/last.safetensors")
+    if not p.is_file():
+        raise TinykdError(f"checkpoint {p} does not exist")
+    return p
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a PyTorch file with `weights_only=True` (no code runs)."""
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad or unsafe file
+            raise TinykdError(f"cannot load {path} safely (weights_only=True): {str(exc).splitlines()[0]}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TinykdError(f"{path} does not hold a state dict of tensors")
+        return state
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint into `model` strictly; a mismatch names the file and what does not fit. Returns its meta."""
+    file = resolve_checkpoint(path)
+    meta = read_meta(file) if file.suffix == ".safetensors" else {}
+    state = load_state(file)
+    saved_name = meta.get("model")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        made_for = f" (it was saved from '{saved_name}')" if saved_name and saved_name != model_name else ""
+        detail = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
+            + (f", e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
+               if wrong else "")
+            + (f", e.g. missing {missing[0]}" if missing and not wrong else "")
+        )
+        target = model_name or type(model).__name__
+        raise TinykdError(f"checkpoint {file} does not fit model '{target}'{made_for}: {detail}")
+    model.load_state_dict(state, strict=True)
+    return meta

@@ -1,0 +1,129 @@
+"""Load a recipe from YAML (a file or a built-in name), apply `--set` overrides, validate.
+
+Relative paths written in a recipe file are relative to that file, so a recipe
+and its teacher checkpoint can travel together; paths given with `--set` are
+relative to the current directory, as on any command line.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from tinykd.errors import TinykdError
+from tinykd.recipes.schema import Recipe, section_fields
+
+PATH_FIELDS = (("teacher", "checkpoint"), ("student", "checkpoint"), ("model", "checkpoint"), ("data", "root"))
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipes shipped inside the package: {name: path}."""
+    folder = resources.files("tinykd.recipes") / "builtin"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def resolve_recipe_path(source: str | Path) -> Path:
+    """A path to a YAML file, or the name of a built-in recipe."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    builtins = builtin_recipes()
+    if str(source) in builtins:
+        return builtins[str(source)]
+    raise TinykdError(
+        f"recipe '{source}' is neither a file nor a built-in recipe; built-in: {', '.join(sorted(builtins))}"
+    )
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; every problem becomes a one-line `TinykdError`."""
+    if isinstance(source, dict):
+        data, base = copy.deepcopy(source), Path.cwd()
+    else:
+        path = resolve_recipe_path(source)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise TinykdError(f"recipe {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TinykdError(f"cannot read recipe {path}: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise TinykdError(f"recipe {path} must be a mapping of sections (data, student, ...), not {kind}")
+        base = path.parent
+        _resolve_paths(data, base)
+    for item in overrides or []:
+        apply_override(data, item)
+    return validate_recipe(data)
+
+
+def validate_recipe(data: dict[str, Any]) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise TinykdError(describe_error(exc)) from None
+    recipe.check_loss_terms()
+    return recipe
+
+
+def describe_error(exc: pydantic.ValidationError) -> str:
+    """The first validation error as one line that names the key and says what would be right."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "recipe"
+    if err["type"] == "extra_forbidden":
+        allowed = section_fields(loc[:-1])
+        return f"unknown recipe key '{where}'; allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"recipe is missing '{where}'"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    shown = repr(err.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"recipe key '{where}': {msg} (got {shown})" if loc else f"recipe: {msg}"
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML: `0.1`, `true`, `[1, 2]`, `null`) to nested dicts."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise TinykdError(f"--set expects KEY.SUB=VALUE, e.g. train.epochs=3; got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise TinykdError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    if tuple(parts[-2:]) in PATH_FIELDS and len(parts) == 2 and isinstance(value, str):
+        value = str(Path(value).expanduser().resolve())
+    node[parts[-1]] = value
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in PATH_FIELDS:
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            p = Path(sec[key]).expanduser()
+            sec[key] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, defaults included: what the run really used."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=False), sort_keys=False)

@@ -1,0 +1,155 @@
+"""The recipe: one validated document that says what to train, on what data, how, and where.
+
+Every section forbids unknown keys, so a typo is an error that names the key
+and lists the allowed ones, never a silently ignored setting. Loss terms are
+checked against the registered term's own constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Section):
+    """A model by name (`resnet8x4`, `timm:resnet18`, `torchvision:mobilenet_v3_small`), with weights optionally."""
+
+    name: str = Field(min_length=1)
+    checkpoint: str | None = Field(None, description="a .safetensors file or a tinykd run folder")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments")
+
+
+class DataSpec(Section):
+    name: str = Field(min_length=1, description="fashion-mnist, digits, cifar10, cifar100, imagefolder")
+    root: str | None = None
+    download: bool = False
+    augment: bool = True
+    val_size: float = Field(0.1, ge=0, description="fraction of the training set (or a count if >= 1)")
+    train_subset: int | None = Field(None, gt=0, description="train on only this many images (seeded)")
+    image_size: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, gt=0, le=65536, description="per process")
+    eval_batch_size: int = Field(512, gt=0, le=65536)
+    num_workers: int = Field(0, ge=0, le=256)
+
+
+class LossTermSpec(BaseModel):
+    """`weight` multiplies this term in the total; `type` is the registered term (default: the entry's key)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str | None = None
+    weight: float = Field(1.0, ge=0)
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerSpec(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(Section):
+    """Learning rate over training: step decay, cosine, or one-cycle, after an optional linear warm-up."""
+
+    name: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=list, description="step: epochs at which lr *= gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine/onecycle: final lr as a fraction of lr")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+
+
+class TrainSpec(Section):
+    epochs: int = Field(5, gt=0, le=100000)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grad_clip: float | None = Field(None, gt=0)
+    log_every: int = Field(50, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0, description="cut epochs short (smoke tests)")
+
+
+class RuntimeSpec(Section):
+    device: Literal["auto", "cpu", "cuda", "mps", "xla"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
+
+
+class MeasureSpec(Section):
+    """What the report measures about each model after training."""
+
+    enabled: bool = True
+    latency_repeats: int = Field(200, gt=0, le=100000)
+    throughput_batch: int = Field(64, gt=0, le=65536)
+    threads: int | None = Field(None, gt=0, le=1024)
+
+
+class Recipe(Section):
+    """A whole run. `teacher` is for distillation; `student` (alias `model`) is the model being trained."""
+
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0, lt=2**32)
+    data: DataSpec
+    teacher: ModelSpec | None = None
+    student: ModelSpec | None = None
+    model: ModelSpec | None = None
+    loss_terms: dict[str, LossTermSpec] = Field(default_factory=lambda: {"ce": LossTermSpec()})
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+
+    @model_validator(mode="after")
+    def _one_student(self) -> Recipe:
+        if self.student is not None and self.model is not None:
+            raise ValueError("give either 'student' or 'model' (they are the same thing), not both")
+        if self.student is None and self.model is None:
+            raise ValueError("missing 'student' (or 'model'): the model to train")
+        if not self.loss_terms:
+            raise ValueError("loss_terms is empty: give at least one term, e.g. ce: {weight: 1.0}")
+        return self
+
+    @property
+    def trained(self) -> ModelSpec:
+        """The model this run trains (the student of a distillation)."""
+        return self.student or self.model  # type: ignore[return-value]
+
+    def check_loss_terms(self) -> None:
+        """Validate each term against its registered constructor (raises `TinykdError`)."""
+        from tinykd.losses import build_loss_term
+
+        for key, spec in self.loss_terms.items():
+            build_loss_term(spec.type or key, spec.params())
+
+    def build_loss_terms(self) -> dict[str, tuple[Any, float]]:
+        from tinykd.losses import build_loss_term
+
+        return {key: (build_loss_term(s.type or key, s.params()), s.weight) for key, s in self.loss_terms.items()}
+
+    def needs_teacher(self) -> bool:
+        from tinykd.losses import LOSSES
+
+        return any(LOSSES.get(s.type or k).needs_teacher for k, s in self.loss_terms.items())
+
+
+def section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at a location in the recipe (for 'unknown key' errors)."""
+    cls: Any = Recipe
+    for part in loc:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(cls.model_fields)

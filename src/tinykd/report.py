@@ -1,0 +1,72 @@
+"""Tables of models side by side, for the terminal (rich) and for report.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = [  # (key, header, format)
+    ("role", "model", "{}"),
+    ("model", "architecture", "{}"),
+    ("test_accuracy", "test acc", "{:.2%}"),
+    ("params", "params", "{:,}"),
+    ("size_bytes", "size", "size"),
+    ("macs", "MACs", "macs"),
+    ("latency_ms_p50", "latency b1 p50", "{:.3f} ms"),
+    ("throughput_img_s", "throughput b64", "{:,.0f} img/s"),
+    ("compression", "fewer params", "{:.1f}x"),
+    ("speedup", "speed-up b1", "{:.1f}x"),
+]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if fmt == "size":
+        return human_bytes(value)
+    if fmt == "macs":
+        return human_count(value)
+    return fmt.format(value)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if any(c[0] in r for r in rows)]
+
+
+def rows_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of the rows (only the columns that some row has)."""
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
+    """The rows as a rich table rendered to plain text (so it can be printed, logged or tested)."""
+    table = Table(title=title or None)
+    cols = _columns(rows)
+    for _, header, fmt in cols:
+        table.add_column(header, justify="left" if fmt == "{}" else "right")
+    for r in rows:
+        table.add_row(*(_cell(r, k, f) for k, _, f in cols))
+    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(table)
+    return console.export_text()

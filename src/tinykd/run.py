@@ -1,0 +1,178 @@
+"""`tinykd.run(recipe)`: a whole run from a recipe to a folder of results.
+
+The run folder holds what a user needs to inspect, reproduce and reuse a run:
+
+    recipe.yaml          the resolved recipe (defaults included)
+    metrics.jsonl        one JSON object per log interval and per epoch
+    checkpoints/         best.safetensors and last.safetensors: the student alone
+    report.json, report.md   test accuracy and measurements, teacher beside student
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from accelerate.utils import set_seed
+from torch import nn
+
+from tinykd.data import DataBundle, build_datasets
+from tinykd.distill import Distiller
+from tinykd.engine import Engine, make_loader
+from tinykd.errors import TinykdError
+from tinykd.measure import measure_model
+from tinykd.models import create_model
+from tinykd.models.checkpoint import load_weights, save_model
+from tinykd.recipes import Recipe, dump_recipe, load_recipe
+from tinykd.recipes.schema import ModelSpec
+from tinykd.report import format_table, rows_markdown
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its folder and its headline numbers."""
+
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def student_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.safetensors"
+
+
+def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False) -> Path:
+    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable before training."""
+    run_dir = Path(out) if out else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TinykdError(f"run folder {run_dir} exists and is a file; choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise TinykdError(
+                f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite"
+            )
+        shutil.rmtree(run_dir)
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise TinykdError(f"cannot write to run folder {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
+
+
+def build_data(recipe: Recipe, augment: bool | None = None) -> DataBundle:
+    """The recipe's datasets and its seeded validation split."""
+    d = recipe.data
+    augment = d.augment if augment is None else augment
+    return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size)
+
+
+def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
+    """Create a model for the data's classes and channels; load its checkpoint if the recipe gives one."""
+    model = create_model(spec.name, num_classes=data.num_classes, in_channels=data.in_channels, **spec.kwargs)
+    if spec.checkpoint:
+        meta = load_weights(model, spec.checkpoint, spec.name)
+        saved_classes = meta.get("num_classes")
+        if saved_classes is not None and saved_classes != data.num_classes:
+            raise TinykdError(f"{role} checkpoint {spec.checkpoint} predicts {saved_classes} classes; the data has "
+                              f"{data.num_classes}")  # fmt: skip
+    return model
+
+
+def run(
+    recipe: Recipe | str | Path | dict[str, Any],
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    mode: Literal["auto", "train", "distill"] = "auto",
+) -> RunResult:
+    """Run a recipe end to end; returns the run folder and its metrics (also in report.json)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    _check_mode(recipe, mode)
+    run_dir = prepare_run_dir(out, recipe.name, overwrite)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    set_seed(recipe.seed)
+    start = time.perf_counter()
+
+    data = build_data(recipe)
+    student = build_model(recipe.trained, data, "student")
+    teacher = build_model(recipe.teacher, data, "teacher") if recipe.teacher and recipe.needs_teacher() else None
+    if teacher is not None and not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained")):  # type: ignore[union-attr]
+        raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
+    probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
+    distiller = Distiller(teacher, student, recipe.build_loss_terms(), example_inputs=probe_inputs)
+
+    engine = Engine(recipe.runtime)
+    train_loader = make_loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
+    val_loader = make_loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
+    meta = {"model": recipe.trained.name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
+            "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
+            "recipe": recipe.model_dump(mode="json")}  # fmt: skip
+    if engine.is_main:
+        verb = "distilling" if teacher is not None else "training"
+        print(f"tinykd: {recipe.name}: {verb} {recipe.trained.name} on {recipe.data.name} ({len(data.train)} train "
+              f"images) on {engine.device}; loss = {distiller.formula()}")
+    fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
+                     save=lambda model, path: save_model(model, path, meta))  # fmt: skip
+
+    # The report: test accuracy of the best student (and of the teacher), then the measurements.
+    if fit.best_checkpoint is not None:
+        load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
+    test_loader = engine.accelerator.prepare(make_loader(data.test, recipe.data.eval_batch_size, False))
+    models = {"student": student} if teacher is None else {"teacher": teacher, "student": student}
+    rows: list[dict[str, Any]] = []
+    for role, model in models.items():
+        spec = recipe.trained if role == "student" else recipe.teacher
+        row: dict[str, Any] = {"role": role, "model": spec.name}  # type: ignore[union-attr]
+        row["test_accuracy"] = engine.evaluate(model, test_loader)["accuracy"]
+        if recipe.measure.enabled and engine.is_main:
+            stats = measure_model(engine.accelerator.unwrap_model(model), probe_inputs[:1],
+                                  recipe.measure.latency_repeats, recipe.measure.throughput_batch,
+                                  recipe.measure.threads)  # fmt: skip
+            row.update(stats.as_dict())
+        rows.append(row)
+    metrics = {
+        "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
+        "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
+        "train_seconds": round(fit.seconds, 2), "train_img_per_s": round(fit.images_per_second, 1),
+        "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
+        "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
+    }  # fmt: skip
+    if engine.is_main:
+        (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run_dir / "report.md").write_text(_report_markdown(metrics))
+        print(format_table(rows, title=f"{recipe.name}: test set"))
+        print(f"run folder: {run_dir}")
+    return RunResult(run_dir, metrics)
+
+
+def _check_mode(recipe: Recipe, mode: str) -> None:
+    if mode == "distill" and recipe.teacher is None:
+        raise TinykdError("tinykd distill needs a 'teacher' section in the recipe (name and checkpoint)")
+    if mode == "distill" and not recipe.needs_teacher():
+        raise TinykdError("tinykd distill: no loss term uses the teacher; add e.g. kd: {weight: 0.9, temperature: 4}")
+    if mode == "train" and recipe.needs_teacher():
+        raise TinykdError("tinykd train trains without a teacher, but the recipe has teacher loss terms; "
+                          "use tinykd distill")  # fmt: skip
+
+
+def _report_markdown(metrics: dict[str, Any]) -> str:
+    lines = [
+        f"# {metrics['name']}",
+        "",
+        f"- dataset: {metrics['dataset']}; epochs: {metrics['epochs']}; device: {metrics['device']}",
+        f"- loss = {metrics['loss']}",
+        f"- best validation accuracy {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}",
+        f"- training {metrics['train_seconds']} s ({metrics['train_img_per_s']} img/s); "
+        f"whole run {metrics['total_seconds']} s",
+        "",
+        rows_markdown(metrics["models"]),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Shared fixtures: small learnable data in Fashion-MNIST's IDX format, made on the fly (never downloaded)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write a uint8 array in the IDX format (the format of (Fashion-)MNIST)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_fake_fashion_mnist(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int = 0) -> Path:
+    """10 classes of 28x28 images: a fixed random template per class plus noise, so models can learn them."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 255, size=(10, 28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n)
+        images = np.clip(templates[labels] * 0.6 + rng.normal(0, 60, size=(n, 28, 28)) + 40, 0, 255)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture()
+def tinykd_env(fake_fmnist: Path) -> dict[str, str]:
+    """Environment for running the CLI in a subprocess on the fake data, offline."""
+    env = dict(os.environ)
+    env.update(TINYKD_DATA=str(fake_fmnist), OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture()
+def cli(tinykd_env: dict[str, str], tmp_path: Path):
+    """Run `python -m tinykd ARGS` in tmp_path; returns the CompletedProcess."""
+    import subprocess
+
+    def call(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=tmp_path, env=tinykd_env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"tinykd {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+    return call

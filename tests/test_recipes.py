@@ -1,0 +1,85 @@
+"""Recipes: strict schema, one-line errors, overrides, built-ins, paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinykd.errors import TinykdError
+from tinykd.recipes import builtin_recipes, load_recipe
+
+BASE = {"data": {"name": "digits"}, "student": {"name": "cnn_tiny"}}
+
+
+def recipe(**sections: object) -> dict:
+    return {**BASE, **sections}
+
+
+def test_defaults_and_alias() -> None:
+    r = load_recipe(recipe())
+    assert r.trained.name == "cnn_tiny" and r.train.optimizer.name == "sgd" and list(r.loss_terms) == ["ce"]
+    r = load_recipe({"data": {"name": "digits"}, "model": {"name": "cnn_small"}})
+    assert r.trained.name == "cnn_small"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (recipe(trian={}), r"unknown recipe key 'trian'; allowed here: name, seed, data, teacher, student"),
+        (recipe(train={"epocs": 3}), r"unknown recipe key 'train.epocs'; allowed here: epochs, optimizer"),
+        (recipe(train={"epochs": -1}), r"recipe key 'train.epochs': Input should be greater than 0 \(got -1\)"),
+        (recipe(train={"optimizer": {"name": "adam"}}), r"'train.optimizer.name': Input should be 'sgd' or 'adamw'"),
+        (recipe(runtime={"device": "gpu"}), r"'runtime.device'"),
+        ({"student": {"name": "x"}}, r"recipe is missing 'data'"),
+        ({"data": {"name": "digits"}}, r"missing 'student' \(or 'model'\)"),
+        (recipe(loss_terms={"kd": {"weight": 1, "temp": 2}}), r"loss term 'kd' has no parameter 'temp'"),
+        (recipe(loss_terms={"soft": {"type": "kdd"}}), r"unknown loss term 'kdd' \(did you mean: kd\?\)"),
+        (recipe(loss_terms={}), r"loss_terms is empty"),
+        (recipe(loss_terms={"ce": {"weight": -1}}), r"'loss_terms.ce.weight'"),
+    ],
+)
+def test_bad_recipes_are_one_line_errors(data: dict, message: str) -> None:
+    with pytest.raises(TinykdError, match=message) as info:
+        load_recipe(data)
+    assert "\n" not in str(info.value)
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    r = load_recipe(recipe(), ["train.epochs=7", "train.optimizer.lr=0.05", "runtime.channels_last=true",
+                               "loss_terms.ce.label_smoothing=0.1"])  # fmt: skip
+    assert r.train.epochs == 7 and r.train.optimizer.lr == 0.05 and r.runtime.channels_last
+    assert r.loss_terms["ce"].params() == {"label_smoothing": 0.1}
+    with pytest.raises(TinykdError, match="--set expects KEY.SUB=VALUE"):
+        load_recipe(recipe(), ["train.epochs"])
+    with pytest.raises(TinykdError, match="unknown recipe key 'train.epoch'"):
+        load_recipe(recipe(), ["train.epoch=3"])
+    with pytest.raises(TinykdError, match="is a value, not a section"):
+        load_recipe(recipe(), ["data.name.x=1"])
+
+
+def test_builtin_recipes_validate() -> None:
+    found = builtin_recipes()
+    assert {"fmnist-teacher", "fmnist-student", "fmnist-distill"} <= set(found)
+    for name in found:
+        load_recipe(name)
+
+
+def test_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(teacher={"name": "resnet8", "checkpoint": "t.safetensors"})))
+    r = load_recipe(path)
+    assert Path(r.teacher.checkpoint) == tmp_path / "sub" / "t.safetensors"
+
+
+def test_unreadable_recipes(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(TinykdError, match="not valid YAML at line"):
+        load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(TinykdError, match="must be a mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    with pytest.raises(TinykdError, match="neither a file nor a built-in recipe; built-in: .*fmnist-distill"):
+        load_recipe("no-such-recipe")
