@@ -102,10 +102,10 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 
 def fashion_mnist_dirs(root: str | None) -> list[Path]:
-    """Where to look, in order: the recipe's path, $TINYKD_DATA, Debian's package, the download cache."""
-    dirs = []
+    """Where to look: the recipe's path alone if it gives one; else $TINYKD_DATA, Debian's package, the cache."""
     if root:
-        dirs += [Path(root), Path(root) / "fashion-mnist"]
+        return [Path(root), Path(root) / "fashion-mnist"]
+    dirs = []
     if os.environ.get("TINYKD_DATA"):
         data = Path(os.environ["TINYKD_DATA"])
         dirs += [data / "fashion-mnist", data]
@@ -131,7 +131,7 @@ def _locate_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
         if all(found.values()):
             return found  # type: ignore[return-value]
     if download:
-        target = _cache_dir() / "fashion-mnist"
+        target = Path(root) if root else _cache_dir() / "fashion-mnist"
         target.mkdir(parents=True, exist_ok=True)
         for stem in FASHION_MNIST_FILES.values():
             try:
