@@ -70,11 +70,12 @@ def demo(
     retrain_teacher: Annotated[
         bool, typer.Option(help="Train the teacher here instead of using the shipped one.")
     ] = False,
+    set_: SetOption = None,
 ) -> None:
     """Fashion-MNIST: teacher, student from scratch, distilled student, side by side (under 10 min on 2 cores)."""
     from tinykd.demo import run_demo
 
-    run_demo(out, overwrite=overwrite, epochs=epochs, retrain_teacher=retrain_teacher)
+    run_demo(out, overwrite=overwrite, epochs=epochs, retrain_teacher=retrain_teacher, overrides=set_)
 
 
 @app.command()

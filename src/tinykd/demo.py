@@ -29,16 +29,23 @@ def shipped_teacher() -> Path:
 
 
 def run_demo(
-    out: str | Path | None = None, overwrite: bool = False, epochs: int | None = None, retrain_teacher: bool = False
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    epochs: int | None = None,
+    retrain_teacher: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run teacher (reused or trained), scratch student, distilled student; print and save the comparison."""
+    """Run teacher (reused or trained), scratch student, distilled student; print and save the comparison.
+
+    `overrides` (`--set`) apply to both student runs, e.g. `runtime.device=cuda`.
+    """
     start = time.perf_counter()
     run_dir = prepare_run_dir(out, "demo", overwrite)
-    budget = [f"train.epochs={epochs}"] if epochs else []
+    budget = [*(overrides or []), *([f"train.epochs={epochs}"] if epochs else [])]
     teacher = shipped_teacher()
     if retrain_teacher or not teacher.is_file():
         print(f"tinykd demo: training the teacher ({TEACHER_RECIPE}); this takes about 30 min on 2 CPU cores")
-        teacher = run(load_recipe(TEACHER_RECIPE), run_dir / "teacher", mode="train").student_checkpoint
+        teacher = run(load_recipe(TEACHER_RECIPE, overrides), run_dir / "teacher", mode="train").student_checkpoint
     scratch = run(load_recipe(SCRATCH_RECIPE, budget), run_dir / "scratch", mode="train")
     distilled = run(load_recipe(DISTILL_RECIPE, [*budget, f"teacher.checkpoint={teacher.resolve()}"]),
                     run_dir / "distill", mode="distill")  # fmt: skip

@@ -1,0 +1,34 @@
+"""The demo, end to end, on small stand-in data (the real run is `make demo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinykd.demo import shipped_teacher
+from tinykd.models.checkpoint import read_meta
+
+
+def test_the_shipped_teacher_is_a_tinykd_checkpoint() -> None:
+    path = shipped_teacher()
+    assert path.is_file(), "the teacher checkpoint must ship inside the package"
+    meta = read_meta(path)
+    assert meta["model"] == "resnet8x4" and meta["num_classes"] == 10 and meta["in_channels"] == 1
+    assert meta["recipe"]["name"] == "fmnist-teacher"
+
+
+@pytest.mark.skipif(not shipped_teacher().is_file(), reason="no shipped teacher")
+def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
+    proc = cli("demo", "--epochs", "1", "--out", "demo", "--set", "data.val_size=0.1",
+               "--set", "measure.latency_repeats=10", check=True)  # fmt: skip
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    roles = [row["role"] for row in report["rows"]]
+    assert roles == ["teacher", "student (scratch)", "student (distilled)"]
+    teacher, scratch, distilled = report["rows"]
+    assert teacher["params"] >= 20 * distilled["params"] and scratch["params"] == distilled["params"]
+    for row in report["rows"]:
+        assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)
+    assert "Distillation gain" in proc.stdout and "student (distilled)" in proc.stdout
+    assert (tmp_path / "demo" / "report.md").read_text().startswith("# tinykd demo")
