@@ -43,6 +43,15 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(pair) -> None:
     assert logits.shape == (8, 10)
 
 
+def test_teacher_is_outside_the_module_tree_but_moves_with_it(pair) -> None:
+    teacher, student, x, _ = pair
+    distiller = Distiller(teacher, student, terms(kd=1.0), example_inputs=x)
+    assert not any(k.startswith("teacher") for k in distiller.state_dict())
+    assert {id(p) for p in distiller.parameters()} == {id(p) for p in student.parameters()}
+    distiller.to(torch.float64)
+    assert next(teacher.parameters()).dtype == torch.float64
+
+
 def test_losses_are_weighted_per_term(pair) -> None:
     teacher, student, x, y = pair
     distiller = Distiller(teacher, student, terms(ce=0.25, kd=2.0), example_inputs=x).eval()

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from accelerate.utils import set_seed
 from torch import nn
 
 from tinykd.data import DataBundle, build_datasets
@@ -39,6 +38,7 @@ class RunResult:
 
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)  # the trained student, best checkpoint loaded
 
     @property
     def student_checkpoint(self) -> Path:
@@ -92,10 +92,12 @@ def run(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     _check_mode(recipe, mode)
-    run_dir = prepare_run_dir(out, recipe.name, overwrite)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    set_seed(recipe.seed)
     start = time.perf_counter()
+    engine = Engine(recipe.runtime)  # first: it knows the ranks, and only the main process touches the folder
+    run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite))
+    if engine.is_main:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    engine.seed(recipe.seed)
 
     data = build_data(recipe)
     student = build_model(recipe.trained, data, "student")
@@ -105,23 +107,25 @@ def run(
     probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
     distiller = Distiller(teacher, student, recipe.build_loss_terms(), example_inputs=probe_inputs)
 
-    engine = Engine(recipe.runtime)
-    train_loader = make_loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
-    val_loader = make_loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
+    train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
+    val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
     meta = {"model": recipe.trained.name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
             "recipe": recipe.model_dump(mode="json")}  # fmt: skip
     if engine.is_main:
         verb = "distilling" if teacher is not None else "training"
+        procs = engine.accelerator.num_processes
         print(f"tinykd: {recipe.name}: {verb} {recipe.trained.name} on {recipe.data.name} ({len(data.train)} train "
-              f"images) on {engine.device}; loss = {distiller.formula()}")
+              f"images) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
+              f"({recipe.data.batch_size} per process x {procs}), lr {recipe.train.optimizer.lr:g} (as given, "
+              f"not scaled); loss = {distiller.formula()}")
     fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
                      save=lambda model, path: save_model(model, path, meta))  # fmt: skip
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
-    test_loader = engine.accelerator.prepare(make_loader(data.test, recipe.data.eval_batch_size, False))
+    test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
     models = {"student": student} if teacher is None else {"teacher": teacher, "student": student}
     rows: list[dict[str, Any]] = []
     for role, model in models.items():
@@ -146,7 +150,7 @@ def run(
         (run_dir / "report.md").write_text(_report_markdown(metrics))
         print(format_table(rows, title=f"{recipe.name}: test set"))
         print(f"run folder: {run_dir}")
-    return RunResult(run_dir, metrics)
+    return RunResult(run_dir, metrics, engine.accelerator.unwrap_model(student))
 
 
 def _check_mode(recipe: Recipe, mode: str) -> None:

@@ -57,7 +57,10 @@ class Distiller(nn.Module):
         if teacher is None and needing:
             raise TinykdError(f"loss term(s) {', '.join(needing)} need a teacher, and none was given")
         self.student = student
-        self.teacher = teacher
+        # The teacher is deliberately not a sub-module: it stays out of parameters(), state_dict() and any
+        # DistributedDataParallel wrapper (no gradients to sync, no buffers to broadcast), while `_apply`
+        # below still moves it with the Distiller (.to(device), channels_last, dtype).
+        object.__setattr__(self, "teacher", teacher)
         self.terms = nn.ModuleDict({k: term for k, (term, _) in pairs.items()})
         self.weights = {k: float(w) for k, (_, w) in pairs.items()}
         if teacher is not None:
@@ -70,6 +73,12 @@ class Distiller(nn.Module):
             self.probe(example_inputs)
         elif teacher is not None or teacher_paths:
             raise TinykdError("Distiller needs example_inputs (one small batch) to check the models and size adapters")
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
 
     def train(self, mode: bool = True) -> Distiller:
         """Switch the student and adapters; the teacher always stays in eval mode (BN statistics, dropout)."""

@@ -60,7 +60,9 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Training loaders shuffle (seeded) and drop the last partial batch, so every step has the same shape."""
     return DataLoader(
         dataset,
@@ -71,6 +73,7 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int
         collate_fn=collate_batched,
         generator=torch.Generator().manual_seed(seed) if train else None,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 
@@ -80,6 +83,38 @@ class Engine:
     def __init__(self, runtime: RuntimeSpec) -> None:
         self.runtime = runtime
         self.accelerator = make_accelerator(runtime)
+
+    def describe(self) -> str:
+        """Where the run happens, e.g. `cpu x 2 processes (MULTI_CPU), fp32`."""
+        acc = self.accelerator
+        procs = f" x {acc.num_processes} processes" if acc.num_processes > 1 else ""
+        return f"{acc.device}{procs} ({acc.distributed_type.value}), {self.runtime.precision}"
+
+    def seed(self, seed: int) -> None:
+        """Seed python, numpy and torch identically on every process (weights start equal everywhere)."""
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the main process only and give its result (or its error) to every process."""
+        from accelerate.utils import broadcast_object_list
+
+        outcome: list[Any] = [None, None]
+        if self.is_main:
+            try:
+                outcome = [fn(), None]
+            except TinykdError as exc:
+                outcome = [None, str(exc)]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(outcome, from_process=0)
+        if outcome[1] is not None:
+            raise TinykdError(outcome[1])
+        return outcome[0]
+
+    def loader(self, dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+        """`make_loader`, with pinned memory where the batches go to a GPU."""
+        return make_loader(dataset, batch_size, train, num_workers, seed, pin_memory=self.device.type == "cuda")
 
     @property
     def device(self) -> torch.device:
@@ -177,12 +212,14 @@ class Engine:
                     val_text = f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}" if val else "no validation set"
                     console.print(f"epoch {epoch}/{spec.epochs}: {val_text} ({epoch_seconds:.1f} s)")
                 score = val.get("accuracy", epoch)  # without validation, the latest epoch counts as the best
-                if ckpt_dir is not None and save is not None and self.is_main:
+                if ckpt_dir is not None and save is not None:  # every process knows the paths; the main one writes
                     result.last_checkpoint = ckpt_dir / "last.safetensors"
-                    save(acc.unwrap_model(model), result.last_checkpoint)
+                    if self.is_main:
+                        save(acc.unwrap_model(model), result.last_checkpoint)
                     if score > result.best_accuracy:
                         result.best_checkpoint = ckpt_dir / "best.safetensors"
-                        save(acc.unwrap_model(model), result.best_checkpoint)
+                        if self.is_main:
+                            save(acc.unwrap_model(model), result.best_checkpoint)
                 if score > result.best_accuracy:
                     result.best_accuracy, result.best_epoch = float(score), epoch
                 acc.wait_for_everyone()

@@ -1,65 +1,154 @@
-"""Turn `runtime.device` and `runtime.precision` into an Accelerator, and fail loudly when it cannot be had.
+"""Turn `runtime.*` into an Accelerator, and fail loudly when the hardware asked for is not there.
 
-What was asked is what runs: `cuda` without a GPU is an error, never a quiet
-fall-back to the CPU.
+What was asked is what runs: `cuda` without a GPU, or `xla` without torch_xla,
+is an error, never a quiet fall-back to the CPU. Two of Accelerate's silent
+paths are closed here:
+
+- with torch_xla importable, Accelerate picks XLA even when told `cpu=True`;
+  its switch `USE_TORCH_XLA` is read once, when accelerate is imported, so it
+  is set here before the first import (accelerate is imported lazily);
+- under torchrun, a CPU job without `cpu=True` runs every rank alone; we pass
+  it, and check that the world size Accelerate sees is the one launched.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from typing import TYPE_CHECKING
+
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from tinykd.errors import TinykdError
 from tinykd.recipes.schema import RuntimeSpec
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 _current: tuple[tuple[str, str], Accelerator] | None = None
 
 
+def xla_installed() -> bool:
+    return importlib.util.find_spec("torch_xla") is not None
+
+
 def available_devices() -> dict[str, bool]:
     """Which backends this process can use."""
-    import importlib.util
-
     mps = getattr(torch.backends, "mps", None)
     return {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
         "mps": bool(mps and mps.is_available()),
-        "xla": importlib.util.find_spec("torch_xla") is not None,
+        "xla": xla_installed(),
     }
 
 
+def _xla_wanted_by_environment() -> bool:
+    """`auto` takes XLA only where the environment points at it (PJRT_DEVICE set, or a TPU VM's devices)."""
+    return bool(os.environ.get("PJRT_DEVICE")) or os.path.exists("/dev/accel0") or bool(os.environ.get("TPU_NAME"))
+
+
 def resolve_device(requested: str) -> str:
-    """`auto` -> the best backend present (cuda, then mps, then cpu); a named one must be present."""
+    """`auto` -> cuda, else xla (when torch_xla is installed and PJRT_DEVICE is set), else mps, else cpu."""
     found = available_devices()
     if requested == "auto":
-        return next(d for d in ("cuda", "mps", "cpu") if found[d])
+        if found["cuda"]:
+            return "cuda"
+        if found["xla"] and _xla_wanted_by_environment():
+            return "xla"
+        return "mps" if found["mps"] else "cpu"
     if not found[requested]:
         hint = {
             "cuda": "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)",
             "mps": "no Apple MPS device is available",
-            "xla": "torch_xla is not installed (see docs/tpu.md)",
+            "xla": "torch_xla is not installed (see docs/tpu.md: pip install torch==2.9.0 torch_xla==2.9.0)",
         }[requested]
         raise TinykdError(f"runtime.device={requested} was asked for, but {hint}; use runtime.device=auto or cpu")
     return requested
 
 
+def _set_accelerate_xla_switch(use_xla: bool) -> None:
+    """Make Accelerate's XLA detection agree with the device we chose."""
+    os.environ["USE_TORCH_XLA"] = "1" if use_xla else "0"
+    if "accelerate" in sys.modules and xla_installed():
+        import accelerate.utils.imports as imports
+
+        if imports._torch_xla_available != use_xla:  # accelerate was imported before the choice was made
+            imports._torch_xla_available = use_xla
+            imports._tpu_available = use_xla
+            imports.is_torch_xla_available.cache_clear()
+
+
+def launched_world_size() -> int:
+    """The number of processes a launcher (torchrun, accelerate launch) started, 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
-    """One Accelerator per process and configuration (Accelerate keeps global state, so reuse it)."""
+    """One Accelerator per process and configuration (Accelerate keeps global state, so it is reused)."""
     global _current
     device = resolve_device(runtime.device)
-    if device == "xla":
-        raise TinykdError("runtime.device=xla is not supported by this version of tinykd yet; use cpu or cuda")
-    if runtime.precision == "fp16" and device == "cpu":
-        raise TinykdError("runtime.precision=fp16 needs a GPU; on CPU use bf16 or fp32")
+    if runtime.precision == "fp16" and device in ("cpu", "xla"):
+        raise TinykdError(f"runtime.precision=fp16 needs a GPU; on {device} use bf16 or fp32")
     key = (device, runtime.precision)
     if _current is not None and _current[0] == key:
         return _current[1]
+    _set_accelerate_xla_switch(device == "xla")
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
+
     if _current is not None:
         AcceleratorState._reset_state()
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=_PRECISION[runtime.precision])
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=_PRECISION[runtime.precision],
+        dataloader_config=DataLoaderConfiguration(non_blocking=device == "cuda"),
+    )
+    if accelerator.num_processes != launched_world_size():
+        raise TinykdError(f"{launched_world_size()} processes were launched but Accelerate joined "
+                          f"{accelerator.num_processes}; launch with torchrun or accelerate launch")  # fmt: skip
+    got = accelerator.device.type
+    if got != device and not (device == "cuda" and got == "cuda"):
+        raise TinykdError(f"runtime.device={device} was resolved, but Accelerate placed the run on {got}")
     _current = (key, accelerator)
     return accelerator
+
+
+def describe_environment() -> list[tuple[str, str]]:
+    """(name, value) rows for `tinykd env`: versions, devices, and what each runtime.device would use."""
+    import platform
+
+    rows = [("python", platform.python_version()), ("torch", torch.__version__)]
+    for package in ("torchvision", "torch_xla", "accelerate", "timm", "onnx", "onnxruntime"):
+        rows.append((package, _version(package)))
+    rows.append(("cpu threads", str(torch.get_num_threads())))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            rows.append((f"cuda:{i}", f"{props.name}, {props.total_memory / 2**30:.0f} GiB, "
+                                      f"bf16={'yes' if torch.cuda.is_bf16_supported() else 'no'}"))  # fmt: skip
+    else:
+        rows.append(("cuda", "not available (torch.cuda.is_available() is False)"))
+    if xla_installed():
+        rows.append(("xla", f"torch_xla installed; PJRT_DEVICE={os.environ.get('PJRT_DEVICE', '(unset)')}"))
+    rows.append(("launched processes", str(launched_world_size())))
+    for choice in ("auto", "cpu", "cuda", "mps", "xla"):
+        try:
+            rows.append((f"runtime.device={choice}", f"runs on {resolve_device(choice)}"))
+        except TinykdError as exc:
+            rows.append((f"runtime.device={choice}", f"error: {str(exc).split(';')[0]}"))
+    return rows
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package.replace("_", "-")) if package != "torch_xla" else version("torch_xla")
+    except PackageNotFoundError:
+        return "not installed"

@@ -1,4 +1,4 @@
-"""Small CNNs for 28x28 inputs (Fashion-MNIST, MNIST) and 8x8 digits.
+"""Small CNNs (and an MLP) for 28x28 inputs (Fashion-MNIST, MNIST) and 8x8 digits.
 
 Stages are `stage1`..`stage3` (conv-BN-ReLU blocks, each halving the
 resolution) and `head`; `stage2` and `stage3` are good feature taps. These are
@@ -72,3 +72,31 @@ def cnn(
 ) -> nn.Module:
     """The same family with any widths, for sweeps: `student: {name: cnn, kwargs: {channels: [12, 24, 48]}}`."""
     return SmallCNN(tuple(channels), num_classes, in_channels, convs_per_stage)  # type: ignore[arg-type]
+
+
+class MLP(nn.Module):
+    """Flatten, then `hidden` fully connected ReLU layers and a linear head: no BatchNorm, no dropout.
+
+    Besides being the classic small student (Hinton et al. used 2x800 on MNIST), it is exactly reproducible
+    across process counts (no batch statistics), which the multi-process tests rely on.
+    """
+
+    def __init__(self, num_classes: int, in_features: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            in_features = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@register_model()
+def mlp(
+    num_classes: int = 10, in_channels: int = 1, image_size: int = 28, hidden: tuple[int, ...] = (256, 128)
+) -> nn.Module:
+    """A multi-layer perceptron on flattened `in_channels x image_size x image_size` images."""
+    return MLP(num_classes, in_channels * image_size * image_size, tuple(hidden))

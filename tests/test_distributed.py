@@ -1,0 +1,66 @@
+"""Several processes: torchrun with 2 CPU ranks (gloo) is one job, and equals one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import tinykd
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def recipe(folder: Path, batch_size: int) -> Path:
+    path = folder / f"r{batch_size}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ddp", "seed": 5,
+        # no augmentation and an MLP (no batch statistics): the maths is then the same for any process count
+        "data": {"name": "digits", "batch_size": batch_size, "val_size": 0.1, "augment": False},
+        "student": {"name": "mlp", "kwargs": {"image_size": 8, "hidden": [32]}},
+        "train": {"epochs": 2, "max_steps_per_epoch": 8, "log_every": 4,
+                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+        "runtime": {"device": "cpu"}, "measure": {"enabled": False},
+    }))  # fmt: skip
+    return path
+
+
+def launch(nproc: int, recipe_path: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(WORKER), str(recipe_path), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_two_cpu_ranks_are_one_job_and_match_one_process(tmp_path: Path, tinykd_env: dict[str, str]) -> None:
+    env = {**tinykd_env, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    launch(1, recipe(tmp_path, 64), tmp_path / "single", env)
+    proc = launch(2, recipe(tmp_path, 32), tmp_path / "double", env)
+
+    infos = [json.loads((tmp_path / f"double-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world_size"] for i in infos] == [2, 2] and [i["rank"] for i in infos] == [0, 1]
+    assert infos[0]["distributed_type"] == "MULTI_CPU" and infos[0]["backend"] == "gloo"
+    assert "global batch 64 (32 per process x 2)" in proc.stdout
+    rank0 = load_file(str(tmp_path / "double-rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "double-rank1.safetensors"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
+    single = load_file(str(tmp_path / "single-rank0.safetensors"))
+    worst = max((rank0[k] - single[k]).abs().max().item() for k in single)
+    assert worst < 1e-5, f"2 ranks x 32 differ from 1 process x 64 by {worst}"
+    torch.manual_seed(5)
+    start = tinykd.create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=[32]).state_dict()
+    assert min((single[k] - start[k]).abs().max().item() for k in single) > 1e-3, "nothing was trained"
+    assert infos[0]["metrics"]["best_val_accuracy"] > 0.3
+    assert not any(tmp_path.glob("double/*-rank1*")), "only rank 0 writes the run folder"
+    assert (tmp_path / "double" / "report.json").is_file() and (tmp_path / "double" / "metrics.jsonl").is_file()
+    assert os.path.getsize(tmp_path / "double" / "metrics.jsonl") > 0
