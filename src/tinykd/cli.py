@@ -79,6 +79,15 @@ def demo(
 
 
 @app.command()
+def env() -> None:
+    """Versions, devices, and which backend each runtime.device value would use here."""
+    from tinykd.engine.runtime import describe_environment
+
+    for name, value in describe_environment():
+        print(f"{name:22s} {value}")
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in recipes (use their names wherever a recipe file is expected)."""
     from tinykd.recipes import builtin_recipes

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-_current: tuple[tuple[str, str], Accelerator] | None = None
+_current: tuple[tuple[str, str, bool], Accelerator] | None = None
 
 
 def xla_installed() -> bool:
@@ -92,7 +92,7 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
     device = resolve_device(runtime.device)
     if runtime.precision == "fp16" and device in ("cpu", "xla"):
         raise TinykdError(f"runtime.precision=fp16 needs a GPU; on {device} use bf16 or fp32")
-    key = (device, runtime.precision)
+    key = (device, runtime.precision, runtime.compile)
     if _current is not None and _current[0] == key:
         return _current[1]
     _set_accelerate_xla_switch(device == "xla")
@@ -108,6 +108,7 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
         cpu=device == "cpu",
         mixed_precision=_PRECISION[runtime.precision],
         dataloader_config=DataLoaderConfiguration(non_blocking=device == "cuda"),
+        dynamo_backend="inductor" if runtime.compile else "no",
     )
     if accelerator.num_processes != launched_world_size():
         raise TinykdError(f"{launched_world_size()} processes were launched but Accelerate joined "

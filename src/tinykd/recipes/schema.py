@@ -78,8 +78,11 @@ class TrainSpec(Section):
 
 
 class RuntimeSpec(Section):
+    """Where and how the run executes. `auto` takes cuda, else xla (when PJRT_DEVICE is set), else mps, else cpu."""
+
     device: Literal["auto", "cpu", "cuda", "mps", "xla"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast; fp16 adds a loss scaler")
+    compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
 

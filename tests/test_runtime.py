@@ -1,0 +1,52 @@
+"""Runtime choices: what was asked is what runs, or a clear error; `tinykd env`; torch.compile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinykd
+from tinykd.engine.runtime import describe_environment, resolve_device
+from tinykd.errors import TinykdError
+
+QUICK = {
+    "data": {"name": "digits", "batch_size": 32},
+    "student": {"name": "cnn_tiny"},
+    "train": {"epochs": 1, "max_steps_per_epoch": 3},
+    "measure": {"enabled": False},
+}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_asked_without_a_gpu_is_an_error_not_a_fallback(cli, tmp_path: Path) -> None:
+    with pytest.raises(TinykdError, match="runtime.device=cuda was asked for, but no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") in ("cpu", "mps", "xla")
+    proc = cli("train", "digits-quick", "--set", "runtime.device=cuda", "--out", "run")
+    assert proc.returncode == 2 and "runtime.device=cuda was asked for" in proc.stderr
+    assert not (tmp_path / "run").exists(), "nothing may be written before the device is known"
+
+
+def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TinykdError, match="fp16 needs a GPU"):
+        tinykd.run({**QUICK, "runtime": {"device": "cpu", "precision": "fp16"}}, out=tmp_path / "r")
+
+
+def test_env_lists_versions_and_choices(cli) -> None:
+    rows = dict(describe_environment())
+    assert rows["torch"] == torch.__version__ and "runtime.device=cpu" in rows
+    assert "runs on cpu" in rows["runtime.device=cpu"]
+    proc = cli("env", check=True)
+    assert "accelerate" in proc.stdout and "runtime.device=auto" in proc.stdout
+
+
+def test_bf16_channels_last_and_compile_train(tmp_path: Path) -> None:
+    recipe = {**QUICK, "runtime": {"device": "cpu", "precision": "bf16", "channels_last": True, "compile": True}}
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    result = tinykd.run(recipe, out=tmp_path / "r")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "torch.compile did not run"
+    assert result.metrics["models"][0]["test_accuracy"] > 0.05
+    assert "bf16" in (tmp_path / "r" / "recipe.yaml").read_text()
