@@ -114,3 +114,16 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(TinykdError, match="must hold train/"):
         build_datasets("imagefolder", root=str(tmp_path / "train"))
+
+
+def test_evaluation_sets_are_padded_to_whole_batches_and_padding_is_not_counted() -> None:
+    from tinykd.data import PadToMultiple
+
+    bundle = build_datasets("digits", val_size=0)
+    padded = PadToMultiple(bundle.test, 64)
+    assert len(padded) % 64 == 0 and len(padded) - len(bundle.test) < 64
+    shapes = {tuple(x.shape) for x, _ in make_loader(padded, 64, train=False)}
+    assert shapes == {(64, 1, 8, 8)}
+    labels = torch.cat([y for _, y in make_loader(padded, 64, train=False)])
+    assert int((labels == -1).sum()) == len(padded) - len(bundle.test)
+    assert torch.equal(labels[: len(bundle.test)], torch.cat([y for _, y in make_loader(bundle.test, 64, False)]))

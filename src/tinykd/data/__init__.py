@@ -1,6 +1,7 @@
 """Datasets by name, reproducible splits, fast loaders."""
 
 from tinykd.data.datasets import DATASETS, DataBundle, build_datasets
-from tinykd.data.tensors import Augment, TensorImageDataset, collate_batched
+from tinykd.data.tensors import Augment, PadToMultiple, TensorImageDataset, collate_batched
 
-__all__ = ["DATASETS", "Augment", "DataBundle", "TensorImageDataset", "build_datasets", "collate_batched"]
+__all__ = ["DATASETS", "Augment", "DataBundle", "PadToMultiple", "TensorImageDataset", "build_datasets",
+           "collate_batched"]  # fmt: skip

@@ -86,6 +86,38 @@ class TensorImageDataset(Dataset):
         return (self.std.flatten() / 255.0).tolist()
 
 
+class PadToMultiple(Dataset):
+    """Pad a dataset to a multiple of the batch size with copies of its first sample labelled -1.
+
+    Every evaluation batch then has the same shape, so an XLA device compiles the evaluation step once instead
+    of once more for the last, smaller batch. Label -1 marks the padding, which metrics ignore.
+    """
+
+    IGNORE = -1
+
+    def __init__(self, dataset: Dataset, multiple: int) -> None:
+        self.dataset = dataset
+        self.size = len(dataset)  # type: ignore[arg-type]
+        self.padded = -(-self.size // multiple) * multiple if self.size else 0
+
+    def __len__(self) -> int:
+        return self.padded
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index if index < self.size else 0]
+        if index < self.size:
+            return x, y
+        return x, torch.as_tensor(self.IGNORE) if isinstance(y, torch.Tensor) else self.IGNORE
+
+    def __getitems__(self, indices: list[int]):
+        if not hasattr(self.dataset, "__getitems__"):
+            return [self[i] for i in indices]
+        real = [i if i < self.size else 0 for i in indices]
+        x, y = self.dataset.__getitems__(real)  # type: ignore[attr-defined]
+        pad = torch.tensor([i >= self.size for i in indices])
+        return x, torch.where(pad, torch.full_like(y, self.IGNORE), y)
+
+
 def collate_batched(batch):
     """Pass a batch that a `__getitems__` dataset already made; collate a list of samples as usual.
 

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tinykd.data import collate_batched
+from tinykd.data import PadToMultiple, collate_batched
 from tinykd.distill.distiller import call_model
 from tinykd.engine.runtime import make_accelerator
 from tinykd.engine.schedule import build_optimizer, lr_at
@@ -113,7 +113,9 @@ class Engine:
         return outcome[0]
 
     def loader(self, dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
-        """`make_loader`, with pinned memory where the batches go to a GPU."""
+        """`make_loader`, with pinned memory for a GPU; evaluation sets are padded to whole batches (one shape)."""
+        if not train:
+            dataset = PadToMultiple(dataset, batch_size * self.accelerator.num_processes)
         return make_loader(dataset, batch_size, train, num_workers, seed, pin_memory=self.device.type == "cuda")
 
     @property
@@ -162,39 +164,21 @@ class Engine:
             for epoch in range(1, spec.epochs + 1):
                 task.train()
                 bar_task = bar.add_task(f"epoch {epoch}/{spec.epochs}", total=steps_per_epoch, stats="")
-                running: torch.Tensor | None = None
-                names: list[str] = []
+                running, names = None, []
                 window_start, window_images, epoch_start = time.perf_counter(), 0, time.perf_counter()
                 for i, (inputs, targets) in enumerate(train_loader):
                     if i >= steps_per_epoch:
                         break
                     lr = lr_at(step, total_steps, steps_per_epoch, spec.optimizer.lr, spec.schedule)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with acc.autocast():
-                        logits, losses = task(self._to_memory_format(inputs), targets)
-                    loss = torch.stack([v.float() for v in losses.values()]).sum()
-                    acc.backward(loss)
-                    if spec.grad_clip:
-                        acc.clip_grad_norm_(params, spec.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    # [total, each term..., correct, images, steps], kept on the device until the log interval
-                    device = loss.device
-                    stats = torch.stack(
-                        [loss.detach(), *(v.detach().float() for v in losses.values()),
-                         (logits.detach().argmax(1) == targets).sum().float(),
-                         torch.full((), float(len(targets)), device=device), torch.ones((), device=device)]
-                    )  # fmt: skip
-                    running = stats if running is None else running + stats
-                    names = list(losses)
+                    stats, names = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip)
+                    running = stats if running is None else running + stats  # stays on the device
                     step += 1
                     window_images += len(targets) * acc.num_processes
                     if (i + 1) % spec.log_every == 0 or i + 1 == steps_per_epoch:
                         record = self._read(running, names)  # the one host sync of the interval
-                        record.update(event="train", epoch=epoch, step=step, lr=lr)
                         now = time.perf_counter()
-                        record["img_per_s"] = window_images / max(now - window_start, 1e-9)
+                        record.update(event="train", epoch=epoch, step=step, lr=lr,
+                                      img_per_s=window_images / max(now - window_start, 1e-9))  # fmt: skip
                         images += window_images
                         window_start, window_images, running = now, 0, None
                         self._check_finite(record, epoch, step)
@@ -202,36 +186,94 @@ class Engine:
                         bar.update(bar_task, completed=i + 1, stats=_bar_stats(record))
                     else:
                         bar.update(bar_task, completed=i + 1)
-                epoch_seconds = time.perf_counter() - epoch_start
-                val = self.evaluate(model, val_loader) if val_loader is not None else {}
-                record = {"event": "epoch", "epoch": epoch, "step": step, "seconds": round(epoch_seconds, 3)}
-                record.update({f"val_{k}": v for k, v in val.items()})
+                record = self._end_epoch(model, val_loader, epoch, step, time.perf_counter() - epoch_start,
+                                         spec.epochs, result, ckpt_dir, save)  # fmt: skip
                 log.write(record)
-                result.history.append(record)
-                if self.is_main:
-                    val_text = f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}" if val else "no validation set"
-                    console.print(f"epoch {epoch}/{spec.epochs}: {val_text} ({epoch_seconds:.1f} s)")
-                score = val.get("accuracy", epoch)  # without validation, the latest epoch counts as the best
-                if ckpt_dir is not None and save is not None:  # every process knows the paths; the main one writes
-                    result.last_checkpoint = ckpt_dir / "last.safetensors"
-                    if self.is_main:
-                        save(acc.unwrap_model(model), result.last_checkpoint)
-                    if score > result.best_accuracy:
-                        result.best_checkpoint = ckpt_dir / "best.safetensors"
-                        if self.is_main:
-                            save(acc.unwrap_model(model), result.best_checkpoint)
-                if score > result.best_accuracy:
-                    result.best_accuracy, result.best_epoch = float(score), epoch
-                acc.wait_for_everyone()
         result.seconds = time.perf_counter() - start
         result.images_per_second = images / max(result.seconds, 1e-9)
-        if not val:
+        if val_loader is None:
             result.best_accuracy = float("nan")
         return result
 
+    def _train_step(
+        self,
+        task: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.Tensor],
+        inputs: Any,
+        targets: torch.Tensor,
+        lr: float,
+        grad_clip: float | None,
+    ) -> tuple[torch.Tensor, list[str]]:
+        """One optimizer step. Returns [total, each term..., correct, images, 1] as a device tensor (no sync)."""
+        acc = self.accelerator
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with acc.autocast():
+            logits, losses = task(self._to_memory_format(inputs), targets)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        acc.backward(loss)
+        if grad_clip:
+            acc.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        device = loss.device
+        stats = torch.stack(
+            [loss.detach(), *(v.detach().float() for v in losses.values()),
+             (logits.detach().argmax(1) == targets).sum().float(),
+             torch.full((), float(len(targets)), device=device), torch.ones((), device=device)]
+        )  # fmt: skip
+        self._step_boundary()
+        return stats, list(losses)
+
+    def _step_boundary(self) -> None:
+        """On XLA, cut the graph here: one compiled graph per step, executed once, whatever is read later."""
+        if self.device.type == "xla":
+            import torch_xla
+
+            torch_xla.sync()
+
+    def _end_epoch(
+        self,
+        model: nn.Module,
+        val_loader: DataLoader | None,
+        epoch: int,
+        step: int,
+        seconds: float,
+        epochs: int,
+        result: FitResult,
+        ckpt_dir: Path | None,
+        save: Callable[[nn.Module, Path], None] | None,
+    ) -> dict[str, Any]:
+        """Validate, keep the best and last checkpoints of `model`, and return the epoch's record."""
+        acc = self.accelerator
+        val = self.evaluate(model, val_loader) if val_loader is not None else {}
+        record = {"event": "epoch", "epoch": epoch, "step": step, "seconds": round(seconds, 3)}
+        record.update({f"val_{k}": v for k, v in val.items()})
+        result.history.append(record)
+        if self.is_main:
+            val_text = f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}" if val else "no validation set"
+            console.print(f"epoch {epoch}/{epochs}: {val_text} ({seconds:.1f} s)")
+        score = val.get("accuracy", epoch)  # without validation, the latest epoch counts as the best
+        improved = score > result.best_accuracy
+        if improved:
+            result.best_accuracy, result.best_epoch = float(score), epoch
+        if ckpt_dir is not None and save is not None:  # every process knows the paths; the main one writes
+            result.last_checkpoint = ckpt_dir / "last.safetensors"
+            if improved:
+                result.best_checkpoint = ckpt_dir / "best.safetensors"
+            if self.is_main:
+                save(acc.unwrap_model(model), result.last_checkpoint)
+                if improved:
+                    save(acc.unwrap_model(model), result.best_checkpoint)  # type: ignore[arg-type]
+        acc.wait_for_everyone()
+        return record
+
     def _read(self, running: torch.Tensor, names: list[str]) -> dict[str, Any]:
         """Reduce the interval's sums over processes: mean loss per step, accuracy over images."""
-        totals = self.accelerator.reduce(running, reduction="sum").tolist()
+        if self.accelerator.num_processes > 1:
+            running = self.accelerator.reduce(running, reduction="sum")
+        totals = running.tolist()
         *loss_sums, correct, count, steps = totals
         record: dict[str, Any] = {"loss": loss_sums[0] / steps}
         record.update({f"loss/{name}": value / steps for name, value in zip(names, loss_sums[1:], strict=True)})
@@ -248,7 +290,7 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        """Top-1 accuracy and mean cross-entropy of `model` on `loader` (every sample counted once)."""
+        """Top-1 accuracy and mean cross-entropy of `model` on `loader`; padding (label -1) is not counted."""
         acc = self.accelerator
         was_training = model.training
         model.eval()
@@ -256,10 +298,13 @@ class Engine:
         for inputs, targets in loader:
             with acc.autocast():
                 logits = call_model(model, self._to_memory_format(inputs)).float()
-            logits, targets = acc.gather_for_metrics((logits, targets))
-            sums += torch.stack([(logits.argmax(1) == targets).sum().float(),
-                                 F.cross_entropy(logits, targets, reduction="sum"),
-                                 torch.tensor(float(len(targets)), device=sums.device)])  # fmt: skip
+            if acc.num_processes > 1:
+                logits, targets = acc.gather_for_metrics((logits, targets))
+            valid = targets != PadToMultiple.IGNORE
+            sums += torch.stack([((logits.argmax(1) == targets) & valid).sum().float(),
+                                 F.cross_entropy(logits, targets, ignore_index=PadToMultiple.IGNORE, reduction="sum"),
+                                 valid.sum().float()])  # fmt: skip
+            self._step_boundary()
         model.train(was_training)
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
