@@ -145,6 +145,8 @@ def run(
         "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
+    if fit.xla is not None:
+        metrics["xla"] = fit.xla
     if engine.is_main:
         (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (run_dir / "report.md").write_text(_report_markdown(metrics))

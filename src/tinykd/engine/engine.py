@@ -46,6 +46,7 @@ class FitResult:
     seconds: float
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    xla: dict[str, int] | None = None  # compilations and graph executions during fit, on an XLA device
 
 
 class MetricsLog:
@@ -160,6 +161,7 @@ class Engine:
         log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, self.is_main)
         result = FitResult(-1.0, -1, None, None, 0.0, 0.0)
         step, images, start = 0, 0, time.perf_counter()
+        xla_before = self.xla_counts()
         with _progress(self.is_main) as bar:
             for epoch in range(1, spec.epochs + 1):
                 task.train()
@@ -191,6 +193,9 @@ class Engine:
                 log.write(record)
         result.seconds = time.perf_counter() - start
         result.images_per_second = images / max(result.seconds, 1e-9)
+        if xla_before is not None:
+            after = self.xla_counts()
+            result.xla = {k: after[k] - xla_before[k] for k in after} | {"train_steps": step}  # type: ignore[index]
         if val_loader is None:
             result.best_accuracy = float("nan")
         return result
@@ -225,6 +230,18 @@ class Engine:
         )  # fmt: skip
         self._step_boundary()
         return stats, list(losses)
+
+    def xla_counts(self) -> dict[str, int] | None:
+        """Graphs compiled and executed so far in this process (torch_xla's metrics); None off XLA."""
+        if self.device.type != "xla":
+            return None
+        import torch_xla.debug.metrics as met
+
+        def samples(name: str) -> int:
+            data = met.metric_data(name)
+            return int(data[0]) if data else 0
+
+        return {"compilations": samples("CompileTime"), "executions": samples("ExecuteTime")}
 
     def _step_boundary(self) -> None:
         """On XLA, cut the graph here: one compiled graph per step, executed once, whatever is read later."""
