@@ -6,8 +6,12 @@ STAMP  := $(VENV)/.tinykd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # torch comes first and pinned: pip takes these wheels from the local disk here (a CUDA build that also runs on CPU)
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# the XLA path is tested in its own environment: torch_xla must match torch exactly (pip does not check it)
+XVENV  := .venv-xla
+XSTAMP := $(XVENV)/.tinykd-installed
+XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
 
-.PHONY: demo test data lint bench clean
+.PHONY: demo test test-main test-xla data lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+$(XSTAMP): pyproject.toml
+	test -x $(XVENV)/bin/python || $(PYTHON) -m venv $(XVENV)
+	$(XVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(XVENV)/bin/python -m pip install --quiet $(XTORCH)
+	$(XVENV)/bin/python -m pip install --quiet -e ".[dev]"
+	PJRT_DEVICE=CPU $(XVENV)/bin/python -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0')"
+	touch $(XSTAMP)
 
 # Fashion-MNIST: Debian's package where apt is there, else the official files into ~/.cache/tinykd
 data: $(STAMP)
@@ -27,12 +39,17 @@ data: $(STAMP)
 demo: $(STAMP) data
 	$(VENV)/bin/tinykd demo
 
-test: $(STAMP) data
+test: test-main test-xla
+
+test-main: $(STAMP) data
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest
+
+test-xla: $(XSTAMP)
+	PJRT_DEVICE=CPU $(XVENV)/bin/pytest tests/xla
 
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(XVENV) runs .pytest_cache .ruff_cache

@@ -67,3 +67,7 @@ def cli(tinykd_env: dict[str, str], tmp_path: Path):
         return proc
 
     return call
+
+
+# tests/xla needs torch_xla: it runs in .venv-xla (see the Makefile), and is not collected elsewhere
+collect_ignore = [] if __import__("importlib").util.find_spec("torch_xla") else ["xla"]

@@ -161,28 +161,34 @@ class Engine:
         log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, self.is_main)
         result = FitResult(-1.0, -1, None, None, 0.0, 0.0)
         step, images, start = 0, 0, time.perf_counter()
+        # Sums since the start of fit, kept on the device: every step after the first runs the same graph
+        # (running + stats), and the host reads them once per interval and subtracts the previous read.
+        running: torch.Tensor | None = None
+        names: list[str] = []
+        previous: list[float] | None = None
         xla_before = self.xla_counts()
         with _progress(self.is_main) as bar:
             for epoch in range(1, spec.epochs + 1):
                 task.train()
                 bar_task = bar.add_task(f"epoch {epoch}/{spec.epochs}", total=steps_per_epoch, stats="")
-                running, names = None, []
                 window_start, window_images, epoch_start = time.perf_counter(), 0, time.perf_counter()
                 for i, (inputs, targets) in enumerate(train_loader):
                     if i >= steps_per_epoch:
                         break
                     lr = lr_at(step, total_steps, steps_per_epoch, spec.optimizer.lr, spec.schedule)
                     stats, names = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip)
-                    running = stats if running is None else running + stats  # stays on the device
+                    running = stats if running is None else running + stats
                     step += 1
                     window_images += len(targets) * acc.num_processes
                     if (i + 1) % spec.log_every == 0 or i + 1 == steps_per_epoch:
-                        record = self._read(running, names)  # the one host sync of the interval
+                        totals = self._read(running)  # the one host sync of the interval
+                        record = _interval_means(totals, previous, names)
+                        previous = totals
                         now = time.perf_counter()
                         record.update(event="train", epoch=epoch, step=step, lr=lr,
                                       img_per_s=window_images / max(now - window_start, 1e-9))  # fmt: skip
                         images += window_images
-                        window_start, window_images, running = now, 0, None
+                        window_start, window_images = now, 0
                         self._check_finite(record, epoch, step)
                         log.write(record)
                         bar.update(bar_task, completed=i + 1, stats=_bar_stats(record))
@@ -286,16 +292,11 @@ class Engine:
         acc.wait_for_everyone()
         return record
 
-    def _read(self, running: torch.Tensor, names: list[str]) -> dict[str, Any]:
-        """Reduce the interval's sums over processes: mean loss per step, accuracy over images."""
+    def _read(self, running: torch.Tensor) -> list[float]:
+        """The running sums, summed over processes, on the host."""
         if self.accelerator.num_processes > 1:
             running = self.accelerator.reduce(running, reduction="sum")
-        totals = running.tolist()
-        *loss_sums, correct, count, steps = totals
-        record: dict[str, Any] = {"loss": loss_sums[0] / steps}
-        record.update({f"loss/{name}": value / steps for name, value in zip(names, loss_sums[1:], strict=True)})
-        record["accuracy"] = correct / count
-        return record
+        return running.tolist()
 
     @staticmethod
     def _check_finite(record: dict[str, Any], epoch: int, step: int) -> None:
@@ -325,6 +326,16 @@ class Engine:
         model.train(was_training)
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+def _interval_means(totals: list[float], previous: list[float] | None, names: list[str]) -> dict[str, Any]:
+    """Means over the interval between two reads of [total, each term..., correct, images, steps] sums."""
+    delta = totals if previous is None else [a - b for a, b in zip(totals, previous, strict=True)]
+    *loss_sums, correct, count, steps = delta
+    record: dict[str, Any] = {"loss": loss_sums[0] / steps}
+    record.update({f"loss/{name}": value / steps for name, value in zip(names, loss_sums[1:], strict=True)})
+    record["accuracy"] = correct / count
+    return record
 
 
 def _bar_stats(record: dict[str, Any]) -> str:

@@ -1,0 +1,77 @@
+"""The XLA path, for real, on the CPU (PJRT_DEVICE=CPU), in the torch_xla environment (.venv-xla).
+
+`make test` runs this folder with .venv-xla/bin/pytest; the main suite ignores it (no torch_xla there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tinykd
+from tinykd import create_model
+from tinykd.models.checkpoint import save_model
+
+pytestmark = pytest.mark.skipif(os.environ.get("PJRT_DEVICE") != "CPU", reason="run with PJRT_DEVICE=CPU")
+FITNET = {"type": "fitnet", "weight": 1.0, "student": "stage2", "teacher": "layer2"}
+
+
+def recipe(tmp_path: Path, steps: int, hint: bool, device: str = "xla") -> dict:
+    teacher = tmp_path / "teacher.safetensors"
+    if not teacher.exists():
+        save_model(create_model("resnet8", num_classes=10, in_channels=1), teacher, {"model": "resnet8"})
+    terms = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
+    if hint:
+        terms["hint"] = FITNET
+    return {
+        "name": "xla", "seed": 0,
+        "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 64, "val_size": 0.1, "augment": False},
+        "teacher": {"name": "resnet8", "checkpoint": str(teacher)},
+        "student": {"name": "cnn_small"},
+        "loss_terms": terms,
+        # one epoch of `steps` steps, lr schedule changing every step (it must not recompile)
+        "train": {"epochs": 1, "max_steps_per_epoch": steps, "log_every": 5,
+                  "schedule": {"name": "cosine", "warmup_epochs": 0.2}},
+        "runtime": {"device": device}, "measure": {"enabled": False},
+    }  # fmt: skip
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+
+
+@pytest.mark.parametrize("hint", [False, True], ids=["kd", "kd+fitnet"])
+def test_compilations_do_not_grow_with_steps_and_one_execution_per_step(tmp_path: Path, hint: bool) -> None:
+    reports = {}
+    for steps in (10, 30):
+        result = tinykd.run(recipe(tmp_path, steps, hint), out=tmp_path / f"run{steps}")
+        reports[steps] = result.metrics
+        assert result.metrics["device"].startswith("xla"), result.metrics["device"]
+    short, long = reports[10]["xla"], reports[30]["xla"]
+    assert short["compilations"] == long["compilations"] <= 3, (short, long)
+    val_batches = -(-144 // 64)  # digits: 144 validation images, padded to whole batches of 64
+    for steps, counts in ((10, short), (30, long)):
+        assert counts["train_steps"] == steps
+        assert counts["executions"] == steps + val_batches, counts  # no hidden syncs
+
+
+def test_losses_match_eager_cpu(tmp_path: Path) -> None:
+    xla = tinykd.run(recipe(tmp_path, 10, hint=True), out=tmp_path / "xla")
+    cpu_recipe = tmp_path / "cpu.yaml"
+    cpu_recipe.write_text(yaml.safe_dump(recipe(tmp_path, 10, hint=True, device="cpu")))
+    env = {**os.environ, "PJRT_DEVICE": ""}
+    proc = subprocess.run([sys.executable, "-m", "tinykd", "distill", str(cpu_recipe), "--out", str(tmp_path / "cpu")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "cpu" / "report.json").read_text())["device"] == "cpu"
+    xla_losses, cpu_losses = train_losses(xla.run_dir), train_losses(tmp_path / "cpu")
+    assert len(xla_losses) == len(cpu_losses) == 2
+    for a, b in zip(xla_losses, cpu_losses, strict=True):
+        assert a == pytest.approx(b, rel=1e-3), (xla_losses, cpu_losses)  # stated tolerance: 0.1 %
