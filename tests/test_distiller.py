@@ -120,3 +120,16 @@ def test_taps_take_the_first_tensor_of_tuple_outputs() -> None:
     assert torch.equal(taps.pop()["0"], torch.full((1, 3), 2.0))
     assert taps.pop() == {}
     taps.remove()
+
+
+def test_a_bf16_teacher_gives_float32_outputs_close_to_fp32(pair) -> None:
+    teacher, student, x, y = pair
+    reference = Distiller(teacher, student, terms(kd=1.0), example_inputs=x)
+    _, fp32 = reference.eval()(x, y)
+    import copy
+
+    bf16 = Distiller(copy.deepcopy(teacher), student, terms(kd=1.0), example_inputs=x, teacher_dtype=torch.bfloat16)
+    assert next(bf16.teacher.parameters()).dtype == torch.bfloat16
+    _, losses = bf16.eval()(x, y)
+    assert losses["kd"].dtype == torch.float32
+    assert losses["kd"].item() == pytest.approx(fp32["kd"].item(), rel=0.05)

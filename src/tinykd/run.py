@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from tinykd.data import DataBundle, build_datasets
@@ -105,7 +106,9 @@ def run(
     if teacher is not None and not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained")):  # type: ignore[union-attr]
         raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
     probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
-    distiller = Distiller(teacher, student, recipe.build_loss_terms(), example_inputs=probe_inputs)
+    teacher_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.precision] \
+        if recipe.teacher else None  # fmt: skip
+    distiller = Distiller(teacher, student, recipe.build_loss_terms(), probe_inputs, teacher_dtype)
 
     train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None

@@ -33,13 +33,22 @@ def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
+def _cast_floats(inputs: Any, dtype: torch.dtype) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(dtype) if inputs.is_floating_point() else inputs
+    if isinstance(inputs, Mapping):
+        return {k: _cast_floats(v, dtype) for k, v in inputs.items()}
+    return inputs
+
+
 class Distiller(nn.Module):
     """Trains `student` with `loss_terms` ({name: (term, weight)}) against a frozen `teacher`.
 
     `example_inputs` (a small batch) is run once through both models before
     training: it checks that their outputs match and sizes the adapters of
     feature terms. `forward(inputs, targets)` returns the student's logits and
-    a dict of weighted loss values, one per term.
+    a dict of weighted loss values, one per term. `teacher_dtype` (e.g.
+    torch.bfloat16) casts the frozen teacher once; its outputs come back as float32.
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class Distiller(nn.Module):
         student: nn.Module,
         loss_terms: Mapping[str, tuple[LossTerm, float] | LossTerm],
         example_inputs: Any = None,
+        teacher_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if not loss_terms:
@@ -63,9 +73,12 @@ class Distiller(nn.Module):
         object.__setattr__(self, "teacher", teacher)
         self.terms = nn.ModuleDict({k: term for k, (term, _) in pairs.items()})
         self.weights = {k: float(w) for k, (_, w) in pairs.items()}
+        self.teacher_dtype = teacher_dtype
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
+            if teacher_dtype is not None:  # a frozen teacher can run in bf16: half the memory, ~2x faster on bf16 CPUs
+                teacher.to(teacher_dtype)
         self._student_taps = FeatureTaps(student, [p for t in self.terms.values() for p in t.student_taps()], "student")
         teacher_paths = [p for t in self.terms.values() for p in t.teacher_taps()]
         self._teacher_taps = FeatureTaps(teacher, teacher_paths, "teacher") if teacher is not None else None
@@ -127,8 +140,13 @@ class Distiller(nn.Module):
         if self.teacher is None:
             return None
         with torch.no_grad():
+            if self.teacher_dtype is not None:
+                inputs = _cast_floats(inputs, self.teacher_dtype)
             logits = call_model(self.teacher, inputs)
-        return Outputs(logits, self._teacher_taps.pop())  # type: ignore[union-attr]
+        features = self._teacher_taps.pop()  # type: ignore[union-attr]
+        if self.teacher_dtype is not None:  # the loss terms compute in the student's precision
+            logits, features = logits.float(), {k: v.float() for k, v in features.items()}
+        return Outputs(logits, features)
 
     def formula(self) -> str:
         """The total loss as a readable sum, e.g. `0.1 * ce + 0.9 * kd(temperature=4.0)`."""

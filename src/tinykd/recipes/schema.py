@@ -22,6 +22,9 @@ class ModelSpec(Section):
     name: str = Field(min_length=1)
     checkpoint: str | None = Field(None, description="a .safetensors file or a tinykd run folder")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="teacher only: the number format it runs in (frozen, so bf16 costs little accuracy)"
+    )
 
 
 class DataSpec(Section):
@@ -118,6 +121,8 @@ class Recipe(Section):
             raise ValueError("missing 'student' (or 'model'): the model to train")
         if not self.loss_terms:
             raise ValueError("loss_terms is empty: give at least one term, e.g. ce: {weight: 1.0}")
+        if self.trained.precision != "fp32":
+            raise ValueError("precision is for the frozen teacher; the trained model's is runtime.precision")
         return self
 
     @property
