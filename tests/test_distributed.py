@@ -64,3 +64,15 @@ def test_two_cpu_ranks_are_one_job_and_match_one_process(tmp_path: Path, tinykd_
     assert not any(tmp_path.glob("double/*-rank1*")), "only rank 0 writes the run folder"
     assert (tmp_path / "double" / "report.json").is_file() and (tmp_path / "double" / "metrics.jsonl").is_file()
     assert os.path.getsize(tmp_path / "double" / "metrics.jsonl") > 0
+
+
+def test_accelerate_launch_runs_two_ranks(tmp_path: Path, tinykd_env: dict[str, str]) -> None:
+    env = {**tinykd_env, "OMP_NUM_THREADS": "1"}
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tinykd", "train", str(recipe(tmp_path, 32)), "--out", "run"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x 2 processes (MULTI_CPU)" in proc.stdout and "global batch 64 (32 per process x 2)" in proc.stdout
+    assert proc.stdout.count("run folder:") == 1  # rank 0 alone reports
