@@ -101,3 +101,17 @@ def test_run_folder_is_never_overwritten_silently(tmp_path: Path) -> None:
     assert (folder / "precious.txt").read_text() == "keep me"
     tinykd.run(quick, out=folder, overwrite=True)
     assert not (folder / "precious.txt").exists()
+
+
+def test_bad_input_never_costs_an_existing_folder_and_dry_run_writes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    broken = {**DIGITS, "student": {"name": "cnn_small", "checkpoint": str(tmp_path / "missing.safetensors")}}
+    with pytest.raises(TinykdError, match="does not exist"):
+        tinykd.run(broken, out=folder, overwrite=True)
+    assert (folder / "precious.txt").read_text() == "keep me"
+    result = tinykd.run(DIGITS, out=tmp_path / "new", dry_run=True)
+    assert result.metrics["dry_run"] and not (tmp_path / "new").exists()
+    with pytest.raises(TinykdError, match="already exists"):
+        tinykd.run(DIGITS, out=folder, dry_run=True)

@@ -11,6 +11,7 @@ The run folder holds what a user needs to inspect, reproduce and reuse a run:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,8 +47,11 @@ class RunResult:
         return self.run_dir / "checkpoints" / "best.safetensors"
 
 
-def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False) -> Path:
-    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable before training."""
+def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False, dry_run: bool = False) -> Path:
+    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable before training.
+
+    With `dry_run`, only check: nothing is created or removed.
+    """
     run_dir = Path(out) if out else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists() and not run_dir.is_dir():
         raise TinykdError(f"run folder {run_dir} exists and is a file; choose another --out")
@@ -56,7 +60,13 @@ def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False) 
             raise TinykdError(
                 f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite"
             )
-        shutil.rmtree(run_dir)
+        if not dry_run:
+            shutil.rmtree(run_dir)
+    if dry_run:
+        existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TinykdError(f"cannot write to run folder {run_dir}: {existing} is not writable")
+        return run_dir
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -88,16 +98,18 @@ def run(
     out: str | Path | None = None,
     overwrite: bool = False,
     mode: Literal["auto", "train", "distill"] = "auto",
+    dry_run: bool = False,
 ) -> RunResult:
-    """Run a recipe end to end; returns the run folder and its metrics (also in report.json)."""
+    """Run a recipe end to end; returns the run folder, its metrics (also in report.json) and the trained model.
+
+    Everything that can be checked is checked before the run folder is touched: the recipe, the data, the
+    models and their checkpoints, the loss terms on a probe batch. `dry_run` stops there.
+    """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     _check_mode(recipe, mode)
     start = time.perf_counter()
     engine = Engine(recipe.runtime)  # first: it knows the ranks, and only the main process touches the folder
-    run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite))
-    if engine.is_main:
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     engine.seed(recipe.seed)
 
     data = build_data(recipe)
@@ -109,6 +121,14 @@ def run(
     teacher_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.precision] \
         if recipe.teacher else None  # fmt: skip
     distiller = Distiller(teacher, student, recipe.build_loss_terms(), probe_inputs, teacher_dtype)
+    run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite, dry_run))
+    if dry_run:
+        if engine.is_main:
+            print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(data.train)} train images), models and "
+                  f"loss terms are valid; loss = {distiller.formula()}; would write to {run_dir}")  # fmt: skip
+        return RunResult(run_dir, {"dry_run": True, "loss": distiller.formula()}, student)
+    if engine.is_main:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
     train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
