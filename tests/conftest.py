@@ -13,6 +13,7 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +50,8 @@ def fake_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tinykd_env(fake_fmnist: Path) -> dict[str, str]:
     """Environment for running the CLI in a subprocess on the fake data, offline."""
     env = dict(os.environ)
-    env.update(TINYKD_DATA=str(fake_fmnist), OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env.update(TINYKD_DATA=str(fake_fmnist), OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+               TINYKD_OFFLINE="1")  # fmt: skip
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

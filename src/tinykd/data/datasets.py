@@ -113,6 +113,12 @@ def fashion_mnist_dirs(root: str | None) -> list[Path]:
     return dirs
 
 
+def _check_online(what: str) -> None:
+    """`TINYKD_OFFLINE=1` forbids downloads (air-gapped machines, tests)."""
+    if os.environ.get("TINYKD_OFFLINE", "") not in ("", "0"):
+        raise TinykdError(f"{what} would be downloaded, but TINYKD_OFFLINE is set; put the files in data.root")
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinykd"
 
@@ -131,6 +137,7 @@ def _locate_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
         if all(found.values()):
             return found  # type: ignore[return-value]
     if download:
+        _check_online("Fashion-MNIST")
         target = Path(root) if root else _cache_dir() / "fashion-mnist"
         target.mkdir(parents=True, exist_ok=True)
         for stem in FASHION_MNIST_FILES.values():
@@ -205,6 +212,8 @@ def _cifar(name: str, root: str | None, download: bool, augment: bool) -> RawSpl
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     directory = Path(root or os.environ.get("TINYKD_DATA", _cache_dir()))
+    if download and not (directory / cls.base_folder).is_dir():
+        _check_online(name)
     try:
         train = cls(str(directory), train=True, download=download)
         test = cls(str(directory), train=False, download=download)
