@@ -25,8 +25,9 @@ def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
                "--set", "measure.latency_repeats=10", check=True)  # fmt: skip
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     roles = [row["role"] for row in report["rows"]]
-    assert roles == ["teacher", "student (scratch)", "student (distilled)"]
-    teacher, scratch, distilled = report["rows"]
+    assert roles == ["teacher", "student (scratch)", "student (distilled)", "student (int8 onnx)"]
+    teacher, scratch, distilled, int8 = report["rows"]
+    assert int8["size_bytes"] < distilled["size_bytes"] / 2 and int8["format"] == "onnx int8"
     assert teacher["params"] >= 20 * distilled["params"] and scratch["params"] == distilled["params"]
     for row in report["rows"]:
         assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)

@@ -27,24 +27,33 @@ SetOption = Annotated[
 ]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/NAME-TIMESTAMP).")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty run folder.")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Check recipe, data, models and loss terms; train nothing, write nothing.")
+]
 
 
 @app.command()
-def train(recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False) -> None:
+def train(
+    recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
+    dry_run: DryRunOption = False,
+) -> None:  # fmt: skip
     """Train a model on labels alone (a teacher, or a baseline student). RECIPE: a YAML file or a built-in name."""
     from tinykd.recipes import load_recipe
     from tinykd.run import run
 
-    run(load_recipe(recipe, set_), out, overwrite, mode="train")
+    run(load_recipe(recipe, set_), out, overwrite, mode="train", dry_run=dry_run)
 
 
 @app.command()
-def distill(recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False) -> None:
+def distill(
+    recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
+    dry_run: DryRunOption = False,
+) -> None:  # fmt: skip
     """Train a student from a frozen teacher. RECIPE: a YAML file or a built-in name."""
     from tinykd.recipes import load_recipe
     from tinykd.run import run
 
-    run(load_recipe(recipe, set_), out, overwrite, mode="distill")
+    run(load_recipe(recipe, set_), out, overwrite, mode="distill", dry_run=dry_run)
 
 
 @app.command("eval")
@@ -78,6 +87,126 @@ def demo(
     run_demo(out, overwrite=overwrite, epochs=epochs, retrain_teacher=retrain_teacher, overrides=set_)
 
 
+ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads for timing (default: torch's count).")]
+RecipeOption = Annotated[
+    str | None, typer.Option(help="The data, for an .onnx file without tinykd metadata: a recipe or a run.")
+]
+ExporterOption = Annotated[str, typer.Option(help="ONNX exporter: auto (dynamo, else legacy), dynamo or legacy.")]
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A .safetensors checkpoint or a run folder.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="onnx or pt2 (torch.export).")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model.onnx).")] = None,
+    exporter: ExporterOption = "auto",
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |logit difference| accepted in verification.")] = 1e-3,
+    verify_images: Annotated[int, typer.Option(help="Test images to verify the file on.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Export a trained model to ONNX (or a torch.export program), verified against PyTorch on test images."""
+    from tinykd.compress.export import describe_export, export_checkpoint
+
+    path, report = export_checkpoint(checkpoint, format_, out, exporter, opset, tolerance, verify_images, overwrite,
+                                     set_)  # fmt: skip
+    print(describe_export(path, report))
+
+
+@app.command()
+def quantize(
+    source: Annotated[str, typer.Argument(help="A checkpoint, a run folder or an .onnx file.")],
+    mode: Annotated[str, typer.Option(help="static (ORT QDQ), dynamic (ORT, MatMul/Gemm) or torch-dynamic.")] = (
+        "static"
+    ),
+    calibration: Annotated[int, typer.Option(help="Training images that calibrate static quantization.")] = 500,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="An .npy file of normalised (N, C, H, W) calibration images instead.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model.int8.onnx).")] = None,
+    recipe: RecipeOption = None,
+    threads: ThreadsOption = None,
+    exporter: ExporterOption = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Int8 post-training quantization; accuracy, size and latency before and after."""
+    from tinykd.compress.quantize import describe_quantization, quantize_model
+    from tinykd.report import format_table
+
+    _, report = quantize_model(source, mode, calibration, out, calibration_data, recipe, set_, threads,
+                               exporter=exporter, overwrite=overwrite)  # fmt: skip
+    print(format_table(report["rows"], title=f"{source}: int8 ({mode}), test set"))
+    print(describe_quantization(report))
+    if report.get("note"):
+        print(f"note: {report['note']}")
+
+
+@app.command()
+def prune(
+    source: Annotated[str, typer.Argument(help="A recipe (with student.checkpoint), a checkpoint or a run folder.")],
+    ratio: Annotated[float | None, typer.Option(help="Fraction of the target to remove, in (0, 1) [0.5].")] = None,
+    target: Annotated[str | None, typer.Option(help="What the ratio counts: params or macs [params].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Recovery epochs [1 for a checkpoint, else the recipe's].")] = None,
+    set_: SetOption = None,
+    out: OutOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Remove channels (structured pruning), then distil from the teacher to recover accuracy."""
+    from tinykd.compress.prune import prune_command
+
+    prune_command(source, ratio, target, epochs, set_, out, overwrite)
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="A model name, a checkpoint, a run folder or an .onnx file.")],
+    threads: ThreadsOption = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls at batch 1.")] = 200,
+    batch: Annotated[int, typer.Option(help="Batch size for throughput.")] = 64,
+    onnx: Annotated[bool, typer.Option(help="Also export to ONNX and time it in ONNX Runtime.")] = True,
+    exporter: ExporterOption = "auto",
+    num_classes: Annotated[int, typer.Option(help="For a model name: classes.")] = 10,
+    in_channels: Annotated[int, typer.Option(help="For a model name: input channels.")] = 1,
+    image_size: Annotated[int, typer.Option(help="For a model name: input height and width.")] = 28,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Parameters, MACs, size, latency (p50, p90) and throughput, in PyTorch eager and in ONNX Runtime."""
+    import json
+
+    from tinykd.compress.profile import describe_profile, profile_model
+    from tinykd.report import format_table
+
+    rows, report = profile_model(model, threads, repeats, batch, onnx, exporter, num_classes, in_channels,
+                                 image_size)  # fmt: skip
+    print(format_table(rows, title=f"{model}: profile"))
+    print(describe_profile(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
+def compare(
+    models: Annotated[list[str], typer.Argument(help="Run folders, checkpoints or .onnx files; the first: reference.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.md, .json and .png here.")] = None,
+    threads: ThreadsOption = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls at batch 1.")] = 200,
+    batch: Annotated[int, typer.Option(help="Batch size for throughput.")] = 64,
+    recipe: RecipeOption = None,
+    set_: SetOption = None,
+) -> None:
+    """One table of models: accuracy, size, MACs, latency, and ratios against the first; markdown, JSON, plot."""
+    from tinykd.compress.compare import compare_models, notes
+    from tinykd.report import format_table
+
+    rows, report = compare_models(models, out, threads, repeats, batch, recipe, set_)
+    print(format_table(rows, title="tinykd compare: test set"))
+    print(notes(report))
+    for kind, path in report.get("files", {}).items():
+        print(f"{kind}: {path}")
+
+
 @app.command()
 def env() -> None:
     """Versions, devices, and which backend each runtime.device value would use here."""
@@ -98,26 +227,38 @@ def recipes() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: user errors (bad recipe, bad arguments) become one line on stderr and exit code 2."""
+    aborts, errors, exits = _click_exception_types()
     try:
-        return app(args=argv, standalone_mode=False) if argv is not None else _standalone()
+        return app(args=argv, standalone_mode=False)
     except TinykdError as exc:
-        print(f"tinykd: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("tinykd: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        _fail(str(exc), 2)
+    except errors as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(f"{exc.format_message()}{hint}", getattr(exc, "exit_code", 2) or 2)
+    except exits as exc:
+        raise SystemExit(getattr(exc, "exit_code", 0)) from None
+    except (KeyboardInterrupt, *aborts):
+        _fail("interrupted", 130)
 
 
-def _standalone() -> Any:
-    import click
+def _fail(message: str, code: int) -> None:
+    print(f"tinykd: error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(code) from None
 
-    try:
-        return app(standalone_mode=False)
-    except click.exceptions.Abort:
-        raise KeyboardInterrupt from None
-    except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Abort, ClickException and Exit from click and from typer (which vendors its own copy of click)."""
+    import importlib
+
+    found: dict[str, list[type]] = {"Abort": [], "ClickException": [], "Exit": []}
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for kind, types in found.items():
+            if isinstance(getattr(module, kind, None), type):
+                types.append(getattr(module, kind))
+    return tuple(found["Abort"]), tuple(found["ClickException"]), tuple(found["Exit"])

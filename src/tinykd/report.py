@@ -10,6 +10,7 @@ from rich.table import Table
 COLUMNS = [  # (key, header, format)
     ("role", "model", "{}"),
     ("model", "architecture", "{}"),
+    ("format", "format", "{}"),
     ("test_accuracy", "test acc", "{:.2%}"),
     ("params", "params", "{:,}"),
     ("size_bytes", "size", "size"),
@@ -17,6 +18,7 @@ COLUMNS = [  # (key, header, format)
     ("latency_ms_p50", "latency b1 p50", "{:.3f} ms"),
     ("throughput_img_s", "throughput b64", "{:,.0f} img/s"),
     ("compression", "fewer params", "{:.1f}x"),
+    ("size_ratio", "smaller file", "{:.1f}x"),
     ("speedup", "speed-up b1", "{:.1f}x"),
 ]
 

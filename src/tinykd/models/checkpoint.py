@@ -81,6 +81,8 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str | None = No
     meta = read_meta(file) if file.suffix == ".safetensors" else {}
     state = load_state(file)
     saved_name = meta.get("model")
+    if meta.get("pruned") and (model_name is None or saved_name in (None, model_name)):
+        shrink_to_state(model, state)  # a pruned checkpoint: narrow the freshly built model to its shapes
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -97,3 +99,82 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str | None = No
         raise TinykdError(f"checkpoint {file} does not fit model '{target}'{made_for}: {detail}")
     model.load_state_dict(state, strict=True)
     return meta
+
+
+def shrink_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Narrow Conv2d, Linear and BatchNorm layers of `model` to the (smaller) shapes saved in `state`.
+
+    A structurally pruned model has fewer channels than its constructor makes, and safetensors holds no code,
+    so loading rebuilds the original model and shrinks it here before `load_state_dict`. Only dimensions that
+    got smaller are changed; anything else is left for `load_weights` to report. Returns the shrunk modules.
+    """
+    shrunk = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state.get(prefix + "weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d) and weight.ndim == 4:
+            changed = _shrink_conv(module, weight)
+        elif isinstance(module, nn.Linear) and weight.ndim == 2:
+            changed = _shrink_linear(module, weight)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and weight.ndim == 1:
+            changed = _shrink_batchnorm(module, weight.shape[0])
+        else:
+            continue
+        if changed:
+            shrunk.append(name)
+    return shrunk
+
+
+def _fits_inside(new: tuple[int, ...], old: tuple[int, ...]) -> bool:
+    return len(new) == len(old) and all(0 < n <= o for n, o in zip(new, old, strict=True)) and new != old
+
+
+def _resize(module: nn.Module, attr: str, shape: tuple[int, ...]) -> None:
+    """Replace a parameter or buffer by an uninitialised one of `shape` (the checkpoint then fills it)."""
+    old = getattr(module, attr, None)
+    if old is None:
+        return
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        setattr(module, attr, new)
+
+
+def _shrink_conv(conv: nn.Conv2d, weight: torch.Tensor) -> bool:
+    shape = tuple(weight.shape)
+    if not _fits_inside(shape, tuple(conv.weight.shape)) or shape[2:] != tuple(conv.weight.shape[2:]):
+        return False
+    out_channels, in_per_group = shape[0], shape[1]
+    if conv.groups > 1 and conv.groups == conv.in_channels:  # depthwise: groups follow the channels
+        multiplier = conv.out_channels // conv.groups
+        if out_channels % multiplier:
+            return False
+        conv.groups = out_channels // multiplier
+    if out_channels % conv.groups:
+        return False
+    conv.out_channels, conv.in_channels = out_channels, in_per_group * conv.groups
+    _resize(conv, "weight", shape)
+    _resize(conv, "bias", (out_channels,))
+    return True
+
+
+def _shrink_linear(linear: nn.Linear, weight: torch.Tensor) -> bool:
+    shape = tuple(weight.shape)
+    if not _fits_inside(shape, tuple(linear.weight.shape)):
+        return False
+    linear.out_features, linear.in_features = shape
+    _resize(linear, "weight", shape)
+    _resize(linear, "bias", (shape[0],))
+    return True
+
+
+def _shrink_batchnorm(bn: nn.modules.batchnorm._BatchNorm, features: int) -> bool:
+    if not 0 < features < bn.num_features:
+        return False
+    bn.num_features = features
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        _resize(bn, attr, (features,))
+    return True

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tinykd.compress.prune import PruneSpec
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -112,6 +114,7 @@ class Recipe(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    prune: PruneSpec | None = Field(None, description="tinykd prune: structured pruning, then recovery")
 
     @model_validator(mode="after")
     def _one_student(self) -> Recipe:

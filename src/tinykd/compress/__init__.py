@@ -1,0 +1,29 @@
+"""Ship it to the edge: export, quantize, prune, profile and compare models after distillation.
+
+Each tool is a plain function (a module or a file in; a result and a report dict out), and the CLI is a thin
+face over them. Heavy optional libraries (onnx, onnxruntime, torch_pruning, matplotlib) are imported inside
+the functions, and this package imports its modules lazily: `tinykd.recipes.schema` imports `PruneSpec`
+from here without pulling in the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "export_onnx": "export", "export_pt2": "export", "verify_onnx": "export", "export_checkpoint": "export",
+    "quantize_static_onnx": "quantize", "quantize_dynamic_onnx": "quantize", "quantize_torch_dynamic": "quantize",
+    "quantize_model": "quantize", "quantize_for_demo": "quantize",
+    "PruneSpec": "prune", "prune_model": "prune", "prune_run": "prune", "prune_command": "prune",
+    "profile_model": "profile", "compare_models": "compare",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tinykd.compress' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"tinykd.compress.{module}"), name)

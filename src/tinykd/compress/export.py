@@ -1,0 +1,239 @@
+"""`tinykd export`: a portable file (ONNX, or a torch.export program), verified before it is declared done.
+
+The ONNX file is made by torch's dynamo exporter where it works and by the legacy TorchScript exporter
+otherwise, with a dynamic batch dimension, all weights inline (one file to copy) and tinykd's metadata. Then
+ONNX Runtime runs it on real test images beside PyTorch: a difference above the tolerance is an error, and
+the file is removed, because a silently wrong export is worse than none.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinykd.compress.onnxrt import onnx_logits, onnx_size, read_onnx, session
+from tinykd.compress.source import (
+    accuracy,
+    check_writable,
+    checkpoint_recipe,
+    dataset_arrays,
+    default_output,
+    load_checkpoint_model,
+    torch_logits,
+)
+from tinykd.errors import TinykdError
+from tinykd.measure import count_macs, count_params
+
+EXPORTERS = ("auto", "dynamo", "legacy")
+DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime (or torch.export) and eager PyTorch
+INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an external data file
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _probe(example: torch.Tensor) -> torch.Tensor:
+    """Two copies of one input: batch 2, so that exporters keep the batch dimension symbolic (not 0/1)."""
+    return example[:1].expand(2, *example.shape[1:]).contiguous()
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    exporter: str = "auto",
+    opset: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `model` as one self-contained .onnx file with a dynamic batch dimension; returns what was done.
+
+    `exporter`: `dynamo` (torch.export based), `legacy` (TorchScript, deprecated but fast and robust), or
+    `auto`: dynamo, falling back to legacy with the reason recorded.
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise TinykdError(f"--exporter must be one of {', '.join(EXPORTERS)}, not '{exporter}'")
+    path = Path(path)
+    model = model.eval().cpu()
+    probe = _probe(example.cpu())
+    start = time.perf_counter()
+    used, fallback = exporter, None
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        if exporter in ("auto", "dynamo"):
+            try:
+                _export_dynamo(model, probe, raw, opset)
+                used = "dynamo"
+            except Exception as exc:  # the dynamo exporter raises many types for what it cannot capture
+                if exporter == "dynamo":
+                    raise TinykdError(f"the dynamo ONNX exporter failed: {_first_line(exc)}; "
+                                      "try --exporter legacy") from None  # fmt: skip
+                used, fallback = "legacy", _first_line(exc)
+        if used == "legacy":
+            try:
+                _export_legacy(model, probe, raw, opset)
+            except Exception as exc:  # reported as one line
+                raise TinykdError(f"the model cannot be exported to ONNX: {_first_line(exc)}") from None
+        proto = onnx.load(str(raw))  # with its external data, if the exporter wrote some
+        strip_debug_info(proto)
+        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        info = {**(meta or {}), "format": "onnx fp32", "params": count_params(model),
+                "macs": count_macs(model, example), "exporter": used, "opset": opset_used}  # fmt: skip
+        proto.metadata_props.add(key="tinykd", value=_json(info))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        external = proto.ByteSize() > INLINE_LIMIT
+        onnx.save_model(proto, str(path), save_as_external_data=external,
+                        location=path.name + ".data" if external else None)  # fmt: skip
+    onnx.checker.check_model(str(path))
+    return {"format": "onnx", "path": str(path), "exporter": used, "opset": opset_used,
+            "fallback_reason": fallback, "seconds": round(time.perf_counter() - start, 2),
+            "size_bytes": onnx_size(path), "params": info["params"], "macs": info["macs"]}  # fmt: skip
+
+
+def strip_debug_info(proto: Any) -> None:
+    """Drop per-node debugging metadata (the dynamo exporter's stack traces, local paths, FX nodes): a shipped
+    file needs none of it, and it was about 10% of a small model's file."""
+    for graph in [proto.graph, *(f for f in proto.functions)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
+
+
+def _export_dynamo(model: nn.Module, probe: torch.Tensor, path: Path, opset: int | None) -> None:
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(model, (probe,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)  # fmt: skip
+
+
+def _export_legacy(model: nn.Module, probe: torch.Tensor, path: Path, opset: int | None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter is deprecated: we know, it is the fall-back
+        torch.onnx.export(model, (probe,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset)  # fmt: skip
+
+
+def compare_outputs(
+    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray, tolerance: float, what: str
+) -> dict[str, Any]:
+    """Max |difference|, top-1 agreement and both accuracies; an error when the difference exceeds `tolerance`."""
+    diff = float(np.abs(reference - outputs).max()) if reference.size else 0.0
+    agree = float((reference.argmax(1) == outputs.argmax(1)).mean())
+    report = {"images": len(reference), "max_abs_diff": diff, "top1_agreement": agree, "tolerance": tolerance,
+              "accuracy_pytorch": accuracy(reference, labels),
+              f"accuracy_{what}": accuracy(outputs, labels)}  # fmt: skip
+    if not np.isfinite(diff) or diff > tolerance:
+        raise TinykdError(f"verification failed: {what} and PyTorch differ by up to {diff:.3g} on {len(reference)} "
+                          f"test images (tolerance {tolerance:g}; top-1 agreement {agree:.2%})")  # fmt: skip
+    return report
+
+
+def verify_onnx(
+    model: nn.Module, path: str | Path, images: np.ndarray, labels: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run the file in ONNX Runtime and the model in PyTorch on the same images; compare (raises on mismatch)."""
+    outputs = onnx_logits(session(path, threads), images)
+    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "onnxruntime")
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict[str, Any]:
+    """Save a torch.export ExportedProgram (dynamic batch where the model allows it) with torch.export.save."""
+    path = Path(path)
+    model = model.eval().cpu()
+    probe = _probe(example.cpu())
+    start = time.perf_counter()
+    dynamic = True
+    try:
+        program = torch.export.export(model, (probe,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception:  # try again with a fixed batch size
+        dynamic = False
+        try:
+            program = torch.export.export(model, (example[:1].cpu(),))
+        except Exception as exc:  # reported as one line
+            raise TinykdError(f"torch.export cannot capture this model: {_first_line(exc)}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    return {"format": "pt2", "path": str(path), "dynamic_batch": dynamic,
+            "seconds": round(time.perf_counter() - start, 2), "size_bytes": path.stat().st_size,
+            "params": count_params(model)}  # fmt: skip
+
+
+def verify_pt2(
+    model: nn.Module, path: str | Path, images: np.ndarray, labels: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE, dynamic: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Load the saved program back and compare it with eager PyTorch on the same images (raises on mismatch)."""
+    program = torch.export.load(str(path)).module()
+    outputs = torch_logits(program, images, 256 if dynamic else 1, prepare=False)  # exported: eval() unsupported
+    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "torch.export")
+
+
+def export_checkpoint(
+    source: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    exporter: str = "auto",
+    opset: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    verify_images: int = 1000,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export a tinykd checkpoint or run folder, then verify the file on the first `verify_images` test images."""
+    if fmt not in ("onnx", "pt2"):
+        raise TinykdError(f"--format must be onnx or pt2, not '{fmt}'")
+    if tolerance <= 0 or verify_images < 1:
+        raise TinykdError("--tolerance must be > 0 and --verify-images at least 1")
+    loaded = load_checkpoint_model(source)
+    recipe = checkpoint_recipe(loaded.meta, loaded.path, overrides)
+    images, labels = dataset_arrays(recipe, "test", limit=verify_images)
+    path = Path(out) if out else default_output(source, f".{fmt}")
+    check_writable(path, overwrite)
+    example = torch.from_numpy(images[:1].copy())
+    if fmt == "onnx":
+        report = export_onnx(loaded.model, example, path, exporter, opset, meta=loaded.meta)
+        read_onnx(path)
+    else:
+        report = export_pt2(loaded.model, example, path)
+    try:
+        verify = (verify_onnx(loaded.model, path, images, labels, tolerance) if fmt == "onnx"
+                  else verify_pt2(loaded.model, path, images, labels, tolerance, report["dynamic_batch"]))  # fmt: skip
+    except TinykdError as exc:
+        path.unlink(missing_ok=True)
+        raise TinykdError(f"{exc}; {path} was removed") from None
+    report.update(model=loaded.name, checkpoint=str(loaded.path), verification=verify)
+    return path, report
+
+
+def describe_export(path: Path, report: dict[str, Any]) -> str:
+    """Two lines for the terminal: what was written, and how it was verified."""
+    from tinykd.report import human_bytes
+
+    how = (f"{report['exporter']} exporter, opset {report['opset']}" if report["format"] == "onnx"
+           else f"torch.export, {'dynamic' if report['dynamic_batch'] else 'fixed'} batch")  # fmt: skip
+    first = f"exported {path} ({how}, {human_bytes(report['size_bytes'])}) in {report['seconds']} s"
+    if report.get("fallback_reason"):
+        first += f"; the dynamo exporter failed ({report['fallback_reason']}), so the legacy one was used"
+    v = report["verification"]
+    other = next(k for k in v if k.startswith("accuracy_") and k != "accuracy_pytorch")
+    second = (f"verified on {v['images']} test images: max |diff| {v['max_abs_diff']:.2e} <= {v['tolerance']:g}, "
+              f"top-1 agreement {v['top1_agreement']:.2%}, accuracy {v['accuracy_pytorch']:.2%} (PyTorch) vs "
+              f"{v[other]:.2%} ({other[len('accuracy_'):]})")  # fmt: skip
+    return f"{first}\n{second}"

@@ -1,0 +1,169 @@
+"""ONNX files and ONNX Runtime: reading, metadata, size on disk, sessions, outputs and timings.
+
+tinykd writes its metadata (model name, recipe, parameters, MACs, format) into an exported file's
+`metadata_props`, so that a later `quantize`, `profile` or `compare` of the bare .onnx file still knows its
+dataset and can report accuracy on it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinykd.errors import TinykdError
+from tinykd.measure import percentile, time_calls
+
+META_KEY = "tinykd"
+
+
+def read_onnx(path: str | Path, load_external_data: bool = False) -> Any:
+    """The ModelProto of an .onnx file; a file that is not an ONNX model is a one-line error."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise TinykdError(f"ONNX file {p} does not exist")
+    try:
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf raises several types for a file that is not a model
+        raise TinykdError(f"{p} is not an ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                          ) from None  # fmt: skip
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise TinykdError(f"{p} is not an ONNX model (it has no graph with inputs, outputs and nodes)")
+    return model
+
+
+def onnx_meta(path: str | Path) -> dict[str, Any]:
+    """tinykd's metadata in an .onnx file ({} when it was not written by tinykd)."""
+    model = read_onnx(path)
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                return {}
+    return {}
+
+
+def write_onnx_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Store `meta` as tinykd's metadata in an .onnx file whose tensors are all inline."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in list(model.metadata_props):
+        if prop.key == META_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=META_KEY, value=json.dumps(meta))
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def onnx_size(path: str | Path) -> int:
+    """Bytes on disk of an .onnx file plus the external data files its tensors point to."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    p = Path(path)
+    model = read_onnx(p)
+    files = {p.resolve()}
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            files.add((p.parent / ExternalDataInfo(tensor).location).resolve())
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def onnx_params(model: Any) -> int:
+    """Elements of the float and integer weight tensors (initializers with more than one element)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        n = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if n > 1:
+            total += n
+    return total
+
+
+def onnx_input(path: str | Path) -> tuple[str, list[int | str]]:
+    """The name of the (single) image input and its dims (a str for a symbolic one, e.g. 'batch')."""
+    model = read_onnx(path)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise TinykdError(f"{path} takes {len(inputs)} inputs; tinykd handles image models with one input")
+    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in
+            inputs[0].type.tensor_type.shape.dim]  # fmt: skip
+    return inputs[0].name, dims
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """A CPU InferenceSession with a fixed number of intra-op threads (one inter-op thread)."""
+    import onnxruntime as ort
+
+    read_onnx(path)  # a clear error for a file that is not a model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise TinykdError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+
+def check_images_fit(path: str | Path, images: np.ndarray, what: str = "images") -> None:
+    """The images must have the model's input shape (apart from the batch dimension)."""
+    _, dims = onnx_input(path)
+    expected = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
+    got = list(images.shape[1:])
+    if images.ndim != len(dims) or any(e is not None and e != g for e, g in zip(expected, got, strict=False)):
+        want = "(N, " + ", ".join(str(e) if e is not None else "?" for e in expected) + ")"
+        raise TinykdError(f"the {what} have shape {tuple(images.shape)} but {Path(path).name} takes {want}")
+
+
+def onnx_logits(sess: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Outputs of an ORT session batch by batch (a model with a fixed batch size gets padded batches)."""
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    step = fixed or batch
+    outs = []
+    for i in range(0, len(images), step):
+        chunk = np.ascontiguousarray(images[i : i + step], dtype=np.float32)
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], fixed - n, axis=0)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
+    return np.concatenate(outs)
+
+
+def measure_onnx(
+    path: str | Path, example: np.ndarray, repeats: int = 200, batch: int = 64, threads: int | None = None
+) -> dict[str, Any]:
+    """Size (external data included), parameters, and ORT CPU latency (p50, p90 at batch 1) and throughput.
+
+    `threads` defaults to torch's thread count, so that the PyTorch and ONNX Runtime rows use the same number.
+    """
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    sess = session(path, threads)
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    one = np.ascontiguousarray(example[:1], dtype=np.float32)
+    if fixed and fixed != 1:
+        one = np.repeat(one, fixed, axis=0)
+    big_n = fixed or batch
+    big = np.ascontiguousarray(np.repeat(one[:1], big_n, axis=0))
+    single = time_calls(lambda: sess.run(None, {inp.name: one}), repeats)
+    batched = time_calls(lambda: sess.run(None, {inp.name: big}), max(10, repeats // 10), warmup=3)
+    meta = onnx_meta(path)
+    return {
+        "params": meta.get("params", onnx_params(read_onnx(path))),
+        "size_bytes": onnx_size(path),
+        "macs": meta.get("macs"),
+        "latency_ms_p50": statistics.median(single) * 1e3,
+        "latency_ms_p90": percentile(single, 0.9) * 1e3,
+        "throughput_img_s": big_n / statistics.median(batched),
+        "threads": threads,
+    }

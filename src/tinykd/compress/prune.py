@@ -1,0 +1,312 @@
+"""`tinykd prune`: structured channel pruning, then distillation from the teacher to win the accuracy back.
+
+Pruning removes whole channels (torch-pruning follows the dependencies, residual additions included), so the
+model really gets smaller and faster, unlike zeroed weights. Channels are ranked by the L2 norm of their
+weights across the whole network (global pruning), and removed step by step until the target (a fraction of
+the parameters or of the MACs) is reached; the classifier's outputs are never touched. One recipe stage then
+trains the pruned student with the recipe's loss terms: with a teacher, that is distillation.
+
+A pruned model no longer matches its constructor, so its checkpoint says `"pruned": true` and loading
+rebuilds the original model and shrinks its layers to the saved shapes (`tinykd.models.checkpoint`).
+
+The recipe section (add `prune: PruneSpec | None = None` to `Recipe`):
+
+    prune: {ratio: 0.5, target: params}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from tinykd.errors import TinykdError
+
+MAX_LAYER_RATIO = 0.9  # no layer loses more than 90% of its channels (a layer with none left breaks the network)
+
+
+class PruneSpec(BaseModel):
+    """How much to prune: `ratio` of the `target` (parameters or MACs) is removed, e.g. 0.5 halves it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of the target to remove (0.5: half)")
+    target: Literal["params", "macs"] = Field("params", description="what the ratio counts: params or macs")
+    steps: int = Field(50, gt=0, le=1000, description="pruning steps toward the target (more: closer to it)")
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0 < ratio < 1:
+        raise TinykdError(f"the pruning ratio must be between 0 and 1 (exclusive), the fraction of the target to "
+                          f"remove, e.g. 0.5; got {ratio:g}")  # fmt: skip
+
+
+def make_spec(ratio: float | None = None, target: str | None = None, base: PruneSpec | None = None) -> PruneSpec:
+    """A PruneSpec from command-line options over a recipe's section (options win)."""
+    values = base.model_dump() if base is not None else {}
+    if ratio is not None:
+        check_ratio(ratio)
+        values["ratio"] = ratio
+    if target is not None:
+        if target not in ("params", "macs"):
+            raise TinykdError(f"--target must be params or macs, not '{target}'")
+        values["target"] = target
+    return PruneSpec(**values)
+
+
+def classifier_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The Linear (or 1x1 conv) layers that produce the logits: their outputs are the classes, never pruned."""
+    with torch.no_grad():
+        classes = model(example[:1]).shape[-1]
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+    if not heads:
+        heads = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == classes]
+    return heads[-1:] if len(heads) > 1 else heads
+
+
+def prune_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    ratio: float = 0.5,
+    target: str = "params",
+    steps: int = 50,
+    ignored_layers: list[nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Remove channels of `model` in place until `ratio` of its params (or MACs) is gone; returns the figures."""
+    import torch_pruning as tp
+
+    from tinykd.measure import count_macs, count_params
+
+    check_ratio(ratio)
+    if target not in ("params", "macs"):
+        raise TinykdError(f"the pruning target must be params or macs, not '{target}'")
+    model.eval()  # tracing runs a forward pass: BatchNorm must not update its statistics
+    example = example[:1]
+    out_shape = tuple(model(example).shape)
+    ignored = [*(ignored_layers or []), *classifier_layers(model, example)]
+
+    def measure() -> dict[str, int]:
+        return {"params": count_params(model), "macs": count_macs(model, example)}
+
+    before = measure()
+    goal = (1 - ratio) * before[target]
+    pruner_cls = getattr(tp.pruner, "MetaPruner", None) or tp.pruner.BasePruner
+    pruner = pruner_cls(model, example, importance=tp.importance.MagnitudeImportance(p=2), global_pruning=True,
+                        pruning_ratio=MAX_LAYER_RATIO, max_pruning_ratio=MAX_LAYER_RATIO, iterative_steps=steps,
+                        ignored_layers=ignored)  # fmt: skip
+    done, now = 0, before
+    start = time.perf_counter()
+    while done < steps and now[target] > goal:
+        pruner.step()
+        done += 1
+        now = measure()
+    model.eval()
+    with torch.no_grad():
+        if tuple(model(example).shape) != out_shape:
+            raise TinykdError(f"pruning changed the model's output shape from {out_shape}; it cannot be pruned")
+    report = {"ratio": ratio, "target": target, "params_before": before["params"], "params_after": now["params"],
+              "macs_before": before["macs"], "macs_after": now["macs"], "steps": done,
+              "removed": 1 - now[target] / max(before[target], 1), "reached": now[target] <= goal,
+              "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+    if not report["reached"]:
+        report["note"] = (f"removed {report['removed']:.1%} of the {target}, short of {ratio:.0%}: no layer may lose "
+                          f"more than {MAX_LAYER_RATIO:.0%} of its channels")  # fmt: skip
+    return report
+
+
+def schema_has_prune() -> bool:
+    """Whether the recipe schema has the `prune` section (then recipes and checkpoints carry it)."""
+    from tinykd.recipes.schema import Recipe
+
+    return "prune" in Recipe.model_fields
+
+
+def prune_recipe(
+    source: str | Path,
+    ratio: float | None = None,
+    target: str | None = None,
+    epochs: int | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[Any, PruneSpec]:
+    """The recipe of a prune run, and how much to prune.
+
+    From a recipe (file or built-in name): as written; its `student.checkpoint` is the model to prune. From a
+    checkpoint or run folder: the recipe that trained it, with that checkpoint as the student, a name ending
+    in `-pruned`, and a short recovery (1 epoch, a tenth of the learning rate, cosine) unless overridden.
+    """
+    from tinykd.compress.source import is_checkpoint_source
+    from tinykd.models.checkpoint import read_meta, resolve_checkpoint
+    from tinykd.recipes import load_recipe, validate_recipe
+    from tinykd.recipes.load import apply_override
+
+    if ratio is not None:
+        check_ratio(ratio)
+    if epochs is not None and epochs < 1:
+        raise TinykdError(f"--epochs must be at least 1, not {epochs}")
+    if is_checkpoint_source(source):
+        path = resolve_checkpoint(source)
+        meta = read_meta(path) if path.suffix == ".safetensors" else {}
+        if "recipe" not in meta or "model" not in meta:
+            raise TinykdError(f"{path} has no tinykd recipe in its metadata; give a recipe whose student.checkpoint "
+                              "is this file")  # fmt: skip
+        data = json.loads(json.dumps(meta["recipe"]))
+        data.pop("model", None)
+        data["student"] = {"name": meta["model"], "kwargs": meta.get("kwargs", {}), "checkpoint": str(path.resolve())}
+        data["name"] = f"{data.get('name', 'run')}-pruned"
+        train = data.setdefault("train", {})
+        optimizer = train.setdefault("optimizer", {})
+        optimizer["lr"] = float(optimizer.get("lr", 0.1)) / 10
+        train.update(epochs=1, schedule={"name": "cosine", "warmup_epochs": 0.0})
+        section = data.pop("prune", None) or meta.get("prune")
+        base = PruneSpec(**section) if section else None
+        if base is not None and schema_has_prune():
+            data["prune"] = base.model_dump()
+        for item in overrides or []:
+            apply_override(data, item)
+        recipe = validate_recipe(data)
+    else:
+        recipe = load_recipe(str(source), overrides)
+        base = getattr(recipe, "prune", None)
+    spec = make_spec(ratio, target, base)
+    if epochs is not None:
+        recipe.train.epochs = epochs
+    if schema_has_prune():
+        recipe.prune = spec
+    if not recipe.trained.checkpoint:
+        raise TinykdError("student.checkpoint is not set: tinykd prune prunes a trained model; set it to a run "
+                          "folder or a .safetensors file")  # fmt: skip
+    return recipe, spec
+
+
+def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overwrite: bool = False) -> Any:
+    """Prune the recipe's trained student, then train it with the recipe's loss terms; a run folder as `run`.
+
+    Reports test accuracy, parameters and MACs before pruning, right after it, and after recovery.
+    """
+    import yaml
+
+    from tinykd.distill import Distiller
+    from tinykd.engine import Engine, make_loader
+    from tinykd.measure import measure_model
+    from tinykd.models.checkpoint import load_weights, save_model
+    from tinykd.recipes import dump_recipe
+    from tinykd.report import format_table, rows_markdown
+    from tinykd.run import RunResult, build_data, build_model, prepare_run_dir
+
+    start = time.perf_counter()
+    engine = Engine(recipe.runtime)
+    run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite))
+    if engine.is_main:
+        text = dump_recipe(recipe)
+        if not schema_has_prune():  # written for the reader; the schema of this version cannot load it back
+            text += yaml.safe_dump({"prune": spec.model_dump()}, sort_keys=False)
+        (run_dir / "recipe.yaml").write_text(text)
+    engine.seed(recipe.seed)
+
+    data = build_data(recipe)
+    name = recipe.trained.name
+    student = build_model(recipe.trained, data, "student")
+    teacher = build_model(recipe.teacher, data, "teacher") if recipe.teacher and recipe.needs_teacher() else None
+    if teacher is not None and not recipe.teacher.checkpoint:
+        raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
+    probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
+    example = probe_inputs[:1]
+    test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
+
+    def test_accuracy(model: nn.Module) -> float:
+        accuracy = engine.evaluate(model.to(engine.device), test_loader)["accuracy"]
+        model.cpu()
+        return accuracy
+
+    def stats(model: nn.Module) -> dict[str, Any]:
+        if not (recipe.measure.enabled and engine.is_main):
+            return {}
+        m = recipe.measure
+        return measure_model(copy.deepcopy(model), example, m.latency_repeats, m.throughput_batch,
+                             m.threads).as_dict()  # fmt: skip
+
+    before = {"role": "before pruning", "model": name, "test_accuracy": test_accuracy(student), **stats(student)}
+    if engine.is_main:
+        print(f"tinykd: {recipe.name}: pruning {name} ({recipe.trained.checkpoint}) to remove {spec.ratio:.0%} of its "
+              f"{spec.target}, test accuracy before {before['test_accuracy']:.2%}")  # fmt: skip
+    pruning = prune_model(student.cpu(), example, spec.ratio, spec.target, spec.steps)
+    pruned = {"role": "pruned", "model": name, "test_accuracy": test_accuracy(student)}
+    distiller = Distiller(teacher, student, recipe.build_loss_terms(), example_inputs=probe_inputs)
+    if engine.is_main:
+        print(f"tinykd: pruned {pruning['params_before']:,} -> {pruning['params_after']:,} params, "
+              f"{pruning['macs_before']:,} -> {pruning['macs_after']:,} MACs in {pruning['steps']} steps; test "
+              f"accuracy {pruned['test_accuracy']:.2%}; recovering for {recipe.train.epochs} epoch(s), "
+              f"loss = {distiller.formula()}")  # fmt: skip
+        if pruning.get("note"):
+            print(f"tinykd: note: {pruning['note']}")
+
+    meta = {"model": name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
+            "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
+            "recipe": recipe.model_dump(mode="json"), "pruned": True, "prune": spec.model_dump(),
+            "pruned_from": recipe.trained.checkpoint}  # fmt: skip
+    train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
+    val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
+    fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
+                     save=lambda model, path: save_model(model, path, meta))  # fmt: skip
+    student = engine.accelerator.unwrap_model(student)
+    if fit.best_checkpoint is not None:
+        load_weights(student, fit.best_checkpoint, name)
+    recovered = {"role": "pruned + recovered", "model": name, "test_accuracy": test_accuracy(student)}
+    after_stats = stats(student)
+    pruned.update({**after_stats, "params": pruning["params_after"], "macs": pruning["macs_after"]})
+    recovered.update(after_stats)
+    rows = [before, pruned, recovered]
+    for row in rows:
+        if "params" in row and "params" in before:
+            row["compression"] = before["params"] / row["params"]
+        if "latency_ms_p50" in row and "latency_ms_p50" in before:
+            row["speedup"] = before["latency_ms_p50"] / row["latency_ms_p50"]
+    metrics = {
+        "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
+        "prune": spec.model_dump(), "pruning": pruning, "pruned_from": recipe.trained.checkpoint,
+        "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
+        "train_seconds": round(fit.seconds, 2), "total_seconds": round(time.perf_counter() - start, 2),
+        "device": str(engine.device), "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None,
+        "models": rows,
+    }  # fmt: skip
+    if engine.is_main:
+        (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run_dir / "report.md").write_text(_report_markdown(metrics, rows_markdown(rows)))
+        print(format_table(rows, title=f"{recipe.name}: test set"))
+        print(f"run folder: {run_dir}")
+    return RunResult(run_dir, metrics, student)
+
+
+def _report_markdown(metrics: dict[str, Any], table: str) -> str:
+    p = metrics["pruning"]
+    return "\n".join([
+        f"# {metrics['name']}",
+        "",
+        f"- dataset: {metrics['dataset']}; pruned from: {metrics['pruned_from']}",
+        f"- pruning: remove {p['ratio']:.0%} of the {p['target']} (removed {p['removed']:.1%} in {p['steps']} "
+        f"steps): {p['params_before']:,} -> {p['params_after']:,} params, {p['macs_before']:,} -> "
+        f"{p['macs_after']:,} MACs",
+        f"- recovery: {metrics['epochs']} epoch(s), loss = {metrics['loss']}; {metrics['train_seconds']} s",
+        "",
+        table,
+        "",
+    ])  # fmt: skip
+
+
+def prune_command(
+    source: str | Path,
+    ratio: float | None = None,
+    target: str | None = None,
+    epochs: int | None = None,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """`tinykd prune`: a recipe, a checkpoint or a run folder in; a run folder with the pruned student out."""
+    recipe, spec = prune_recipe(source, ratio, target, epochs, overrides)
+    return prune_run(recipe, spec, out, overwrite)

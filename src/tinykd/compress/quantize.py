@@ -1,0 +1,309 @@
+"""`tinykd quantize`: int8 post-training quantization, with accuracy, size and latency before and after.
+
+Three modes:
+
+- `static` (the default): ONNX Runtime, QDQ format, per-channel int8 weights and int8 activations whose ranges
+  come from N calibration images of the training split. Good for convolutional networks.
+- `dynamic`: ONNX Runtime, int8 weights of MatMul/Gemm only, activations quantized on the fly. Convolutions
+  stay fp32, because ORT's dynamic ConvInteger is several times slower than fp32 on CPU.
+- `torch-dynamic`: PyTorch's `quantize_dynamic` on the nn.Linear layers (for MLPs and transformers).
+
+Accuracy is measured on the whole test set of the model's own recipe, before and after, with the same runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinykd.compress.export import export_onnx, verify_onnx
+from tinykd.compress.onnxrt import (
+    check_images_fit,
+    measure_onnx,
+    onnx_input,
+    onnx_logits,
+    onnx_meta,
+    read_onnx,
+    session,
+    write_onnx_meta,
+)
+from tinykd.compress.source import (
+    accuracy,
+    check_writable,
+    checkpoint_recipe,
+    dataset_arrays,
+    default_output,
+    load_any_recipe,
+    load_checkpoint_model,
+    torch_logits,
+)
+from tinykd.errors import TinykdError
+from tinykd.measure import count_macs, count_params, percentile, time_calls, torch_threads
+
+MODES = ("static", "dynamic", "torch-dynamic")
+SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt"}
+DYNAMIC_OPS = ("MatMul", "Gemm")
+
+
+def _preprocess(fp32_path: Path, folder: Path) -> tuple[Path, str | None]:
+    """ORT's recommended pre-processing (shape inference, graph optimisation); the input itself if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = folder / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(fp32_path), str(out))
+        return out, None
+    except Exception as exc:  # pre-processing is an optimisation: quantize the file as it is
+        return fp32_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def quantize_static_onnx(
+    fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, per_channel: bool = True
+) -> dict[str, Any]:
+    """Static int8 (QDQ) quantization with activation ranges from `calibration` (N, C, H, W float32 images)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    read_onnx(fp32_path)
+    calibration = np.asarray(calibration)
+    if calibration.ndim == 0 or len(calibration) == 0:
+        raise TinykdError("the calibration set is empty; give at least one image (--calibration N)")
+    if not np.issubdtype(calibration.dtype, np.floating):
+        raise TinykdError(f"calibration images must be float (normalised like the training data), "
+                          f"not {calibration.dtype}")  # fmt: skip
+    check_images_fit(fp32_path, calibration, "calibration images")
+    name, dims = onnx_input(fp32_path)
+    step = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 64
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = iter(range(0, len(calibration), step))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.starts, None)
+            if start is None:
+                return None
+            chunk = np.ascontiguousarray(calibration[start : start + step], dtype=np.float32)
+            if len(chunk) < step and isinstance(dims[0], int) and dims[0] > 0:
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], step - len(chunk), axis=0)])
+            return {name: chunk}
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_in, skipped = _preprocess(fp32_path, Path(tmp))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        quantize_static(str(model_in), str(out_path), Batches(), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    meta = {**onnx_meta(fp32_path), "format": "onnx int8", "quantization": "static QDQ per-channel",
+            "calibration_images": len(calibration)}
+    write_onnx_meta(out_path, meta)
+    return {"mode": "static", "format": "QDQ", "per_channel": per_channel, "calibration_images": len(calibration),
+            "preprocess_skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def quantize_dynamic_onnx(
+    fp32_path: str | Path, out_path: str | Path, op_types: tuple[str, ...] = DYNAMIC_OPS
+) -> dict[str, Any]:
+    """Dynamic int8 quantization of the weights of `op_types` nodes (default: MatMul and Gemm only)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    model = read_onnx(fp32_path)
+    matched = sum(node.op_type in op_types for node in model.graph.node)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_in, skipped = _preprocess(fp32_path, Path(tmp))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(str(model_in), str(out_path), op_types_to_quantize=list(op_types),
+                         weight_type=QuantType.QInt8)  # fmt: skip
+    write_onnx_meta(out_path, {**onnx_meta(fp32_path), "format": "onnx int8", "quantization": "dynamic"})
+    return {"mode": "dynamic", "op_types": list(op_types), "quantized_nodes": matched,
+            "preprocess_skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def quantize_torch_dynamic(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """PyTorch dynamic int8 of the nn.Linear layers (a copy; `model` is unchanged)."""
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    if not linears:
+        raise TinykdError(f"--mode torch-dynamic quantizes nn.Linear layers, and {type(model).__name__} has none; "
+                          "use --mode static (ONNX Runtime)")  # fmt: skip
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear},
+                                                       dtype=torch.qint8)  # fmt: skip
+    linear_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return quantized, {"mode": "torch-dynamic", "linear_layers": linears,
+                       "linear_share_of_params": linear_params / max(count_params(model), 1)}  # fmt: skip
+
+
+def torch_save_size(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: comparable between a float and a quantized model."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _measure_torch(model: nn.Module, example: torch.Tensor, repeats: int, batch: int, threads: int) -> dict[str, Any]:
+    """Latency (p50, p90 at batch 1) and throughput of any module, quantized ones included."""
+    model = model.eval()
+    big = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    with torch_threads(threads) as n, torch.inference_mode():
+        single = time_calls(lambda: model(example[:1]), repeats)
+        batched = time_calls(lambda: model(big), max(10, repeats // 10), warmup=3)
+    return {"latency_ms_p50": statistics.median(single) * 1e3, "latency_ms_p90": percentile(single, 0.9) * 1e3,
+            "throughput_img_s": batch / statistics.median(batched), "threads": n}  # fmt: skip
+
+
+def quantize_model(
+    source: str | Path,
+    mode: str = "static",
+    calibration: int = 500,
+    out: str | Path | None = None,
+    calibration_data: str | Path | None = None,
+    recipe: str | Path | None = None,
+    overrides: list[str] | None = None,
+    threads: int | None = None,
+    repeats: int | None = None,
+    batch: int | None = None,
+    exporter: str = "auto",
+    overwrite: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Quantize a checkpoint, run folder or .onnx file; evaluate and measure before and after.
+
+    `recipe` names the data for an .onnx file without tinykd metadata; `calibration_data` is an .npy file of
+    normalised (N, C, H, W) images to use instead of the first `calibration` training images.
+    """
+    if mode not in MODES:
+        raise TinykdError(f"--mode must be one of {', '.join(MODES)}, not '{mode}'")
+    if calibration < 1:
+        raise TinykdError(f"--calibration must be at least 1 image, not {calibration}")
+    is_onnx = str(source).endswith(".onnx")
+    if is_onnx and mode == "torch-dynamic":
+        raise TinykdError("--mode torch-dynamic quantizes a PyTorch checkpoint, not an .onnx file")
+    loaded = None if is_onnx else load_checkpoint_model(source)
+    meta = loaded.meta if loaded is not None else onnx_meta(source)
+    rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
+    repeats = repeats or rec.measure.latency_repeats
+    batch = batch or rec.measure.throughput_batch
+    threads = threads or rec.measure.threads or torch.get_num_threads()
+    path = Path(out) if out else default_output(source, SUFFIXES[mode])
+    check_writable(path, overwrite)
+    images, labels = dataset_arrays(rec, "test")
+    name = meta.get("model", Path(str(source)).name)
+    start = time.perf_counter()
+    timing = {"repeats": repeats, "batch": batch, "threads": threads}
+    if loaded is not None and mode == "torch-dynamic":
+        rows, info = _torch_dynamic(loaded.model, name, path, images, labels, **timing)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            info = {}
+            fp32 = Path(source)
+            if loaded is not None:  # the "before" model: the checkpoint as fp32 ONNX, verified
+                fp32 = Path(tmp) / "fp32.onnx"
+                exported = export_onnx(loaded.model, torch.from_numpy(images[:1].copy()), fp32, exporter,
+                                       meta=loaded.meta)  # fmt: skip
+                verify_onnx(loaded.model, fp32, images[:1000], labels[:1000])
+                info = {"exporter": exported["exporter"], "opset": exported["opset"]}
+            check_images_fit(fp32, images[:1], "test images")
+            if mode == "static":
+                info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
+            else:
+                info |= quantize_dynamic_onnx(fp32, path)
+                if not info["quantized_nodes"]:
+                    info["note"] = "the model has no MatMul/Gemm node: nothing was quantized; use --mode static"
+            models = (("fp32", fp32, "onnx fp32"), (f"int8 {mode}", path, "onnx int8"))
+            rows = [_onnx_row(role, file, fmt, name, images, labels, **timing) for role, file, fmt in models]
+    before, after = rows
+    for row in rows:
+        row["size_ratio"] = before["size_bytes"] / row["size_bytes"]
+        row["speedup"] = before["latency_ms_p50"] / row["latency_ms_p50"]
+    report = {
+        "source": str(source), "out": str(path), "mode": mode, **info,
+        "test_images": len(labels), "accuracy_before": before["test_accuracy"],
+        "accuracy_after": after["test_accuracy"],
+        "accuracy_drop_points": round(100 * (before["test_accuracy"] - after["test_accuracy"]), 2),
+        "size_before": before["size_bytes"], "size_after": after["size_bytes"],
+        "smaller": after["size_ratio"], "latency_ms_before": before["latency_ms_p50"],
+        "latency_ms_after": after["latency_ms_p50"], "speedup_b1": after["speedup"],
+        "threads": threads, "seconds": round(time.perf_counter() - start, 2), "rows": rows,
+    }  # fmt: skip
+    return path, report
+
+
+def _onnx_row(role: str, file: Path, fmt: str, name: str, images: np.ndarray, labels: np.ndarray, repeats: int,
+              batch: int, threads: int) -> dict[str, Any]:  # fmt: skip
+    """Test accuracy and measurements of an .onnx file in ONNX Runtime."""
+    return {"role": role, "model": name, "format": fmt,
+            "test_accuracy": accuracy(onnx_logits(session(file, threads), images), labels),
+            **measure_onnx(file, images[:1], repeats, batch, threads)}  # fmt: skip
+
+
+def _torch_dynamic(model: nn.Module, name: str, path: Path, images: np.ndarray, labels: np.ndarray, repeats: int,
+                   batch: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """PyTorch dynamic int8: write the quantized state dict; rows for the model before and after."""
+    quantized, info = quantize_torch_dynamic(model)
+    torch.save(quantized.state_dict(), path)
+    example = torch.from_numpy(images[:1].copy())
+    rows = []
+    for role, m, fmt in (("fp32", model, "pytorch fp32"), ("int8 torch-dynamic", quantized, "pytorch int8")):
+        rows.append({"role": role, "model": name, "format": fmt,
+                     "test_accuracy": accuracy(torch_logits(m, images), labels), "params": count_params(model),
+                     "size_bytes": torch_save_size(m), "macs": count_macs(model, example),
+                     **_measure_torch(m, example, repeats, batch, threads)})  # fmt: skip
+    info["note"] = "sizes are torch.save files of the state dicts; load: quantize_dynamic, then load_state_dict"
+    return rows, info
+
+
+def _calibration_set(recipe: Any, n: int, data_file: str | Path | None) -> np.ndarray:
+    """The first `n` training images of the recipe (no augmentation), or the images of an .npy file."""
+    if data_file is None:
+        images, _ = dataset_arrays(recipe, "train", limit=n)
+        return images
+    try:
+        images = np.load(str(data_file), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TinykdError(f"cannot read calibration images from {data_file}: {exc}") from None
+    if images.ndim != 4:
+        raise TinykdError(f"calibration images in {data_file} have shape {images.shape}; expected (N, C, H, W)")
+    return images[:n].astype(np.float32) if np.issubdtype(images.dtype, np.floating) else images[:n]
+
+
+def describe_quantization(report: dict[str, Any]) -> str:
+    """The headline for the terminal: accuracy, size and latency before and after."""
+    from tinykd.report import human_bytes
+
+    return (f"int8 ({report['mode']}): test accuracy {report['accuracy_before']:.2%} -> "
+            f"{report['accuracy_after']:.2%} ({-report['accuracy_drop_points']:+.2f} points); size "
+            f"{human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "
+            f"({report['smaller']:.1f}x smaller); latency b1 p50 {report['latency_ms_before']:.3f} -> "
+            f"{report['latency_ms_after']:.3f} ms ({report['speedup_b1']:.2f}x; threads: {report['threads']}); "
+            f"written to {report['out']}")  # fmt: skip
+
+
+def quantize_for_demo(
+    checkpoint: str | Path, out: str | Path, calibration: int = 500, exporter: str = "auto"
+) -> dict[str, Any]:
+    """The demo's extra row: the distilled student as a static int8 ONNX file, measured like the other rows.
+
+    Accuracy is on the whole test set in ONNX Runtime; latency and throughput use the recipe's measure settings.
+    """
+    path, report = quantize_model(checkpoint, "static", calibration, out=out, exporter=exporter, overwrite=True)
+    print(describe_quantization(report))
+    row = dict(report["rows"][1])
+    for key in ("size_ratio", "speedup"):
+        row.pop(key, None)
+    return {**row, "role": "student (int8 onnx)", "path": str(path)}

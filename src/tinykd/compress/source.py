@@ -1,0 +1,186 @@
+"""Where the compression tools get their models and their images.
+
+A model comes from a tinykd checkpoint or run folder (rebuilt from its metadata, pruned ones included), and
+its images from the recipe stored in that checkpoint, so that every number is measured on the data the model
+was trained for, never on a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinykd.errors import TinykdError
+from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint
+
+
+@dataclass
+class Loaded:
+    """A trained PyTorch model rebuilt from a tinykd checkpoint, with the checkpoint's metadata."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["model"])
+
+    @property
+    def label(self) -> str:
+        return checkpoint_label(self.path)
+
+
+def checkpoint_label(path: Path) -> str:
+    """`runs/kd/checkpoints/best.safetensors` is `kd`; any other file is its stem."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return path.parent.parent.name
+    return path.stem
+
+
+def onnx_label(path: Path) -> str:
+    """`runs/kd/model.int8.onnx` is `kd/model.int8.onnx` (the run names it); any other file is its name."""
+    return f"{path.parent.name}/{path.name}" if path.name.startswith("model.") and path.parent.name else path.name
+
+
+def is_checkpoint_source(source: str | Path) -> bool:
+    """A run folder or a checkpoint file (as opposed to a recipe, an .onnx file or a model name)."""
+    p = Path(source)
+    return p.is_dir() or (p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+
+
+def load_checkpoint_model(source: str | Path) -> Loaded:
+    """Rebuild the model a tinykd checkpoint (or run folder) was saved from, and load its weights (eval mode)."""
+    from tinykd.models import create_model
+
+    path = resolve_checkpoint(source)
+    if path.suffix != ".safetensors":
+        raise TinykdError(f"{path}: expected a tinykd checkpoint (.safetensors with metadata) or a run folder")
+    meta = read_meta(path)
+    if "model" not in meta:
+        raise TinykdError(f"{path} has no tinykd metadata (model name); it was not written by tinykd")
+    num_classes, in_channels = meta.get("num_classes"), meta.get("in_channels")
+    if (num_classes is None or in_channels is None) and "recipe" in meta:
+        bundle = build_bundle(checkpoint_recipe(meta, path))
+        num_classes, in_channels = bundle.num_classes, bundle.in_channels
+    if num_classes is None or in_channels is None:
+        raise TinykdError(f"{path}: its metadata gives neither num_classes and in_channels nor a recipe")
+    model = create_model(meta["model"], num_classes=num_classes, in_channels=in_channels, **meta.get("kwargs", {}))
+    load_weights(model, path, meta["model"])
+    return Loaded(model.eval(), meta, path)
+
+
+def checkpoint_recipe(meta: dict[str, Any], where: Path | str, overrides: list[str] | None = None) -> Any:
+    """The validated recipe stored in a checkpoint's (or an .onnx file's) metadata, with `--set` overrides."""
+    from tinykd.recipes import validate_recipe
+    from tinykd.recipes.load import apply_override
+
+    if "recipe" not in meta:
+        raise TinykdError(f"{where} has no tinykd recipe in its metadata, so its dataset is unknown; "
+                          "pass --recipe RECIPE to name the data")  # fmt: skip
+    data = json.loads(json.dumps(meta["recipe"]))
+    for item in overrides or []:
+        apply_override(data, item)
+    return validate_recipe(data)
+
+
+def load_any_recipe(source: str | Path, overrides: list[str] | None = None) -> Any:
+    """A recipe given as a YAML file or a built-in name, or the recipe inside a checkpoint or run folder."""
+    from tinykd.recipes import load_recipe
+
+    if is_checkpoint_source(source):
+        path = resolve_checkpoint(source)
+        return checkpoint_recipe(read_meta(path), path, overrides)
+    return load_recipe(str(source), overrides)
+
+
+_BUNDLES: dict[str, Any] = {}
+_ARRAYS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def build_bundle(recipe: Any) -> Any:
+    """The recipe's datasets without augmentation (built once per data section and seed in this process)."""
+    from tinykd.run import build_data
+
+    key = json.dumps([recipe.data.model_dump(mode="json"), recipe.seed], sort_keys=True)
+    if key not in _BUNDLES:
+        _BUNDLES[key] = build_data(recipe, augment=False)
+    return _BUNDLES[key]
+
+
+def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised float32 images (N, C, H, W) and int64 labels of a split: train, val or test (first `limit`)."""
+    from torch.utils.data import Subset
+
+    from tinykd.engine import make_loader
+
+    key = json.dumps([recipe.data.model_dump(mode="json"), recipe.seed, split, limit], sort_keys=True)
+    if key in _ARRAYS:
+        return _ARRAYS[key]
+    bundle = build_bundle(recipe)
+    dataset = getattr(bundle, split)
+    if dataset is None:
+        raise TinykdError(f"the recipe has no {split} split (data.val_size=0)")
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    images, labels = [], []
+    for x, y in make_loader(dataset, 512, train=False):
+        images.append(x.numpy().astype(np.float32))
+        labels.append(y.numpy().astype(np.int64))
+    _ARRAYS[key] = np.concatenate(images), np.concatenate(labels)
+    return _ARRAYS[key]
+
+
+@torch.inference_mode()
+def torch_logits(model: nn.Module, images: np.ndarray, batch: int = 256, prepare: bool = True) -> np.ndarray:
+    """The model's outputs on CPU in eval mode, batch by batch (`prepare=False`: leave the module as it is)."""
+    if prepare:
+        model = model.eval().cpu()
+    outs = [model(torch.from_numpy(images[i : i + batch])).float().numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(outs)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy; labels of -1 (padding) are not counted."""
+    valid = labels >= 0
+    return float((logits.argmax(1)[valid] == labels[valid]).mean()) if valid.any() else float("nan")
+
+
+def example_input(shape: tuple[int, int, int], images: np.ndarray | None = None) -> torch.Tensor:
+    """One input of shape (1, C, H, W): a real image when there are some, else a seeded random one."""
+    if images is not None and len(images):
+        return torch.from_numpy(images[:1].copy())
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def input_shape_of(meta: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(C, H, W) from a checkpoint's metadata, when it has them."""
+    if meta.get("in_channels") and meta.get("image_size"):
+        return int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"])
+    return None
+
+
+def default_output(source: str | Path, suffix: str) -> Path:
+    """Where a tool writes by default: inside a run folder as `model<suffix>`, else beside the checkpoint."""
+    p = Path(source)
+    if p.is_dir():
+        return p / f"model{suffix}"
+    if p.parent.name == "checkpoints":
+        return p.parent.parent / f"model{suffix}"
+    name = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.stem
+    return p.with_name(name + suffix)
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a file unless asked; make its folder."""
+    if path.exists() and not overwrite:
+        raise TinykdError(f"{path} already exists; choose another --out or pass --overwrite")
+    if path.is_dir():
+        raise TinykdError(f"{path} is a folder; --out takes a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
