@@ -149,10 +149,10 @@ def run(
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
-    models = {"student": student} if teacher is None else {"teacher": teacher, "student": student}
+    models = {"model": student} if teacher is None else {"teacher": teacher, "student": student}
     rows: list[dict[str, Any]] = []
     for role, model in models.items():
-        spec = recipe.trained if role == "student" else recipe.teacher
+        spec = recipe.teacher if role == "teacher" else recipe.trained
         row: dict[str, Any] = {"role": role, "model": spec.name}  # type: ignore[union-attr]
         row["test_accuracy"] = engine.evaluate(model, test_loader)["accuracy"]
         if recipe.measure.enabled and engine.is_main:

@@ -160,6 +160,7 @@ class Engine:
         ckpt_dir = run_dir / "checkpoints" if run_dir else None
         log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, self.is_main)
         result = FitResult(-1.0, -1, None, None, 0.0, 0.0)
+        self._step_boundary()  # on XLA: run what set-up left pending, so it is not counted as a training step
         step, images, start = 0, 0, time.perf_counter()
         # Sums since the start of fit, kept on the device: every step after the first runs the same graph
         # (running + stats), and the host reads them once per interval and subtracts the previous read.
@@ -167,17 +168,19 @@ class Engine:
         names: list[str] = []
         previous: list[float] | None = None
         xla_before = self.xla_counts()
+        xla_train = {"compilations": 0, "executions": 0}
         with _progress(self.is_main) as bar:
             for epoch in range(1, spec.epochs + 1):
                 task.train()
                 bar_task = bar.add_task(f"epoch {epoch}/{spec.epochs}", total=steps_per_epoch, stats="")
                 window_start, window_images, epoch_start = time.perf_counter(), 0, time.perf_counter()
+                epoch_xla = self.xla_counts()
                 for i, (inputs, targets) in enumerate(train_loader):
                     if i >= steps_per_epoch:
                         break
                     lr = lr_at(step, total_steps, steps_per_epoch, spec.optimizer.lr, spec.schedule)
-                    stats, names = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip)
-                    running = stats if running is None else running + stats
+                    running, names = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip,
+                                                      running)  # fmt: skip
                     step += 1
                     window_images += len(targets) * acc.num_processes
                     if (i + 1) % spec.log_every == 0 or i + 1 == steps_per_epoch:
@@ -194,6 +197,10 @@ class Engine:
                         bar.update(bar_task, completed=i + 1, stats=_bar_stats(record))
                     else:
                         bar.update(bar_task, completed=i + 1)
+                if epoch_xla is not None:
+                    now_xla = self.xla_counts()
+                    for key in xla_train:
+                        xla_train[key] += now_xla[key] - epoch_xla[key]  # type: ignore[index]
                 record = self._end_epoch(model, val_loader, epoch, step, time.perf_counter() - epoch_start,
                                          spec.epochs, result, ckpt_dir, save)  # fmt: skip
                 log.write(record)
@@ -201,7 +208,8 @@ class Engine:
         result.images_per_second = images / max(result.seconds, 1e-9)
         if xla_before is not None:
             after = self.xla_counts()
-            result.xla = {k: after[k] - xla_before[k] for k in after} | {"train_steps": step}  # type: ignore[index]
+            result.xla = {k: after[k] - xla_before[k] for k in after}  # type: ignore[index]
+            result.xla.update({f"train_{k}": v for k, v in xla_train.items()}, train_steps=step)
         if val_loader is None:
             result.best_accuracy = float("nan")
         return result
@@ -215,8 +223,12 @@ class Engine:
         targets: torch.Tensor,
         lr: float,
         grad_clip: float | None,
+        running: torch.Tensor | None,
     ) -> tuple[torch.Tensor, list[str]]:
-        """One optimizer step. Returns [total, each term..., correct, images, 1] as a device tensor (no sync)."""
+        """One optimizer step; adds [total, each term..., correct, images, 1] to `running` on the device (no sync).
+
+        The addition happens before the graph cut, so that on XLA the whole step is one graph, executed once.
+        """
         acc = self.accelerator
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -234,14 +246,18 @@ class Engine:
              (logits.detach().argmax(1) == targets).sum().float(),
              torch.full((), float(len(targets)), device=device), torch.ones((), device=device)]
         )  # fmt: skip
+        running = stats if running is None else running + stats
         self._step_boundary()
-        return stats, list(losses)
+        return running, list(losses)
 
     def xla_counts(self) -> dict[str, int] | None:
         """Graphs compiled and executed so far in this process (torch_xla's metrics); None off XLA."""
         if self.device.type != "xla":
             return None
+        import torch_xla.core.xla_model as xm
         import torch_xla.debug.metrics as met
+
+        xm.wait_device_ops()  # executions are asynchronous: let the ones started finish before counting
 
         def samples(name: str) -> int:
             data = met.metric_data(name)
@@ -289,7 +305,8 @@ class Engine:
                 save(acc.unwrap_model(model), result.last_checkpoint)
                 if improved:
                     save(acc.unwrap_model(model), result.best_checkpoint)  # type: ignore[arg-type]
-        acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            acc.wait_for_everyone()
         return record
 
     def _read(self, running: torch.Tensor) -> list[float]:
@@ -312,7 +329,7 @@ class Engine:
         acc = self.accelerator
         was_training = model.training
         model.eval()
-        sums = torch.zeros(3, device=acc.device)
+        sums = torch.zeros(3).to(acc.device)  # a copy to the device, not a graph of its own on XLA
         for inputs, targets in loader:
             with acc.autocast():
                 logits = call_model(model, self._to_memory_format(inputs)).float()

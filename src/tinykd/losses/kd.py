@@ -18,7 +18,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """T^2 * KL(p_teacher^T || p_student^T), batch-mean; computed in float32 for stability under autocast."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * temperature**2
+    # written out rather than F.kl_div: torch_xla has no autograd kernel for aten::kl_div (it warns that the
+    # gradient may be silently wrong), and these three ops are exact and differentiable everywhere
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean()
+    return kl * temperature**2
 
 
 @register_loss("kd")
