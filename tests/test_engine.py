@@ -115,3 +115,16 @@ def test_bad_input_never_costs_an_existing_folder_and_dry_run_writes_nothing(tmp
     assert result.metrics["dry_run"] and not (tmp_path / "new").exists()
     with pytest.raises(TinykdError, match="already exists"):
         tinykd.run(DIGITS, out=folder, dry_run=True)
+
+
+def test_distillation_with_a_bf16_teacher_reports_the_fp32_teacher(tmp_path: Path) -> None:
+    from tinykd.models.checkpoint import save_model
+
+    teacher = tmp_path / "t.safetensors"
+    save_model(tinykd.create_model("resnet8", num_classes=10, in_channels=1), teacher, {"model": "resnet8"})
+    recipe = {**DIGITS, "teacher": {"name": "resnet8", "checkpoint": str(teacher), "precision": "bf16"},
+              "loss_terms": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}},
+              "train": {"epochs": 1, "max_steps_per_epoch": 3}}  # fmt: skip
+    result = tinykd.run(recipe, out=tmp_path / "run", mode="distill")
+    teacher_row, student_row = result.metrics["models"]
+    assert teacher_row["role"] == "teacher" and teacher_row["size_bytes"] > 4 * teacher_row["params"]

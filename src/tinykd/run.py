@@ -146,6 +146,8 @@ def run(
                      save=lambda model, path: save_model(model, path, meta))  # fmt: skip
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
+    if teacher is not None and teacher_dtype is not None:
+        teacher.float()  # report the teacher as it ships (fp32), whatever format it ran in during distillation
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
