@@ -61,6 +61,12 @@ def cnn_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 
 @register_model()
+def cnn_compact(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """About 41k parameters: 12/24/48 channels, two convs per stage (the Fashion-MNIST demo's student)."""
+    return SmallCNN((12, 24, 48), num_classes, in_channels, convs_per_stage=2)
+
+
+@register_model()
 def cnn_medium(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """About 0.25M parameters: 32/64/128 channels, two convs per stage."""
     return SmallCNN((32, 64, 128), num_classes, in_channels, convs_per_stage=2)
