@@ -43,10 +43,10 @@ test: test-main test-xla
 
 test-main: $(STAMP) data
 	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -q
 
 test-xla: $(XSTAMP)
-	PJRT_DEVICE=CPU $(XVENV)/bin/pytest tests/xla
+	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q tests/xla
 
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tinykd.data import PadToMultiple, collate_batched
 from tinykd.distill.distiller import call_model
@@ -61,6 +61,26 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+class EpochShuffle(Sampler[int]):
+    """A new permutation each epoch from (seed, epoch) alone: the same order on every device and process.
+
+    torch's RandomSampler draws from a generator that Accelerate re-seeds or synchronises differently per
+    backend (the CPU and XLA paths gave different orders for one seed); this sampler has no hidden state but
+    `epoch`, which a resumed run can set.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        self.epoch += 1
+        return iter(order.tolist())
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
 ) -> DataLoader:
@@ -68,11 +88,10 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=EpochShuffle(len(dataset), seed) if train else None,  # type: ignore[arg-type]
         drop_last=train,
         num_workers=num_workers,
         collate_fn=collate_batched,
-        generator=torch.Generator().manual_seed(seed) if train else None,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
     )
