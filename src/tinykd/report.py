@@ -69,6 +69,6 @@ def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
         table.add_column(header, justify="left" if fmt == "{}" else "right")
     for r in rows:
         table.add_row(*(_cell(r, k, f) for k, _, f in cols))
-    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=220, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(table)
     return console.export_text()
