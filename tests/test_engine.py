@@ -128,3 +128,4 @@ def test_distillation_with_a_bf16_teacher_reports_the_fp32_teacher(tmp_path: Pat
     result = tinykd.run(recipe, out=tmp_path / "run", mode="distill")
     teacher_row, student_row = result.metrics["models"]
     assert teacher_row["role"] == "teacher" and teacher_row["size_bytes"] > 4 * teacher_row["params"]
+    assert student_row["role"] == "student" and 0 <= student_row["test_accuracy"] <= 1
