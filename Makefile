@@ -10,6 +10,8 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 XVENV  := .venv-xla
 XSTAMP := $(XVENV)/.tinykd-installed
 XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
+# about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
+WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
 .PHONY: demo test test-main test-xla data lint bench clean
 
@@ -23,7 +25,8 @@ $(STAMP): pyproject.toml
 $(XSTAMP): pyproject.toml
 	test -x $(XVENV)/bin/python || $(PYTHON) -m venv $(XVENV)
 	$(XVENV)/bin/python -m pip install --quiet --upgrade pip
-	$(XVENV)/bin/python -m pip install --quiet $(XTORCH)
+	mkdir -p $(WHEELS)
+	$(XVENV)/bin/python -m pip install --quiet --find-links $(WHEELS) $(XTORCH)
 	$(XVENV)/bin/python -m pip install --quiet -e ".[dev]"
 	PJRT_DEVICE=CPU $(XVENV)/bin/python -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0')"
 	touch $(XSTAMP)
