@@ -20,7 +20,7 @@ from tinykd.compress.compare import compare_models
 from tinykd.compress.export import compare_outputs, export_checkpoint, export_onnx
 from tinykd.compress.onnxrt import onnx_meta, onnx_size, read_onnx
 from tinykd.compress.profile import profile_model
-from tinykd.compress.prune import prune_command, prune_model, schema_has_prune
+from tinykd.compress.prune import prune_command, prune_model
 from tinykd.compress.quantize import quantize_for_demo, quantize_model, quantize_torch_dynamic
 from tinykd.errors import TinykdError
 from tinykd.models.checkpoint import load_weights, read_meta, save_model, shrink_to_state
@@ -116,7 +116,6 @@ def test_prune_then_recover_in_one_run_and_eval_the_pruned_checkpoint(trained: P
     assert "| pruned + recovered |" in (tmp_path / "pruned" / "report.md").read_text()
 
 
-@pytest.mark.skipif(not schema_has_prune(), reason="the recipe schema has no prune section yet")
 def test_a_recipe_can_carry_a_prune_section() -> None:
     recipe = validate_recipe({**RECIPE, "prune": {"ratio": 0.25, "target": "macs"}})
     assert recipe.prune.ratio == 0.25 and recipe.prune.target == "macs"

@@ -119,13 +119,6 @@ def prune_model(
     return report
 
 
-def schema_has_prune() -> bool:
-    """Whether the recipe schema has the `prune` section (then recipes and checkpoints carry it)."""
-    from tinykd.recipes.schema import Recipe
-
-    return "prune" in Recipe.model_fields
-
-
 def prune_recipe(
     source: str | Path,
     ratio: float | None = None,
@@ -164,19 +157,18 @@ def prune_recipe(
         train.update(epochs=1, schedule={"name": "cosine", "warmup_epochs": 0.0})
         section = data.pop("prune", None) or meta.get("prune")
         base = PruneSpec(**section) if section else None
-        if base is not None and schema_has_prune():
+        if base is not None:
             data["prune"] = base.model_dump()
         for item in overrides or []:
             apply_override(data, item)
         recipe = validate_recipe(data)
     else:
         recipe = load_recipe(str(source), overrides)
-        base = getattr(recipe, "prune", None)
+        base = recipe.prune
     spec = make_spec(ratio, target, base)
     if epochs is not None:
         recipe.train.epochs = epochs
-    if schema_has_prune():
-        recipe.prune = spec
+    recipe.prune = spec
     if not recipe.trained.checkpoint:
         raise TinykdError("student.checkpoint is not set: tinykd prune prunes a trained model; set it to a run "
                           "folder or a .safetensors file")  # fmt: skip
@@ -188,7 +180,6 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
 
     Reports test accuracy, parameters and MACs before pruning, right after it, and after recovery.
     """
-    import yaml
 
     from tinykd.distill import Distiller
     from tinykd.engine import Engine, make_loader
@@ -202,10 +193,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     engine = Engine(recipe.runtime)
     run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite))
     if engine.is_main:
-        text = dump_recipe(recipe)
-        if not schema_has_prune():  # written for the reader; the schema of this version cannot load it back
-            text += yaml.safe_dump({"prune": spec.model_dump()}, sort_keys=False)
-        (run_dir / "recipe.yaml").write_text(text)
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     engine.seed(recipe.seed)
 
     data = build_data(recipe)
