@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from conftest import make_fake_fashion_mnist, write_idx
-from tinykd.data import Augment, build_datasets
+from tinykd.data import Augment, TensorImageDataset, build_datasets, collate_batched
+from tinykd.data.datasets import FASHION_MNIST_FILES, FASHION_MNIST_OFFICIAL
 from tinykd.data.idx import read_idx
 from tinykd.engine import make_loader
 from tinykd.errors import TinykdError
@@ -127,3 +131,136 @@ def test_evaluation_sets_are_padded_to_whole_batches_and_padding_is_not_counted(
     labels = torch.cat([y for _, y in make_loader(padded, 64, train=False)])
     assert int((labels == -1).sum()) == len(padded) - len(bundle.test)
     assert torch.equal(labels[: len(bundle.test)], torch.cat([y for _, y in make_loader(bundle.test, 64, False)]))
+
+
+# --- Fashion-MNIST content verification ---------------------------------------------------------------------------
+
+REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_real_fmnist = pytest.mark.skipif(
+    not (REAL_FMNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist not installed"
+)
+
+
+def test_truncated_gz_is_refused_naming_the_file(tmp_path: Path) -> None:
+    write_idx(tmp_path / "x.gz", np.arange(2000, dtype=np.uint8).reshape(20, 10, 10))
+    data = (tmp_path / "x.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TinykdError, match=r"cut\.gz is truncated or corrupt \(gzip: .*replace it"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "garbled.gz").write_bytes(data[:12] + bytes(b ^ 0xFF for b in data[12:40]) + data[40:])
+    with pytest.raises(TinykdError, match=r"garbled\.gz is truncated or corrupt"):
+        read_idx(tmp_path / "garbled.gz")
+
+
+def test_official_shape_with_other_content_is_refused(tmp_path: Path) -> None:
+    """The check is keyed on the header's shape, so it needs no real file: zeros in the official shape."""
+    official = FASHION_MNIST_OFFICIAL["test_labels"]
+    write_idx(tmp_path / "labels.gz", np.zeros(10000, np.uint8))
+    with pytest.raises(TinykdError, match=r"labels\.gz has the official Fashion-MNIST shape but its content differs"
+                       r" \(10008 bytes, sha256 [0-9a-f]{12}…, expected 10008 bytes, sha256 0402a96d92fd…\): "
+                       r"the file is corrupt; re-install dataset-fashion-mnist"):  # fmt: skip
+        read_idx(tmp_path / "labels.gz", official)
+    write_idx(tmp_path / "small.gz", np.zeros(9999, np.uint8))  # another shape: structural checks only
+    assert read_idx(tmp_path / "small.gz", official).shape == (9999,)
+
+
+@needs_real_fmnist
+def test_real_fashion_mnist_verifies() -> None:
+    bundle = build_datasets("fashion-mnist", root=str(REAL_FMNIST), val_size=0, augment=False)
+    assert (len(bundle.train), len(bundle.test)) == (60000, 10000)
+    for key, stem in FASHION_MNIST_FILES.items():
+        with gzip.open(REAL_FMNIST / f"{stem}.gz", "rb") as f:
+            assert len(f.read()) == FASHION_MNIST_OFFICIAL[key].size
+
+
+@needs_real_fmnist
+@pytest.mark.parametrize("compress", [False, True])
+def test_real_file_with_one_flipped_byte_is_refused(tmp_path: Path, compress: bool) -> None:
+    """The 7.8 MB test images, not the 47 MB training images: a flipped pixel passes every structural check."""
+    key, stem = "test_images", FASHION_MNIST_FILES["test_images"]
+    with gzip.open(REAL_FMNIST / f"{stem}.gz", "rb") as f:
+        data = bytearray(f.read())
+    data[123_456] ^= 0x01
+    path = tmp_path / (f"{stem}.gz" if compress else stem)
+    if compress:
+        with gzip.open(path, "wb", compresslevel=1) as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(TinykdError, match=rf"{stem}(\.gz)? has the official Fashion-MNIST shape but its content"):
+        read_idx(path, FASHION_MNIST_OFFICIAL[key])
+    if not compress:  # the loader refuses it too, and names it (the other three files are the real ones)
+        for other in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+            (tmp_path / f"{other}.gz").symlink_to(REAL_FMNIST / f"{other}.gz")
+        with pytest.raises(TinykdError, match=re.escape(str(path)) + ".*content differs"):
+            build_datasets("fashion-mnist", root=str(tmp_path))
+
+
+def test_out_of_range_labels_are_refused(tmp_path: Path) -> None:
+    folder = make_fake_fashion_mnist(tmp_path / "f", 20, 10)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(10, 10, np.uint8))
+    with pytest.raises(TinykdError, match=r"t10k-labels-idx1-ubyte\.gz holds labels up to 10; .* are 0\.\.9"):
+        build_datasets("fashion-mnist", root=str(folder))
+
+
+def test_image_and_label_counts_must_agree(tmp_path: Path) -> None:
+    folder = make_fake_fashion_mnist(tmp_path / "f", 20, 10)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(19, np.uint8))
+    with pytest.raises(TinykdError, match=r"holds 19 labels but .*train-images-idx3-ubyte\.gz holds 20 images"):
+        build_datasets("fashion-mnist", root=str(folder))
+
+
+# --- augmentation as a function of (seed, indices) ----------------------------------------------------------------
+
+
+def _augmented(n: int = 64, seed: int = 0) -> TensorImageDataset:
+    images = torch.randint(0, 256, (n, 1, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return TensorImageDataset(images, torch.arange(n) % 10, (0.5,), (0.25,), Augment(pad=2, hflip=True), seed=seed)
+
+
+def test_same_indices_give_the_same_augmentation_whatever_the_global_rng() -> None:
+    ds = _augmented()
+    torch.manual_seed(1)
+    a, _ = ds.__getitems__([3, 1, 4, 1, 5, 9, 2, 6])
+    torch.manual_seed(2)
+    b, _ = ds.__getitems__([3, 1, 4, 1, 5, 9, 2, 6])
+    assert torch.equal(a, b)
+    assert torch.equal(ds.subset(torch.arange(64), ds.augment).__getitems__([3, 1, 4, 1, 5, 9, 2, 6])[0], a)
+    plain = TensorImageDataset(ds.images, ds.labels, (0.5,), (0.25,)).__getitems__([3, 1, 4, 1, 5, 9, 2, 6])[0]
+    assert not torch.equal(a, plain)  # it did augment
+
+
+def test_other_indices_or_seed_give_other_augmentation() -> None:
+    ds = _augmented()
+    a, _ = ds.__getitems__(list(range(32)))
+    b, _ = ds.__getitems__(list(range(32, 64)) + list(range(32)))
+    assert not torch.equal(a, b[32:])  # the same images in another batch are augmented differently
+    assert not torch.equal(a, _augmented(seed=1).__getitems__(list(range(32)))[0])
+
+
+def test_augmentation_leaves_the_global_rng_alone() -> None:
+    ds = _augmented()
+    state = torch.get_rng_state()
+    ds.__getitems__(list(range(16)))
+    ds[5]
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_loader_batches_are_the_same_with_and_without_workers() -> None:
+    ds = _augmented(96)
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(3)).tolist()
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = DataLoader(ds, batch_size=16, sampler=order, num_workers=workers, collate_fn=collate_batched)
+        return [x for x, _ in loader]
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_build_datasets_seeds_the_training_augmentation(fake_fmnist: Path) -> None:
+    a = build_datasets("fashion-mnist", root=str(fake_fmnist), val_size=0, seed=7)
+    b = build_datasets("fashion-mnist", root=str(fake_fmnist), val_size=0, seed=8)
+    assert a.train.dataset.seed == 7
+    assert torch.equal(a.train.__getitems__(list(range(8)))[0], a.train.__getitems__(list(range(8)))[0])
+    assert not torch.equal(a.train.__getitems__(list(range(8)))[0], b.train.__getitems__(list(range(8)))[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from tinykd.data.idx import read_idx
+from tinykd.data.idx import OfficialIdx, read_idx
 from tinykd.data.tensors import Augment, TensorImageDataset
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
@@ -71,6 +71,8 @@ def build_datasets(
     n_val = round(val_size * n) if val_size < 1 else int(val_size)
     if not 0 <= n_val < n:
         raise TinykdError(f"data.val_size={val_size} leaves no training images out of {n}; use a fraction below 1")
+    if isinstance(raw.train, TensorImageDataset):
+        raw.train.seed = seed  # augmentation is a function of (seed, batch indices): see TensorImageDataset
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_subset is not None:
@@ -99,6 +101,23 @@ FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot"]  # fmt: skip
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+_FASHION_MNIST_REMEDY = "re-install dataset-fashion-mnist or delete it and download again"
+# Size and sha256 of the *decompressed* IDX files, measured on Debian's dataset-fashion-mnist (its .gz files are
+# re-compressed, so hashes of the .gz would differ from upstream's; the decompressed content does not).
+FASHION_MNIST_OFFICIAL = {
+    "train_images": OfficialIdx("Fashion-MNIST", (60000, 28, 28), 47_040_016,
+                                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                                _FASHION_MNIST_REMEDY),
+    "train_labels": OfficialIdx("Fashion-MNIST", (60000,), 60_008,
+                                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                                _FASHION_MNIST_REMEDY),
+    "test_images": OfficialIdx("Fashion-MNIST", (10000, 28, 28), 7_840_016,
+                               "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                               _FASHION_MNIST_REMEDY),
+    "test_labels": OfficialIdx("Fashion-MNIST", (10000,), 10_008,
+                               "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                               _FASHION_MNIST_REMEDY),
+}  # fmt: skip
 
 
 def fashion_mnist_dirs(root: str | None) -> list[Path]:
@@ -148,7 +167,8 @@ def _locate_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
             (target / f"{stem}.gz.part").rename(target / f"{stem}.gz")
         return {key: target / f"{stem}.gz" for key, stem in FASHION_MNIST_FILES.items()}
     raise TinykdError(
-        "Fashion-MNIST files not found; looked in " + ", ".join(str(d) for d in dirs)
+        "Fashion-MNIST files not found; looked in "
+        + ", ".join(str(d) for d in dirs)
         + "; install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
         "set data.root or $TINYKD_DATA to a folder with the four IDX files, or set data.download=true"
     )
@@ -158,16 +178,30 @@ def _locate_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
 def fashion_mnist(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
     """Zalando's Fashion-MNIST: 60k/10k grey 28x28 images, 10 classes. Augmentation: crop (pad 2) and flip."""
     files = _locate_fashion_mnist(root, download)
-    tensors = {key: read_idx(path) for key, path in files.items()}
+    tensors = {key: read_idx(path, FASHION_MNIST_OFFICIAL[key]) for key, path in files.items()}
     for split in ("train", "test"):
         images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+        images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != torch.uint8:
             raise TinykdError(
-                f"Fashion-MNIST {split} files hold images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
-                f"expected (N, 28, 28) and (N,): {files[f'{split}_images']} is not a Fashion-MNIST file"
+                f"{images_path} holds {images.dtype} {tuple(images.shape)}; expected (N, 28, 28) uint8: "
+                "it is not a Fashion-MNIST image file"
             )
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > 9):
-            raise TinykdError(f"Fashion-MNIST labels in {files[f'{split}_labels']} are outside 0..9")
+        if labels.ndim != 1 or labels.dtype != torch.uint8:
+            raise TinykdError(
+                f"{labels_path} holds {labels.dtype} {tuple(labels.shape)}; expected (N,) uint8: "
+                "it is not a Fashion-MNIST label file"
+            )
+        if len(labels) != len(images):
+            raise TinykdError(
+                f"{labels_path} holds {len(labels)} labels but {images_path} holds {len(images)} images; "
+                "they must agree: use the image and label files of the same release"
+            )
+        if len(labels) and int(labels.max()) > 9:
+            raise TinykdError(
+                f"{labels_path} holds labels up to {int(labels.max())}; Fashion-MNIST labels are 0..9: "
+                f"the file is corrupt or not a Fashion-MNIST label file; {_FASHION_MNIST_REMEDY}"
+            )
     aug = Augment(pad=2, hflip=True) if augment else None
 
     def make(split: str, augmentation: Augment | None) -> TensorImageDataset:

@@ -5,10 +5,14 @@ PyTorch's DataLoader asks a dataset with `__getitems__` for a whole batch at
 once, so flipping, cropping and normalising run as a few tensor operations per
 batch instead of a Python call per image: on 2 CPU cores that keeps the loader
 off the critical path.
+
+The augmentation of a batch is a pure function of (dataset seed, batch indices),
+never of a global or per-worker RNG: see `TensorImageDataset`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +41,13 @@ class Augment:
 
 
 class TensorImageDataset(Dataset):
-    """uint8 images (N, C, H, W) and int64 labels; returns normalised float32 images."""
+    """uint8 images (N, C, H, W) and int64 labels; returns normalised float32 images.
+
+    A batch's augmentation is drawn from a generator seeded by a hash of `seed` and the batch's indices, not
+    from torch's global RNG: with loader workers that RNG lives in the worker processes and cannot be saved,
+    so a run resumed mid-epoch would see different crops and flips. Keyed on the indices, the same sampler
+    order gives the same batches with 0 or N workers, and after a resume.
+    """
 
     def __init__(
         self,
@@ -47,6 +57,7 @@ class TensorImageDataset(Dataset):
         std: tuple[float, ...],
         augment: Augment | None = None,
         classes: list[str] | None = None,
+        seed: int = 0,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -58,6 +69,7 @@ class TensorImageDataset(Dataset):
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255.0
         self.augment = augment
         self.classes = classes or [str(i) for i in range(int(self.labels.max()) + 1)]
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,17 +79,23 @@ class TensorImageDataset(Dataset):
         return images[0], labels[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, dtype=torch.int64)
         images = self.images[index].float()
         if self.augment is not None:
-            images = self.augment(images)
+            images = self.augment(images, generator=self.batch_generator(index))
         return (images - self.mean) / self.std, self.labels[index]
+
+    def batch_generator(self, index: torch.Tensor) -> torch.Generator:
+        """A generator seeded by blake2b(seed, indices as little-endian int64): the same batch, the same draws."""
+        h = hashlib.blake2b(digest_size=8)
+        h.update(self.seed.to_bytes(16, "little", signed=True))
+        h.update(index.numpy().astype("<i8", copy=False).tobytes())
+        return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little"))
 
     def subset(self, indices: torch.Tensor, augment: Augment | None = None) -> TensorImageDataset:
         """A view on some rows (copied), with its own augmentation: train and val come from one file."""
-        return TensorImageDataset(
-            self.images[indices], self.labels[indices], tuple(self._mean()), tuple(self._std()), augment, self.classes
-        )
+        return TensorImageDataset(self.images[indices], self.labels[indices], tuple(self._mean()), tuple(self._std()),
+                                  augment, self.classes, self.seed)  # fmt: skip
 
     def _mean(self) -> list[float]:
         return (self.mean.flatten() / 255.0).tolist()
