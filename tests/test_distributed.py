@@ -76,3 +76,35 @@ def test_accelerate_launch_runs_two_ranks(tmp_path: Path, tinykd_env: dict[str, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 processes (MULTI_CPU)" in proc.stdout and "global batch 64 (32 per process x 2)" in proc.stdout
     assert proc.stdout.count("run folder:") == 1  # rank 0 alone reports
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tmp_path: Path, tinykd_env: dict[str, str]) -> None:
+    """Each rank gets SIGTERM after step 5; they agree at the next log point (step 8, the epoch end), save one
+    checkpoint with an RNG file per rank, stop; a resumed 2-rank job ends with the uninterrupted job's weights."""
+    env = {**tinykd_env, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    path = recipe(tmp_path, 32)
+    data = yaml.safe_load(path.read_text())
+    data["train"]["checkpoint_every"] = 3
+    data["data"]["augment"] = True
+    path.write_text(yaml.safe_dump(data))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    killer = str(Path(__file__).with_name("kill_worker.py"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*torchrun, *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    whole = run("-m", "tinykd", "train", str(path), "--out", "whole")
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    stopped = run(killer, "signal:5:SIGTERM", "--", "train", str(path), "--out", "run")
+    assert stopped.returncode != 0
+    assert "stopped on SIGTERM at epoch 1, step 8" in stopped.stderr, stopped.stderr[-4000:]
+    saved = tmp_path / "run" / "checkpoints" / "resume" / "step-00000008"
+    assert sorted(p.name for p in saved.iterdir()) == ["rng-rank0.safetensors", "rng-rank1.safetensors",
+                                                        "train_state.safetensors"]  # fmt: skip
+    resumed = run("-m", "tinykd", "train", "--resume", "run")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    want = load_file(str(tmp_path / "whole" / "checkpoints" / "last.safetensors"))
+    got = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(want[k], got[k]) for k in want)

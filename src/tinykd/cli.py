@@ -32,28 +32,44 @@ DryRunOption = Annotated[
 ]
 
 
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option("--resume", help="Continue the run in this folder from its newest complete checkpoint, exactly."),
+]
+RecipeArgument = Annotated[
+    str | None, typer.Argument(help="A YAML file or a built-in name (with --resume: optional, the run's own).")
+]
+
+
 @app.command()
 def train(
-    recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
-    dry_run: DryRunOption = False,
+    recipe: RecipeArgument = None, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
+    dry_run: DryRunOption = False, resume: ResumeOption = None,
 ) -> None:  # fmt: skip
-    """Train a model on labels alone (a teacher, or a baseline student). RECIPE: a YAML file or a built-in name."""
-    from tinykd.recipes import load_recipe
-    from tinykd.run import run
-
-    run(load_recipe(recipe, set_), out, overwrite, mode="train", dry_run=dry_run)
+    """Train a model on labels alone (a teacher, or a baseline student)."""
+    _run(recipe, set_, out, overwrite, dry_run, resume, "train")
 
 
 @app.command()
 def distill(
-    recipe: str, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
-    dry_run: DryRunOption = False,
+    recipe: RecipeArgument = None, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
+    dry_run: DryRunOption = False, resume: ResumeOption = None,
 ) -> None:  # fmt: skip
-    """Train a student from a frozen teacher. RECIPE: a YAML file or a built-in name."""
+    """Train a student from a frozen teacher. Ctrl-C (or SIGTERM) stops at a checkpoint that --resume continues."""
+    _run(recipe, set_, out, overwrite, dry_run, resume, "distill")
+
+
+def _run(recipe: str | None, set_: list[str] | None, out: Path | None, overwrite: bool, dry_run: bool,
+         resume: Path | None, mode: str) -> None:  # fmt: skip
     from tinykd.recipes import load_recipe
     from tinykd.run import run
 
-    run(load_recipe(recipe, set_), out, overwrite, mode="distill", dry_run=dry_run)
+    if recipe is None and resume is None:
+        raise TinykdError(f"tinykd {mode} needs a RECIPE (a YAML file or a built-in name; see: tinykd recipes)")
+    source = recipe if recipe is not None else resume / "recipe.yaml"  # type: ignore[operator]
+    if recipe is None and not source.is_file():  # type: ignore[union-attr]
+        raise TinykdError(f"cannot resume {resume}: it is not a tinykd run folder (no recipe.yaml)")
+    run(load_recipe(source, set_), out, overwrite, mode=mode, dry_run=dry_run, resume=resume)  # type: ignore[arg-type]
 
 
 @app.command("eval")
@@ -232,7 +248,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, standalone_mode=False)
     except TinykdError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), exc.exit_code)
     except errors as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""

@@ -5,6 +5,7 @@ The run folder holds what a user needs to inspect, reproduce and reuse a run:
     recipe.yaml          the resolved recipe (defaults included)
     metrics.jsonl        one JSON object per log interval and per epoch
     checkpoints/         best.safetensors and last.safetensors: the student alone
+    checkpoints/resume/  the newest full training states (`--resume RUN` continues from the last one)
     report.json, report.md   test accuracy and measurements, teacher beside student
 """
 
@@ -25,7 +26,7 @@ from torch import nn
 from tinykd.data import DataBundle, build_datasets
 from tinykd.distill import Distiller
 from tinykd.engine import Engine, make_loader
-from tinykd.errors import TinykdError
+from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.measure import measure_model
 from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, save_model
@@ -77,6 +78,69 @@ def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False, 
     return run_dir
 
 
+# What may differ when a run is resumed: where and how fast it runs, not what it computes.
+RESUME_MAY_CHANGE = ("runtime", "measure", "data.root", "data.download", "data.num_workers", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.max_skipped_steps")  # fmt: skip
+
+
+def check_resume_dir(resume: str | Path, recipe: Recipe, out: str | Path | None, overwrite: bool) -> Path:
+    """The run folder to continue: it must be a tinykd run of the same recipe, unfinished and writable."""
+    run_dir = Path(resume)
+    if overwrite:
+        raise TinykdError("--resume continues a run and --overwrite starts it again; give one of them")
+    if out is not None and Path(out).absolute() != run_dir.absolute():
+        raise TinykdError(f"--resume writes into the run's own folder {run_dir}; drop --out {out}")
+    saved_file = run_dir / "recipe.yaml"
+    if not saved_file.is_file():
+        what = "does not exist" if not run_dir.exists() else "is not a tinykd run folder (no recipe.yaml)"
+        raise TinykdError(f"cannot resume {run_dir}: it {what}")
+    if (run_dir / "report.json").is_file():
+        raise TinykdError(f"{run_dir} already finished (it has report.json): nothing to resume")
+    changes = recipe_changes(load_recipe(saved_file), recipe)
+    if changes:
+        shown = "; ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise TinykdError(f"the recipe differs from the one {run_dir} was started with: {shown}; resume with the "
+                          f"same recipe (only {', '.join(RESUME_MAY_CHANGE)} may change)")  # fmt: skip
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise TinykdError(f"cannot write to run folder {run_dir}")
+    return run_dir
+
+
+def recipe_changes(saved: Recipe, given: Recipe) -> list[str]:
+    """`key: old -> new` for every field that differs, except those a resume may change."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    old, new = flat(saved.model_dump(mode="json")), flat(given.model_dump(mode="json"))
+    keys = sorted(set(old) | set(new))
+    allowed = tuple(RESUME_MAY_CHANGE)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+            if old.get(k) != new.get(k) and not any(k == a or k.startswith(a + ".") for a in allowed)]  # fmt: skip
+
+
+def check_free_space(run_dir: Path, needed: int) -> None:
+    """Refuse to start when the run folder's disk cannot hold the checkpoints the run will write."""
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise TinykdError(
+            f"the disk of run folder {run_dir} has {free / 2**20:.1f} MiB free, but this run's checkpoints need "
+            f"about {needed / 2**20:.1f} MiB; free space or choose another --out"
+        )
+
+
+def checkpoint_bytes(task: nn.Module, student: nn.Module, recipe: Recipe) -> int:
+    """About what a run writes: `keep` resume states (weights + optimizer slots), best and last, and logs."""
+    weights = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+    student_bytes = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+    opt = recipe.train.optimizer
+    slots = 2 if opt.name == "adamw" else int(opt.momentum > 0)
+    return recipe.train.keep_checkpoints * weights * (1 + slots) + 2 * student_bytes + 4 * 2**20
+
+
 def build_data(recipe: Recipe, augment: bool | None = None) -> DataBundle:
     """The recipe's datasets and its seeded validation split."""
     d = recipe.data
@@ -94,17 +158,26 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
 
 
 def run(
-    recipe: Recipe | str | Path | dict[str, Any],
+    recipe: Recipe | str | Path | dict[str, Any] | None,
     out: str | Path | None = None,
     overwrite: bool = False,
     mode: Literal["auto", "train", "distill"] = "auto",
     dry_run: bool = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Run a recipe end to end; returns the run folder, its metrics (also in report.json) and the trained model.
 
     Everything that can be checked is checked before the run folder is touched: the recipe, the data, the
-    models and their checkpoints, the loss terms on a probe batch. `dry_run` stops there.
+    models and their checkpoints, the loss terms on a probe batch, the free disk space. `dry_run` stops there.
+    `resume` is a run folder to continue from its newest complete checkpoint (`recipe` may then be None: the
+    folder's own is used), with the result an uninterrupted run would have had.
     """
+    if recipe is None and resume is not None:
+        recipe = Path(resume) / "recipe.yaml"
+        if not recipe.is_file():
+            raise TinykdError(f"cannot resume {resume}: it is not a tinykd run folder (no recipe.yaml)")
+    if recipe is None:
+        raise TinykdError("give a recipe (a YAML file or a built-in name), or --resume RUN")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     _check_mode(recipe, mode)
@@ -121,13 +194,23 @@ def run(
     teacher_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.precision] \
         if recipe.teacher else None  # fmt: skip
     distiller = Distiller(teacher, student, recipe.build_loss_terms(), probe_inputs, teacher_dtype)
-    run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite, dry_run))
+    needed = checkpoint_bytes(distiller, student, recipe)
+
+    def folder() -> Path:
+        if resume is not None:
+            found = check_resume_dir(resume, recipe, out, overwrite)
+        else:
+            found = prepare_run_dir(out, recipe.name, overwrite, dry_run=True)  # checks only
+        check_free_space(found, needed)
+        return found if resume is not None or dry_run else prepare_run_dir(out, recipe.name, overwrite)
+
+    run_dir = engine.on_main(folder)
     if dry_run:
         if engine.is_main:
             print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(data.train)} train images), models and "
                   f"loss terms are valid; loss = {distiller.formula()}; would write to {run_dir}")  # fmt: skip
         return RunResult(run_dir, {"dry_run": True, "loss": distiller.formula()}, student)
-    if engine.is_main:
+    if engine.is_main and resume is None:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
     train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
@@ -142,8 +225,13 @@ def run(
               f"images) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
               f"({recipe.data.batch_size} per process x {procs}), lr {recipe.train.optimizer.lr:g} (as given, "
               f"not scaled); loss = {distiller.formula()}")
-    fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
-                     save=lambda model, path: save_model(model, path, meta))  # fmt: skip
+    try:
+        fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
+                         save=lambda model, path: save_model(model, path, meta), resume=resume is not None)  # fmt: skip
+    except RunInterrupted as stop:
+        command = "distill" if teacher is not None else "train"
+        stop.args = (f"{stop}; resume with: tinykd {command} --resume {run_dir}",)
+        raise
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
     if teacher is not None and teacher_dtype is not None:
@@ -170,6 +258,8 @@ def run(
         "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
+    if recipe.train.nonfinite == "skip":
+        metrics["skipped_steps"] = fit.skipped_steps
     if fit.xla is not None:
         metrics["xla"] = fit.xla
     if engine.is_main:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import tinykd
@@ -92,3 +93,36 @@ def test_losses_match_eager_cpu(tmp_path: Path) -> None:
     assert xla_losses[0] == pytest.approx(cpu_losses[0], rel=1e-4), (xla_losses, cpu_losses)
     for a, b in zip(xla_losses, cpu_losses, strict=True):
         assert a == pytest.approx(b, rel=1e-2), (xla_losses, cpu_losses)
+
+
+def test_a_run_stopped_on_xla_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """SIGTERM at step 5 of 16, resume: the student equals the uninterrupted run's, and the resumed process
+    compiles no more step graphs than a fresh one (the restored statistics take the steady graph's shapes)."""
+    from safetensors.torch import load_file
+
+    data = recipe(tmp_path, 8, hint=True)
+    data["train"].update(epochs=2, checkpoint_every=3)
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PJRT_DEVICE": "CPU"}
+    worker = Path(__file__).resolve().parents[1] / "kill_worker.py"
+
+    def tinykd_cli(*args: str, kill: str | None = None) -> subprocess.CompletedProcess:
+        prefix = [sys.executable, str(worker), kill, "--"] if kill else [sys.executable, "-m", "tinykd"]
+        return subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=600)
+
+    whole = tinykd_cli("distill", str(path), "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = tinykd_cli("distill", str(path), "--out", str(tmp_path / "run"), kill="signal:5:SIGTERM")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "stopped on SIGTERM at epoch 1, step 5" in stopped.stderr
+    resumed = tinykd_cli("distill", "--resume", str(tmp_path / "run"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["device"].startswith("xla")
+    assert report["xla"]["train_steps"] == 16 and report["xla"]["train_executions"] == 11, report["xla"]
+    assert report["xla"]["train_compilations"] <= 2, report["xla"]
+    want = load_file(str(tmp_path / "whole" / "checkpoints" / "last.safetensors"))
+    got = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), {k: (want[k] - got[k]).abs().max() for k in want}

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from tinykd.engine.state import fsync_path
 from tinykd.errors import TinykdError
 
 META_KEY = "tinykd"
@@ -31,6 +32,7 @@ def save_model(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)})
+    fsync_path(tmp)  # on disk before the rename: a crash leaves the old file or the new one, never half of one
     tmp.replace(path)
 
 

@@ -80,6 +80,14 @@ class TrainSpec(Section):
     grad_clip: float | None = Field(None, gt=0)
     log_every: int = Field(50, gt=0)
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cut epochs short (smoke tests)")
+    checkpoint_every: int | None = Field(
+        1000, gt=0, description="steps between resume checkpoints (also written at each epoch end); null: epochs only"
+    )
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="resume checkpoints kept (the newest)")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a nan/inf loss: stop the run, or skip the step (one device read per step)"
+    )
+    max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop after more skipped steps than this")
 
 
 class RuntimeSpec(Section):
