@@ -101,8 +101,8 @@ def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tmp_path: Path, 
     assert stopped.returncode != 0
     assert "stopped on SIGTERM at epoch 1, step 8" in stopped.stderr, stopped.stderr[-4000:]
     saved = tmp_path / "run" / "checkpoints" / "resume" / "step-00000008"
-    assert sorted(p.name for p in saved.iterdir()) == ["rng-rank0.safetensors", "rng-rank1.safetensors",
-                                                        "train_state.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in saved.iterdir()) == ["manifest.json", "rng-rank0.safetensors",
+                                                        "rng-rank1.safetensors", "train_state.safetensors"]  # fmt: skip
     resumed = run("-m", "tinykd", "train", "--resume", "run")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     want = load_file(str(tmp_path / "whole" / "checkpoints" / "last.safetensors"))

@@ -38,12 +38,15 @@ PATHS = [
     ("loss_terms", "hint"), ("loss_terms", "hint", "type"), ("loss_terms", "hint", "student"), ("train",),
     ("train", "epochs"), ("train", "optimizer"), ("train", "optimizer", "lr"), ("train", "optimizer", "name"),
     ("train", "schedule", "name"), ("train", "schedule", "milestones"), ("train", "grad_clip"),
-    ("train", "log_every"), ("runtime",), ("runtime", "device"), ("runtime", "precision"), ("runtime", "threads"),
+    ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("train", "nonfinite"),
+    ("train", "max_skipped_steps"), ("runtime",), ("runtime", "device"), ("runtime", "precision"),
+    ("runtime", "threads"),
     ("measure", "latency_repeats"), ("model",), ("bogus",), ("data", "bogus"), ("train", "optimizer", "bogus"),
 ]  # fmt: skip
 WORDS = ["", "cpu", "xla", "cuda", "kd", "fitnet", "ce", "mse", "at", "digits", "fashion-mnist", "imagefolder",
          "cifar10", "resnet8", "cnn_tiny", "timm:nope", "torchvision:resnet18", "stage2", "layer3", "/nonexistent",
-         "../..", "bf16", "fp16", "onecycle", "adamw", "sgd", "~", "a.b.c", "\x00", "é", "null"]  # fmt: skip
+         "../..", "bf16", "fp16", "onecycle", "adamw", "sgd", "~", "a.b.c", "\x00", "é", "null", "stop",
+         "skip"]  # fmt: skip
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 2**31, 10**9]),

@@ -146,7 +146,8 @@ def test_a_signal_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(
 def test_only_the_newest_checkpoints_are_kept(reference: Path) -> None:
     kept = complete_checkpoints(reference / "checkpoints" / "resume")
     assert [p.name for p in kept] == ["step-00000018", "step-00000021"]
-    assert sorted(p.name for p in kept[-1].iterdir()) == ["rng-rank0.safetensors", "train_state.safetensors"]
+    assert sorted(p.name for p in kept[-1].iterdir()) == ["manifest.json", "rng-rank0.safetensors",
+                                                          "train_state.safetensors"]  # fmt: skip
 
 
 def test_a_damaged_newest_checkpoint_is_passed_over(reference: Path, tmp_path: Path) -> None:
@@ -299,3 +300,98 @@ def test_rng_states_round_trip() -> None:
     restore_rng(tensors, meta)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+# --- damaged run folders ---------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TINY = {
+    "name": "tiny", "seed": 1,
+    "data": {"name": "digits", "batch_size": 32, "val_size": 0.1},
+    "student": {"name": "cnn_tiny"},
+    "train": {"epochs": 2, "max_steps_per_epoch": 3, "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 3},
+    "runtime": {"device": "cpu"}, "measure": {"enabled": False},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with 3 resume checkpoints (steps 3, 4, 6) whose end was lost (no report.json)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    tinykd.run(TINY, out=out, mode="train")
+    (out / "report.json").unlink()
+    return out
+
+
+damage = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 200), st.floats(0, 1)),
+    st.tuples(st.just("flip"), st.integers(0, 200), st.floats(0, 1), st.integers(1, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 200)),
+    st.tuples(st.just("garbage"), st.integers(0, 200), st.binary(max_size=64)),
+    st.tuples(st.just("mkdir"), st.sampled_from(["step-00000099", "step-x", "step-00000001.tmp", "step-00000004/x"])),
+    st.tuples(st.just("recipe"), st.sampled_from(["", "name: [", "{}", "seed: 2", "- 1", "data: 3", "\x00"])),
+)
+
+
+def _apply(run: Path, op: tuple) -> None:
+    files = sorted(p for p in run.rglob("*") if p.is_file())
+    kind = op[0]
+    if kind == "mkdir":
+        (run / "checkpoints" / "resume" / op[1]).mkdir(parents=True, exist_ok=True)
+        return
+    if kind == "recipe":
+        (run / "recipe.yaml").write_text(op[1])
+        return
+    file = files[op[1] % len(files)]
+    if kind == "delete":
+        file.unlink()
+    elif kind == "garbage":
+        file.write_bytes(op[2])
+    else:
+        data = bytearray(file.read_bytes())
+        at = min(int(op[2] * len(data)), max(len(data) - 1, 0))
+        if kind == "truncate":
+            file.write_bytes(bytes(data[:at]))
+        elif data:
+            data[at] ^= op[3]
+            file.write_bytes(bytes(data))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                    HealthCheck.too_slow])  # fmt: skip
+@given(ops=st.lists(damage, min_size=1, max_size=3))
+def test_damaged_run_folders_resume_or_fail_in_one_line(tiny_run: Path, tmp_path: Path, ops: list) -> None:
+    """Truncated, flipped, deleted or replaced files, stray folders, a broken recipe: `--resume` either
+    continues (from the newest checkpoint that verifies, or from step 0) or says what is wrong in one line."""
+    import contextlib
+    import io
+    import tempfile
+
+    from tinykd.cli import main
+
+    run = Path(tempfile.mkdtemp(dir=tmp_path)) / "run"
+    shutil.copytree(tiny_run, run)
+    for op in ops:
+        _apply(run, op)
+    err = io.StringIO()
+    threads = torch.get_num_threads()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(["train", "--resume", str(run)])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    torch.set_num_threads(threads)
+    text = err.getvalue()
+    resumed_from = re.search(r"resuming from .*(step-\d+)", text)
+    event(f"exit {code}, " + (resumed_from.group(1) if resumed_from else "from step 0" if code == 0 else "refused"))
+    if code == 2:  # what was refused, without the paths
+        event("error: " + re.sub(r"/\S+", "PATH", text.strip().splitlines()[-1])[15:90])
+    assert "Traceback" not in text, (ops, text)
+    assert code in (0, 2), (code, ops, text)
+    if code == 2:
+        assert text.strip().splitlines()[-1].startswith("tinykd: error: "), (ops, text)
+    else:
+        assert (run / "report.json").is_file()

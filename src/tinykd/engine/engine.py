@@ -10,6 +10,7 @@ the loop has no host sync per step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -123,12 +124,12 @@ class MetricsLog:
         if self.path is None or not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():  # a damaged line is dropped
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by the kill
                 continue
-            if record.get("step", 0) <= step:
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
                 kept.append(line + "\n")
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(kept))
@@ -252,7 +253,8 @@ class Engine:
         resume_dir = ckpt_dir / "resume" if ckpt_dir else None
         restored = self._load_resume(resume_dir) if resume and resume_dir else None
         if restored is not None:
-            task.load_state_dict(restored.prefixed("task"))  # before prepare: the same tensors get wrapped and moved
+            with _not_fitting(restored.path):  # before prepare: the same tensors get wrapped and moved
+                task.load_state_dict(restored.prefixed("task"))
         optimizer = build_optimizer(task.trainable_parameters(), spec.optimizer)
         task, optimizer, train_loader = acc.prepare(task, optimizer, train_loader)
         if val_loader is not None:
@@ -277,7 +279,8 @@ class Engine:
         names: list[str] = []
         previous: list[float] | None = None
         if restored is not None:
-            running, faults, previous, names = self._restore(restored, optimizer, pos, result, shape, ckpt_dir)
+            with _not_fitting(restored.path):
+                running, faults, previous, names = self._restore(restored, optimizer, pos, result, shape, ckpt_dir)
             if pos.batches_done and sampler is None:
                 raise TinykdError("cannot resume in the middle of an epoch: the training loader has no EpochShuffle")
             log.keep_until(pos.step)
@@ -620,7 +623,9 @@ class Engine:
         running = found.tensors.get("running")
         faults = found.tensors.get("faults")
         if self.is_main:
-            say(f"tinykd: resuming from {found.path} (epoch {pos.epoch_done + 1}, step {pos.step})")
+            where = f"epoch {pos.epoch_done + 1}, step {pos.step}" if pos.step < shape["total_steps"] else \
+                f"training had finished at step {pos.step}; making the report"  # fmt: skip
+            say(f"tinykd: resuming from {found.path} ({where})")
         return (
             running.to(self.device) if running is not None else None,
             faults.to(self.device) if faults is not None else None,
@@ -648,6 +653,16 @@ class Engine:
         model.train(was_training)
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+@contextlib.contextmanager
+def _not_fitting(path: Path) -> Iterator[None]:
+    """A checkpoint whose content does not fit this run (another model, a hand-edited file): one clear line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TinykdError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {first[:300]})") from None
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,7 @@ A checkpoint is one folder, `checkpoints/resume/step-00001234/`:
                               running statistics; its metadata (JSON) holds the position in the data, the
                               optimizer's groups, the loss scaler, the best score and the history
     rng-rank0.safetensors     each process's random number generators (python, numpy, torch, cuda or xla)
+    manifest.json             the size and sha256 of each file: a changed or rotten byte is found on load
 
 Only tensors and JSON are stored (safetensors), so loading never runs code. A folder is written under
 a `.tmp` name, every file flushed to disk, then renamed: a folder without that suffix is complete, and a
@@ -14,6 +15,7 @@ kill at any moment leaves either the previous checkpoint or the new one. The new
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,6 +35,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tinykd.errors import TinykdError
 
 STATE_FILE = "train_state.safetensors"
+MANIFEST = "manifest.json"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
 
@@ -103,6 +106,9 @@ def save_checkpoint(
     barrier()
     if is_main and error is None:
         try:
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+            (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+            fsync_path(tmp / MANIFEST)
             fsync_path(tmp)
             if final.exists():  # the same step saved before (a resumed run passing it again): replace it
                 shutil.rmtree(final)
@@ -164,8 +170,36 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest(path: Path) -> None:
+    """Every file the manifest lists is there, with its size and sha256: nothing truncated, rotten or edited."""
+    try:
+        listed = json.loads((path / MANIFEST).read_text())["files"]
+        expected = {str(name): (int(v["bytes"]), str(v["sha256"])) for name, v in listed.items()}
+    except FileNotFoundError:
+        raise TinykdError(f"{path} has no {MANIFEST}: it is not a complete tinykd checkpoint") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TinykdError(f"{path / MANIFEST} is unreadable or malformed ({type(exc).__name__}: {exc})") from None
+    for name, (size, sha) in expected.items():
+        file = path / name
+        if not file.is_file() or "/" in name or name.startswith("."):
+            raise TinykdError(f"{file} is missing from checkpoint {path}")
+        if file.stat().st_size != size:
+            raise TinykdError(f"{file} has {file.stat().st_size} bytes, {size} were written: truncated or changed")
+        if _sha256(file) != sha:
+            raise TinykdError(f"{file} is corrupt or was changed after it was written (sha256 differs)")
+
+
 def load_checkpoint(path: Path, rank: int) -> Checkpoint:
     """Read one checkpoint folder for process `rank`; a missing, truncated or foreign file names itself."""
+    verify_manifest(path)
     tensors, meta = _read(path / STATE_FILE)
     if meta.get("format") != FORMAT:
         raise TinykdError(f"{path / STATE_FILE} has checkpoint format {meta.get('format')}; this tinykd reads {FORMAT}")
