@@ -292,6 +292,7 @@ class Engine:
         xla_before = self.xla_counts()
         xla_train = {"compilations": 0, "executions": 0}
         skip_nonfinite = spec.nonfinite == "skip"
+        seconds_before = pos.seconds  # training time of the run before this process took over
 
         def checkpoint() -> Path | None:
             if resume_dir is None:
@@ -305,7 +306,6 @@ class Engine:
             saved = checkpoint()
             return RunInterrupted(signal_name, epoch, pos.step, str(saved) if saved else None)
 
-        seconds_before = pos.seconds  # training time of the run before this process took over
         with StopSignals() as signals, _progress(self.is_main) as bar:
             for epoch in range(pos.epoch_done + 1, spec.epochs + 1):
                 task.train()
@@ -324,6 +324,7 @@ class Engine:
                         task, optimizer, params, inputs, targets, lr, spec.grad_clip, running, faults, skip_nonfinite
                     )
                     pos.step, pos.batches_done = pos.step + 1, i + 1
+                    pos.images += len(targets) * acc.num_processes
                     window_images += len(targets) * acc.num_processes
                     if not stepped:
                         pos.skipped += 1
@@ -338,7 +339,6 @@ class Engine:
                                       img_per_s=window_images / max(now - window_start, 1e-9))  # fmt: skip
                         if skip_nonfinite:
                             record["skipped"] = pos.skipped
-                        pos.images += window_images
                         window_start, window_images = now, 0
                         if not skip_nonfinite:
                             self._check_faults(first_bad, names, steps_per_epoch, resume_dir)
@@ -356,7 +356,6 @@ class Engine:
                     now_xla = self.xla_counts()
                     for key in xla_train:
                         xla_train[key] += now_xla[key] - epoch_xla[key]  # type: ignore[index]
-                pos.images += window_images
                 record = self._end_epoch(model, val_loader, epoch, pos.step, time.perf_counter() - epoch_start,
                                          spec.epochs, result, ckpt_dir, save)  # fmt: skip
                 log.write(record)
@@ -512,12 +511,10 @@ class Engine:
             return
         step = min(s for s, _ in hits)
         terms = [n for s, n in hits if s == step and n != "total"] or ["total"]
-        last = latest_complete(resume_dir) if resume_dir else None
-        kept = f"; the last good checkpoint is {last}" if last else ""
         raise TinykdError(
             f"the loss became nan or inf at epoch {(step - 1) // steps_per_epoch + 1}, step {step} "
-            f"(term {', '.join(repr(t) for t in terms)}){kept}; lower train.optimizer.lr, set train.grad_clip, "
-            "or set train.nonfinite=skip"
+            f"(term {', '.join(repr(t) for t in terms)}){_last_good(resume_dir)}; lower train.optimizer.lr, "
+            "set train.grad_clip, or set train.nonfinite=skip"
         )
 
     def _raise_if_nonfinite(self, running: torch.Tensor | None, faults: torch.Tensor | None, names: list[str],
@@ -533,14 +530,12 @@ class Engine:
         terms = [n for s, n in zip(first_bad, ["total", *names], strict=True) if s > 0 and n != "total"]
         which = f" (terms that were non-finite so far: {', '.join(terms)})" if terms else " (gradients)"
         if self.is_main:
-            say(f"tinykd: step {pos.step} skipped: non-finite loss or gradients{which}; "
-                          f"{pos.skipped} skipped so far")  # fmt: skip
+            say(f"tinykd: step {pos.step} skipped: non-finite loss or gradients{which}; {pos.skipped} skipped so far")
         if pos.skipped > spec.max_skipped_steps:
-            last = latest_complete(resume_dir) if resume_dir else None
-            kept = f"; the last good checkpoint is {last}" if last else ""
             raise TinykdError(
                 f"{pos.skipped} steps had a non-finite loss or gradients, more than train.max_skipped_steps="
-                f"{spec.max_skipped_steps}; the last at epoch {epoch}, step {pos.step}{which}{kept}; "
+                f"{spec.max_skipped_steps}; the last at epoch {epoch}, step {pos.step}{which}"
+                f"{_last_good(resume_dir)}; "
                 "lower train.optimizer.lr or set train.grad_clip"
             )
 
@@ -653,6 +648,12 @@ class Engine:
         model.train(was_training)
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+def _last_good(resume_dir: Path | None) -> str:
+    """'; the last good checkpoint is ...' for messages that stop a run, or '' when there is none."""
+    last = latest_complete(resume_dir) if resume_dir else None
+    return f"; the last good checkpoint is {last}" if last else ""
 
 
 @contextlib.contextmanager
