@@ -245,8 +245,11 @@ def recipes() -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors (bad recipe, bad arguments) become one line on stderr and exit code 2."""
     aborts, errors, exits = _click_exception_types()
+    finished = False
     try:
-        return app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        finished = True
+        return result
     except TinykdError as exc:
         _fail(str(exc), exc.exit_code)
     except errors as exc:
@@ -257,6 +260,11 @@ def main(argv: list[str] | None = None) -> Any:
         raise SystemExit(getattr(exc, "exit_code", 0)) from None
     except (KeyboardInterrupt, *aborts):
         _fail("interrupted", 130)
+    finally:
+        if "torch.distributed" in sys.modules:  # a multi-process job: leave it cleanly (nothing to do otherwise)
+            from tinykd.engine.runtime import end_processes
+
+            end_processes(finished)
 
 
 def _fail(message: str, code: int) -> None:

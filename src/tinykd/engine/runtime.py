@@ -120,6 +120,17 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
     return accelerator
 
 
+def end_processes(finished: bool) -> None:
+    """Leave a multi-process job cleanly: wait for every rank (after a success only: a rank that failed alone
+    would never arrive), then destroy the process group. A rank that exits with the group alive can abort in
+    its communication threads ("terminate called without an active exception") and fail a finished job."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if finished and _current is not None:
+        _current[1].wait_for_everyone()
+    torch.distributed.destroy_process_group()
+
+
 def describe_environment() -> list[tuple[str, str]]:
     """(name, value) rows for `tinykd env`: versions, devices, and what each runtime.device would use."""
     import platform
