@@ -58,9 +58,9 @@ def install(kill: str) -> None:
 
         Engine._train_step = step  # type: ignore[method-assign]
     elif kind == "write":
-        state.write_safetensors = _half_written(state.write_safetensors, count, at)
-    elif kind == "weights":
-        checkpoint.save_file = _half_written(checkpoint.save_file, count, at)
+        state.write_tensors = _half_written(state.write_tensors, count, at)
+    elif kind == "weights":  # save_model's own write (the resume checkpoint's writes are patched above)
+        checkpoint.write_tensors = _half_written(checkpoint.write_tensors, count, at)
     else:
         raise SystemExit(f"unknown kill point {kill}")
 

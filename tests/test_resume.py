@@ -253,7 +253,7 @@ def test_a_disk_that_fills_during_training_keeps_the_last_checkpoint(
 ) -> None:
     import tinykd.engine.state as state
 
-    real, calls = state.write_safetensors, [0]
+    real, calls = state.write_tensors, [0]
 
     def write(*args: Any, **kwargs: Any) -> None:
         calls[0] += 1
@@ -261,7 +261,7 @@ def test_a_disk_that_fills_during_training_keeps_the_last_checkpoint(
             raise OSError(28, "No space left on device")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(state, "write_safetensors", write)
+    monkeypatch.setattr(state, "write_tensors", write)
     with pytest.raises(TinykdError, match=r"could not write checkpoint .*step-00000006: No space left on device; "
                                           r"the last complete checkpoint is .*step-00000003"):  # fmt: skip
         tinykd.run(DIGITS, out=tmp_path / "run")

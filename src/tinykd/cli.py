@@ -62,13 +62,11 @@ def distill(
 def _run(recipe: str | None, set_: list[str] | None, out: Path | None, overwrite: bool, dry_run: bool,
          resume: Path | None, mode: str) -> None:  # fmt: skip
     from tinykd.recipes import load_recipe
-    from tinykd.run import run
+    from tinykd.run import run, run_recipe_file
 
     if recipe is None and resume is None:
         raise TinykdError(f"tinykd {mode} needs a RECIPE (a YAML file or a built-in name; see: tinykd recipes)")
-    source = recipe if recipe is not None else resume / "recipe.yaml"  # type: ignore[operator]
-    if recipe is None and not source.is_file():  # type: ignore[union-attr]
-        raise TinykdError(f"cannot resume {resume}: it is not a tinykd run folder (no recipe.yaml)")
+    source = recipe if recipe is not None else run_recipe_file(resume)  # type: ignore[arg-type]
     run(load_recipe(source, set_), out, overwrite, mode=mode, dry_run=dry_run, resume=resume)  # type: ignore[arg-type]
 
 

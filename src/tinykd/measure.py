@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from tinykd.models.checkpoint import write_tensors
 
 
 @dataclass
@@ -43,10 +44,9 @@ def count_params(model: nn.Module) -> int:
 
 def size_on_disk(model: nn.Module) -> int:
     """Bytes of the model's state dict saved as safetensors (what a deployment would copy)."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
-        save_file(state, str(path))
+        write_tensors(model.state_dict(), path)
         return path.stat().st_size
 
 

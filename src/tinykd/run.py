@@ -48,21 +48,25 @@ class RunResult:
         return self.run_dir / "checkpoints" / "best.safetensors"
 
 
-def prepare_run_dir(out: str | Path | None, name: str, overwrite: bool = False, dry_run: bool = False) -> Path:
-    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable before training.
+def prepare_run_dir(
+    out: str | Path | None, name: str, overwrite: bool = False, dry_run: bool = False, needed_bytes: int = 0
+) -> Path:
+    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable, and that its disk
+    has `needed_bytes` free, before training.
 
     With `dry_run`, only check: nothing is created or removed.
     """
     run_dir = Path(out) if out else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists() and not run_dir.is_dir():
         raise TinykdError(f"run folder {run_dir} exists and is a file; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TinykdError(
-                f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite"
-            )
-        if not dry_run:
-            shutil.rmtree(run_dir)
+    occupied = run_dir.is_dir() and any(run_dir.iterdir())
+    if occupied and not overwrite:
+        raise TinykdError(
+            f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite"
+        )
+    check_free_space(run_dir, needed_bytes)  # before anything is removed
+    if occupied and not dry_run:
+        shutil.rmtree(run_dir)
     if dry_run:
         existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
@@ -83,17 +87,25 @@ RESUME_MAY_CHANGE = ("runtime", "measure", "data.root", "data.download", "data.n
                      "train.checkpoint_every", "train.keep_checkpoints", "train.max_skipped_steps")  # fmt: skip
 
 
-def check_resume_dir(resume: str | Path, recipe: Recipe, out: str | Path | None, overwrite: bool) -> Path:
-    """The run folder to continue: it must be a tinykd run of the same recipe, unfinished and writable."""
+def run_recipe_file(run_dir: str | Path) -> Path:
+    """The recipe a run folder was started with; a folder that is not a run says so."""
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else "is not a tinykd run folder (no recipe.yaml)"
+        raise TinykdError(f"cannot resume {run_dir}: it {what}")
+    return path
+
+
+def check_resume_dir(
+    resume: str | Path, recipe: Recipe, out: str | Path | None, overwrite: bool, needed_bytes: int = 0
+) -> Path:
+    """The run folder to continue: it must be a tinykd run of the same recipe, unfinished, writable, with room."""
     run_dir = Path(resume)
     if overwrite:
         raise TinykdError("--resume continues a run and --overwrite starts it again; give one of them")
     if out is not None and Path(out).absolute() != run_dir.absolute():
         raise TinykdError(f"--resume writes into the run's own folder {run_dir}; drop --out {out}")
-    saved_file = run_dir / "recipe.yaml"
-    if not saved_file.is_file():
-        what = "does not exist" if not run_dir.exists() else "is not a tinykd run folder (no recipe.yaml)"
-        raise TinykdError(f"cannot resume {run_dir}: it {what}")
+    saved_file = run_recipe_file(run_dir)
     if (run_dir / "report.json").is_file():
         raise TinykdError(f"{run_dir} already finished (it has report.json): nothing to resume")
     changes = recipe_changes(load_recipe(saved_file), recipe)
@@ -103,6 +115,7 @@ def check_resume_dir(resume: str | Path, recipe: Recipe, out: str | Path | None,
                           f"same recipe (only {', '.join(RESUME_MAY_CHANGE)} may change)")  # fmt: skip
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise TinykdError(f"cannot write to run folder {run_dir}")
+    check_free_space(run_dir, needed_bytes)
     return run_dir
 
 
@@ -116,9 +129,8 @@ def recipe_changes(saved: Recipe, given: Recipe) -> list[str]:
 
     old, new = flat(saved.model_dump(mode="json")), flat(given.model_dump(mode="json"))
     keys = sorted(set(old) | set(new))
-    allowed = tuple(RESUME_MAY_CHANGE)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-            if old.get(k) != new.get(k) and not any(k == a or k.startswith(a + ".") for a in allowed)]  # fmt: skip
+    may_change = [k for k in keys if any(k == a or k.startswith(a + ".") for a in RESUME_MAY_CHANGE)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k) and k not in may_change]
 
 
 def check_free_space(run_dir: Path, needed: int) -> None:
@@ -173,9 +185,7 @@ def run(
     folder's own is used), with the result an uninterrupted run would have had.
     """
     if recipe is None and resume is not None:
-        recipe = Path(resume) / "recipe.yaml"
-        if not recipe.is_file():
-            raise TinykdError(f"cannot resume {resume}: it is not a tinykd run folder (no recipe.yaml)")
+        recipe = run_recipe_file(resume)
     if recipe is None:
         raise TinykdError("give a recipe (a YAML file or a built-in name), or --resume RUN")
     if not isinstance(recipe, Recipe):
@@ -195,16 +205,10 @@ def run(
         if recipe.teacher else None  # fmt: skip
     distiller = Distiller(teacher, student, recipe.build_loss_terms(), probe_inputs, teacher_dtype)
     needed = checkpoint_bytes(distiller, student, recipe)
-
-    def folder() -> Path:
-        if resume is not None:
-            found = check_resume_dir(resume, recipe, out, overwrite)
-        else:
-            found = prepare_run_dir(out, recipe.name, overwrite, dry_run=True)  # checks only
-        check_free_space(found, needed)
-        return found if resume is not None or dry_run else prepare_run_dir(out, recipe.name, overwrite)
-
-    run_dir = engine.on_main(folder)
+    run_dir = engine.on_main(
+        lambda: check_resume_dir(resume, recipe, out, overwrite, needed) if resume is not None
+        else prepare_run_dir(out, recipe.name, overwrite, dry_run, needed)
+    )  # fmt: skip
     if dry_run:
         if engine.is_main:
             print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(data.train)} train images), models and "

@@ -105,19 +105,15 @@ _FASHION_MNIST_REMEDY = "re-install dataset-fashion-mnist or delete it and downl
 # Size and sha256 of the *decompressed* IDX files, measured on Debian's dataset-fashion-mnist (its .gz files are
 # re-compressed, so hashes of the .gz would differ from upstream's; the decompressed content does not).
 FASHION_MNIST_OFFICIAL = {
-    "train_images": OfficialIdx("Fashion-MNIST", (60000, 28, 28), 47_040_016,
-                                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                                _FASHION_MNIST_REMEDY),
-    "train_labels": OfficialIdx("Fashion-MNIST", (60000,), 60_008,
-                                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                                _FASHION_MNIST_REMEDY),
-    "test_images": OfficialIdx("Fashion-MNIST", (10000, 28, 28), 7_840_016,
-                               "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                               _FASHION_MNIST_REMEDY),
-    "test_labels": OfficialIdx("Fashion-MNIST", (10000,), 10_008,
-                               "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                               _FASHION_MNIST_REMEDY),
-}  # fmt: skip
+    key: OfficialIdx("Fashion-MNIST", shape, size, sha256, _FASHION_MNIST_REMEDY)
+    for key, (shape, size, sha256) in {
+        "train_images": ((60000, 28, 28), 47_040_016,
+                         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train_labels": ((60000,), 60_008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "test_images": ((10000, 28, 28), 7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "test_labels": ((10000,), 10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    }.items()
+}
 
 
 def fashion_mnist_dirs(root: str | None) -> list[Path]:

@@ -297,7 +297,8 @@ class Engine:
         def checkpoint() -> Path | None:
             if resume_dir is None:
                 return None
-            self._raise_if_nonfinite(running, faults, names, steps_per_epoch, resume_dir, spec)
+            if faults is not None and spec.nonfinite == "stop":  # never save a state a non-finite loss has reached
+                self._check_faults(self._first_bad(faults), names, steps_per_epoch, resume_dir)
             pos.seconds = seconds_before + time.perf_counter() - start
             return self._save_resume(resume_dir, task, optimizer, running, faults, previous, names, pos, result,
                                      shape, spec.keep_checkpoints)  # fmt: skip
@@ -328,10 +329,10 @@ class Engine:
                     window_images += len(targets) * acc.num_processes
                     if not stepped:
                         pos.skipped += 1
-                        self._count_skip(pos, epoch, running, faults, names, spec, resume_dir)
+                        self._count_skip(pos, epoch, faults, names, spec, resume_dir)
                     stop = signals.received if acc.num_processes == 1 else None
                     if (i + 1) % spec.log_every == 0 or i + 1 == steps_per_epoch:
-                        totals, first_bad = self._read(running, faults)  # the one host sync of the interval
+                        totals = self._read(running)  # the one host sync of the interval
                         record = _interval_means(totals, previous, names)
                         previous = totals
                         now = time.perf_counter()
@@ -341,7 +342,7 @@ class Engine:
                             record["skipped"] = pos.skipped
                         window_start, window_images = now, 0
                         if not skip_nonfinite:
-                            self._check_faults(first_bad, names, steps_per_epoch, resume_dir)
+                            self._check_faults(self._first_bad(faults), names, steps_per_epoch, resume_dir)
                         log.write(record)
                         bar.update(bar_task, completed=i + 1, stats=_bar_stats(record))
                         if acc.num_processes > 1:
@@ -360,7 +361,7 @@ class Engine:
                                          spec.epochs, result, ckpt_dir, save)  # fmt: skip
                 log.write(record)
                 pos.epoch_done, pos.batches_done = epoch, 0
-                stop = signals.received if acc.num_processes == 1 else self._agree_on_stop(signals.received)
+                stop = self._agree_on_stop(signals.received)
                 if stop is not None:
                     raise stop_here(stop, epoch)
                 checkpoint()
@@ -489,17 +490,23 @@ class Engine:
             acc.wait_for_everyone()
         return record
 
-    def _read(self, running: torch.Tensor, faults: torch.Tensor) -> tuple[list[float], list[float]]:
-        """The running sums (summed over processes) and the first non-finite step of each value, on the host."""
-        acc = self.accelerator
-        if acc.num_processes > 1:
-            running = acc.reduce(running, reduction="sum")
-            every = acc.gather(faults[None]).float()  # (processes, values): the earliest step any of them saw
+    def _read(self, running: torch.Tensor) -> list[float]:
+        """The running sums, summed over processes, on the host (a transfer of values the step already computed)."""
+        if self.accelerator.num_processes > 1:
+            running = self.accelerator.reduce(running, reduction="sum")
+        return running.tolist()
+
+    def _first_bad(self, faults: torch.Tensor) -> list[float]:
+        """Per loss value, the first step at which any process saw it non-finite (0: never), on the host."""
+        if self.accelerator.num_processes > 1:
+            every = self.accelerator.gather(faults[None]).float()  # (processes, values)
             faults = torch.where(every > 0, every, torch.full_like(every, math.inf)).amin(0).nan_to_num(posinf=0.0)
-        return running.tolist(), faults.tolist()  # transfers of values the step already computed: no new graph
+        return faults.tolist()
 
     def _agree_on_stop(self, received: str | None) -> str | None:
         """With several processes, stop only when all agree (at a log point): any one that got a signal decides."""
+        if self.accelerator.num_processes == 1:
+            return received
         flag = torch.tensor([1.0 if received else 0.0], device=self.device)
         return (received or "SIGTERM") if self.accelerator.reduce(flag, reduction="sum").item() > 0 else None
 
@@ -517,16 +524,10 @@ class Engine:
             "set train.grad_clip, or set train.nonfinite=skip"
         )
 
-    def _raise_if_nonfinite(self, running: torch.Tensor | None, faults: torch.Tensor | None, names: list[str],
-                            steps_per_epoch: int, resume_dir: Path | None, spec: TrainSpec) -> None:  # fmt: skip
-        """Before a checkpoint: never save a state that a non-finite loss has already reached."""
-        if running is not None and faults is not None and spec.nonfinite == "stop":
-            self._check_faults(self._read(running, faults)[1], names, steps_per_epoch, resume_dir)
-
-    def _count_skip(self, pos: Position, epoch: int, running: torch.Tensor, faults: torch.Tensor, names: list[str],
-                    spec: TrainSpec, resume_dir: Path | None) -> None:  # fmt: skip
+    def _count_skip(self, pos: Position, epoch: int, faults: torch.Tensor, names: list[str], spec: TrainSpec,
+                    resume_dir: Path | None) -> None:  # fmt: skip
         """`nonfinite: skip`: warn about the skipped step, and stop once more than `max_skipped_steps` were."""
-        first_bad = self._read(running, faults)[1]
+        first_bad = self._first_bad(faults)
         terms = [n for s, n in zip(first_bad, ["total", *names], strict=True) if s > 0 and n != "total"]
         which = f" (terms that were non-finite so far: {', '.join(terms)})" if terms else " (gradients)"
         if self.is_main:

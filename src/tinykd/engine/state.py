@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -29,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from tinykd.errors import TinykdError
+from tinykd.models.checkpoint import fsync_path, read_tensors, write_tensors
 
 STATE_FILE = "train_state.safetensors"
 MANIFEST = "manifest.json"
@@ -56,22 +54,6 @@ class Checkpoint:
 
 
 # --- writing -------------------------------------------------------------------------------------------------
-
-
-def fsync_path(path: Path) -> None:
-    """Push a file's (or a folder's entries') bytes to the disk, so a crash cannot leave it half there."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any]) -> None:
-    """Write and fsync one file (its folder is the unit made atomic by rename)."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    save_file(state, str(path), metadata={"tinykd": json.dumps(meta)})
-    fsync_path(path)
 
 
 def save_checkpoint(
@@ -98,14 +80,14 @@ def save_checkpoint(
             tmp.mkdir(parents=True)
         barrier()
         rng_tensors, rng_meta = capture_rng()
-        write_safetensors(rng_tensors, tmp / f"rng-rank{rank}.safetensors", rng_meta)
+        write_tensors(rng_tensors, tmp / f"rng-rank{rank}.safetensors", rng_meta)
         if is_main:
-            write_safetensors(tensors, tmp / STATE_FILE, {"format": FORMAT, **meta})
+            write_tensors(tensors, tmp / STATE_FILE, {"format": FORMAT, **meta})
     except OSError as exc:
         error = f"{exc.strerror or exc}"
     barrier()
     if is_main and error is None:
-        try:
+        try:  # hashed from the disk: other processes wrote their own files
             files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
             (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
             fsync_path(tmp / MANIFEST)
@@ -156,16 +138,8 @@ def remove_partial_writes(root: Path) -> list[Path]:
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("tinykd")
-        tensors = load_file(str(path))
-        meta = json.loads(raw) if raw else None
-    except FileNotFoundError:
-        raise TinykdError(f"{path} is missing") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TinykdError(f"{path} is not a readable checkpoint file: {exc}") from None
-    if not isinstance(meta, dict):
+    tensors, meta = read_tensors(path)
+    if not meta:
         raise TinykdError(f"{path} has no tinykd metadata: it was not written by tinykd")
     return tensors, meta
 

@@ -9,30 +9,55 @@ made for another architecture.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from tinykd.engine.state import fsync_path
 from tinykd.errors import TinykdError
 
 META_KEY = "tinykd"
 
 
+def fsync_path(path: Path) -> None:
+    """Push a file's (or a folder's entries') bytes to the disk, so a crash cannot leave it half there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write tensors (on the CPU, contiguous, shared storage split) and JSON `meta` as safetensors, then fsync."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    save_file(state, str(path), metadata={META_KEY: json.dumps(meta)} if meta is not None else None)
+    fsync_path(path)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and tinykd metadata ({} if none) of a safetensors file; a bad file names itself."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        return tensors, json.loads(raw) if raw else {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
+
+
 def save_model(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    """Write `model`'s state dict (contiguous, de-duplicated) and `meta` atomically to `path`."""
+    """Write `model`'s state dict and `meta` atomically to `path`: a crash leaves the old file or the new one."""
     import tinykd
 
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     info = {"tinykd_version": tinykd.__version__, "torch_version": torch.__version__, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)})
-    fsync_path(tmp)  # on disk before the rename: a crash leaves the old file or the new one, never half of one
+    write_tensors(model.state_dict(), tmp, info)
     tmp.replace(path)
 
 
@@ -71,10 +96,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise TinykdError(f"{path} does not hold a state dict of tensors")
         return state
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
+    return read_tensors(path)[0]
 
 
 def load_weights(model: nn.Module, path: str | Path, model_name: str | None = None) -> dict[str, Any]:
