@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn_small trained for a few epochs on digits (about 95% test accuracy), saved the way a run saves it."""
     from tinykd.engine import make_loader
     from tinykd.measure import torch_threads
-    from tinykd.run import build_data
+    from tinykd.pipeline import build_data
 
     torch.manual_seed(0)
     bundle = build_data(validate_recipe(RECIPE), augment=False)

@@ -25,9 +25,18 @@ def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
                "--set", "measure.latency_repeats=10", check=True)  # fmt: skip
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     roles = [row["role"] for row in report["rows"]]
-    assert roles == ["teacher", "student (scratch)", "student (distilled)", "student (int8 onnx)"]
-    teacher, scratch, distilled, int8 = report["rows"]
+    assert roles == ["teacher", "teacher (onnx fp32)", "student (scratch)", "student (distilled)",
+                     "student (int8 onnx)"]  # fmt: skip
+    teacher, teacher_onnx, scratch, distilled, int8 = report["rows"]
     assert int8["size_bytes"] < distilled["size_bytes"] / 2 and int8["format"] == "onnx int8"
+    assert teacher_onnx["format"] == "onnx fp32" and teacher_onnx["params"] == teacher["params"]
+    assert abs(teacher_onnx["test_accuracy"] - teacher["test_accuracy"]) < 0.01  # the same model, verified export
+    # the int8 student's speed-up is given against the teacher in the same runtime and against the eager teacher
+    assert int8["speedup_same_runtime"] == pytest.approx(teacher_onnx["latency_ms_p50"] / int8["latency_ms_p50"])
+    assert int8["speedup"] == pytest.approx(teacher["latency_ms_p50"] / int8["latency_ms_p50"])
+    assert distilled["speedup_same_runtime"] == pytest.approx(distilled["speedup"])
+    assert report["int8_vs_teacher"]["faster_b1_same_runtime"] == int8["speedup_same_runtime"]
+    assert "in the same runtime" in proc.stdout and "Edge goal" in proc.stdout
     assert teacher["params"] >= 20 * distilled["params"] and scratch["params"] == distilled["params"]
     for row in report["rows"]:
         assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)

@@ -74,7 +74,7 @@ def test_accelerate_launch_runs_two_ranks(tmp_path: Path, tinykd_env: dict[str, 
            "-m", "tinykd", "train", str(recipe(tmp_path, 32)), "--out", "run"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "x 2 processes (MULTI_CPU)" in proc.stdout and "global batch 64 (32 per process x 2)" in proc.stdout
+    assert "on cpu, 2 processes (GLOO), fp32;" in proc.stdout and "global batch 64 (32 per process x 2)" in proc.stdout
     assert proc.stdout.count("run folder:") == 1  # rank 0 alone reports
 
 

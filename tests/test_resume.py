@@ -400,7 +400,7 @@ def test_damaged_run_folders_resume_or_fail_in_one_line(tiny_run: Path, tmp_path
 def test_the_loss_scaler_is_saved_and_restored(tmp_path: Path) -> None:
     """fp16 needs a GPU, so the scaler here is torch's CPU GradScaler, in the place Accelerate keeps its own."""
     from tinykd.engine import Engine
-    from tinykd.engine.engine import FitResult, Position
+    from tinykd.engine.resume import FitResult, Position, Tally, restore, save_resume
     from tinykd.engine.state import load_checkpoint
     from tinykd.recipes.schema import RuntimeSpec
 
@@ -419,10 +419,10 @@ def test_the_loss_scaler_is_saved_and_restored(tmp_path: Path) -> None:
         scaler.update()
         optimizer.zero_grad()
     shape = {"num_processes": 1, "samples_per_step": 4, "steps_per_epoch": 5, "total_steps": 10}
-    path = saver._save_resume(tmp_path, model, optimizer, None, None, None, [], Position(step=4), FitResult(
+    path = save_resume(saver.accelerator, tmp_path, model, optimizer, Tally(), Position(step=4), FitResult(
         -1.0, -1, None, None, 0.0, 0.0), shape, keep=1)  # fmt: skip
     loader = engine_with_scaler(1.0)
-    loader._restore(load_checkpoint(path, 0), optimizer, Position(), FitResult(-1.0, -1, None, None, 0.0, 0.0), shape,
-                    None)  # fmt: skip
+    restore(loader.accelerator, load_checkpoint(path, 0), optimizer, Tally(), Position(),
+            FitResult(-1.0, -1, None, None, 0.0, 0.0), shape, None)  # fmt: skip
     assert loader.accelerator.scaler.state_dict() == scaler.state_dict()
     assert loader.accelerator.scaler.get_scale() == 2.0**11

@@ -62,7 +62,8 @@ def distill(
 def _run(recipe: str | None, set_: list[str] | None, out: Path | None, overwrite: bool, dry_run: bool,
          resume: Path | None, mode: str) -> None:  # fmt: skip
     from tinykd.recipes import load_recipe
-    from tinykd.run import run, run_recipe_file
+    from tinykd.run import run
+    from tinykd.rundir import run_recipe_file
 
     if recipe is None and resume is None:
         raise TinykdError(f"tinykd {mode} needs a RECIPE (a YAML file or a built-in name; see: tinykd recipes)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from tinykd.compress.source import checkpoint_recipe, load_checkpoint_model
-from tinykd.engine import Engine, make_loader
+from tinykd.data import make_loader
+from tinykd.engine import Engine
 from tinykd.errors import TinykdError
 from tinykd.measure import measure_model
-from tinykd.run import build_data
+from tinykd.pipeline import build_data
 
 
 def evaluate_checkpoint(

@@ -20,6 +20,7 @@ COLUMNS = [  # (key, header, format)
     ("compression", "fewer params", "{:.1f}x"),
     ("size_ratio", "smaller file", "{:.1f}x"),
     ("speedup", "speed-up b1", "{:.1f}x"),
+    ("speedup_same_runtime", "speed-up b1, same runtime", "{:.1f}x"),
 ]
 
 

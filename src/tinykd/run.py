@@ -1,172 +1,26 @@
-"""`tinykd.run(recipe)`: a whole run from a recipe to a folder of results.
+"""`tinykd.run(recipe)`: a whole run from a recipe to a folder of results (see `rundir` for what it holds).
 
-The run folder holds what a user needs to inspect, reproduce and reuse a run:
-
-    recipe.yaml          the resolved recipe (defaults included)
-    metrics.jsonl        one JSON object per log interval and per epoch
-    checkpoints/         best.safetensors and last.safetensors: the student alone
-    checkpoints/resume/  the newest full training states (`--resume RUN` continues from the last one)
-    report.json, report.md   test accuracy and measurements, teacher beside student
+It builds the pieces (`pipeline`), trains them (`engine`), then tests and measures the best student beside
+its teacher and writes the report.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import nn
-
-from tinykd.data import DataBundle, build_datasets
-from tinykd.distill import Distiller
-from tinykd.engine import Engine, make_loader
+from tinykd.engine import Engine
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.measure import measure_model
-from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, save_model
+from tinykd.pipeline import build_data, build_distiller, build_model, build_teacher, needs_teacher, probe_batch
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
-from tinykd.recipes.schema import ModelSpec
 from tinykd.report import format_table, rows_markdown
+from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
 
-
-@dataclass
-class RunResult:
-    """What a run produced: its folder and its headline numbers."""
-
-    run_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    model: nn.Module | None = field(default=None, repr=False)  # the trained student, best checkpoint loaded
-
-    @property
-    def student_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "best.safetensors"
-
-
-def prepare_run_dir(
-    out: str | Path | None, name: str, overwrite: bool = False, dry_run: bool = False, needed_bytes: int = 0
-) -> Path:
-    """Make the run folder; refuse a non-empty one unless `overwrite`; check that it is writable, and that its disk
-    has `needed_bytes` free, before training.
-
-    With `dry_run`, only check: nothing is created or removed.
-    """
-    run_dir = Path(out) if out else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TinykdError(f"run folder {run_dir} exists and is a file; choose another --out")
-    occupied = run_dir.is_dir() and any(run_dir.iterdir())
-    if occupied and not overwrite:
-        raise TinykdError(
-            f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite"
-        )
-    check_free_space(run_dir, needed_bytes)  # before anything is removed
-    if occupied and not dry_run:
-        shutil.rmtree(run_dir)
-    if dry_run:
-        existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise TinykdError(f"cannot write to run folder {run_dir}: {existing} is not writable")
-        return run_dir
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"x" * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise TinykdError(f"cannot write to run folder {run_dir}: {exc.strerror or exc}") from None
-    return run_dir
-
-
-# What may differ when a run is resumed: where and how fast it runs, not what it computes.
-RESUME_MAY_CHANGE = ("runtime", "measure", "data.root", "data.download", "data.num_workers", "train.log_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.max_skipped_steps")  # fmt: skip
-
-
-def run_recipe_file(run_dir: str | Path) -> Path:
-    """The recipe a run folder was started with; a folder that is not a run says so."""
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        what = "does not exist" if not Path(run_dir).exists() else "is not a tinykd run folder (no recipe.yaml)"
-        raise TinykdError(f"cannot resume {run_dir}: it {what}")
-    return path
-
-
-def check_resume_dir(
-    resume: str | Path, recipe: Recipe, out: str | Path | None, overwrite: bool, needed_bytes: int = 0
-) -> Path:
-    """The run folder to continue: it must be a tinykd run of the same recipe, unfinished, writable, with room."""
-    run_dir = Path(resume)
-    if overwrite:
-        raise TinykdError("--resume continues a run and --overwrite starts it again; give one of them")
-    if out is not None and Path(out).absolute() != run_dir.absolute():
-        raise TinykdError(f"--resume writes into the run's own folder {run_dir}; drop --out {out}")
-    saved_file = run_recipe_file(run_dir)
-    if (run_dir / "report.json").is_file():
-        raise TinykdError(f"{run_dir} already finished (it has report.json): nothing to resume")
-    changes = recipe_changes(load_recipe(saved_file), recipe)
-    if changes:
-        shown = "; ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
-        raise TinykdError(f"the recipe differs from the one {run_dir} was started with: {shown}; resume with the "
-                          f"same recipe (only {', '.join(RESUME_MAY_CHANGE)} may change)")  # fmt: skip
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise TinykdError(f"cannot write to run folder {run_dir}")
-    check_free_space(run_dir, needed_bytes)
-    return run_dir
-
-
-def recipe_changes(saved: Recipe, given: Recipe) -> list[str]:
-    """`key: old -> new` for every field that differs, except those a resume may change."""
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    old, new = flat(saved.model_dump(mode="json")), flat(given.model_dump(mode="json"))
-    keys = sorted(set(old) | set(new))
-    may_change = [k for k in keys if any(k == a or k.startswith(a + ".") for a in RESUME_MAY_CHANGE)]
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k) and k not in may_change]
-
-
-def check_free_space(run_dir: Path, needed: int) -> None:
-    """Refuse to start when the run folder's disk cannot hold the checkpoints the run will write."""
-    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if free < needed:
-        raise TinykdError(
-            f"the disk of run folder {run_dir} has {free / 2**20:.1f} MiB free, but this run's checkpoints need "
-            f"about {needed / 2**20:.1f} MiB; free space or choose another --out"
-        )
-
-
-def checkpoint_bytes(task: nn.Module, student: nn.Module, recipe: Recipe) -> int:
-    """About what a run writes: `keep` resume states (weights + optimizer slots), best and last, and logs."""
-    weights = sum(t.numel() * t.element_size() for t in task.state_dict().values())
-    student_bytes = sum(t.numel() * t.element_size() for t in student.state_dict().values())
-    opt = recipe.train.optimizer
-    slots = 2 if opt.name == "adamw" else int(opt.momentum > 0)
-    return recipe.train.keep_checkpoints * weights * (1 + slots) + 2 * student_bytes + 4 * 2**20
-
-
-def build_data(recipe: Recipe, augment: bool | None = None) -> DataBundle:
-    """The recipe's datasets and its seeded validation split."""
-    d = recipe.data
-    augment = d.augment if augment is None else augment
-    return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size)
-
-
-def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
-    """Create a model for the data's classes and channels (kwargs may override them); load its checkpoint."""
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, **spec.kwargs}
-    model = create_model(spec.name, **kwargs)
-    if spec.checkpoint:
-        load_weights(model, spec.checkpoint, spec.name)
-    return model
+__all__ = ["RunResult", "run"]
 
 
 def run(
@@ -196,14 +50,13 @@ def run(
     engine.seed(recipe.seed)
 
     data = build_data(recipe)
+    if data.skipped and engine.is_main:
+        shown = "; ".join(data.skipped[:3]) + (f"; and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else "")
+        print(f"tinykd: data.bad_images=skip: left out {len(data.skipped)} unreadable file(s): {shown}")
     student = build_model(recipe.trained, data, "student")
-    teacher = build_model(recipe.teacher, data, "teacher") if recipe.teacher and recipe.needs_teacher() else None
-    if teacher is not None and not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained")):  # type: ignore[union-attr]
-        raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
-    probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
-    teacher_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.precision] \
-        if recipe.teacher else None  # fmt: skip
-    distiller = Distiller(teacher, student, recipe.build_loss_terms(), probe_inputs, teacher_dtype)
+    teacher = build_teacher(recipe, data)
+    probe_inputs = probe_batch(data)
+    distiller = build_distiller(recipe, student, teacher, probe_inputs)
     needed = checkpoint_bytes(distiller, student, recipe)
     run_dir = engine.on_main(
         lambda: check_resume_dir(resume, recipe, out, overwrite, needed) if resume is not None
@@ -238,7 +91,7 @@ def run(
         raise
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
-    if teacher is not None and teacher_dtype is not None:
+    if teacher is not None and distiller.teacher_dtype is not None:
         teacher.float()  # report the teacher as it ships (fp32), whatever format it ran in during distillation
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
@@ -264,6 +117,8 @@ def run(
     }  # fmt: skip
     if recipe.train.nonfinite == "skip":
         metrics["skipped_steps"] = fit.skipped_steps
+    if data.skipped:
+        metrics["skipped_files"] = {"count": len(data.skipped), "files": data.skipped[:1000]}
     if fit.xla is not None:
         metrics["xla"] = fit.xla
     if engine.is_main:
@@ -277,9 +132,9 @@ def run(
 def _check_mode(recipe: Recipe, mode: str) -> None:
     if mode == "distill" and recipe.teacher is None:
         raise TinykdError("tinykd distill needs a 'teacher' section in the recipe (name and checkpoint)")
-    if mode == "distill" and not recipe.needs_teacher():
+    if mode == "distill" and not needs_teacher(recipe):
         raise TinykdError("tinykd distill: no loss term uses the teacher; add e.g. kd: {weight: 0.9, temperature: 4}")
-    if mode == "train" and recipe.needs_teacher():
+    if mode == "train" and needs_teacher(recipe):
         raise TinykdError("tinykd train trains without a teacher, but the recipe has teacher loss terms; "
                           "use tinykd distill")  # fmt: skip
 

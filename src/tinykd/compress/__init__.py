@@ -2,8 +2,8 @@
 
 Each tool is a plain function (a module or a file in; a result and a report dict out), and the CLI is a thin
 face over them. Heavy optional libraries (onnx, onnxruntime, torch_pruning, matplotlib) are imported inside
-the functions, and this package imports its modules lazily: `tinykd.recipes.schema` imports `PruneSpec`
-from here without pulling in the rest.
+the functions, and this package imports its modules lazily: `from tinykd.compress import export_onnx` pulls
+in the exporter and not the pruner.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ _EXPORTS = {
     "export_onnx": "export", "export_pt2": "export", "verify_onnx": "export", "export_checkpoint": "export",
     "quantize_static_onnx": "quantize", "quantize_dynamic_onnx": "quantize", "quantize_torch_dynamic": "quantize",
     "quantize_model": "quantize", "quantize_for_demo": "quantize",
-    "PruneSpec": "prune", "prune_model": "prune", "prune_run": "prune", "prune_command": "prune",
+    "prune_model": "prune", "prune_run": "prune", "prune_command": "prune",
     "profile_model": "profile", "compare_models": "compare",
 }  # fmt: skip
 

@@ -9,7 +9,7 @@ trains the pruned student with the recipe's loss terms: with a teacher, that is 
 A pruned model no longer matches its constructor, so its checkpoint says `"pruned": true` and loading
 rebuilds the original model and shrinks its layers to the saved shapes (`tinykd.models.checkpoint`).
 
-The recipe section (add `prune: PruneSpec | None = None` to `Recipe`):
+The recipe section (`PruneSpec`, with the other sections in `tinykd.recipes.schema`):
 
     prune: {ratio: 0.5, target: params}
 """
@@ -20,24 +20,15 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tinykd.errors import TinykdError
+from tinykd.recipes.schema import PruneSpec
 
 MAX_LAYER_RATIO = 0.9  # no layer loses more than 90% of its channels (a layer with none left breaks the network)
-
-
-class PruneSpec(BaseModel):
-    """How much to prune: `ratio` of the `target` (parameters or MACs) is removed, e.g. 0.5 halves it."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of the target to remove (0.5: half)")
-    target: Literal["params", "macs"] = Field("params", description="what the ratio counts: params or macs")
-    steps: int = Field(50, gt=0, le=1000, description="pruning steps toward the target (more: closer to it)")
 
 
 def check_ratio(ratio: float) -> None:
@@ -181,13 +172,13 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     Reports test accuracy, parameters and MACs before pruning, right after it, and after recovery.
     """
 
-    from tinykd.distill import Distiller
-    from tinykd.engine import Engine, make_loader
+    from tinykd.engine import Engine
     from tinykd.measure import measure_model
     from tinykd.models.checkpoint import load_weights, save_model
+    from tinykd.pipeline import build_data, build_distiller, build_model, build_teacher, probe_batch
     from tinykd.recipes import dump_recipe
     from tinykd.report import format_table, rows_markdown
-    from tinykd.run import RunResult, build_data, build_model, prepare_run_dir
+    from tinykd.rundir import RunResult, prepare_run_dir
 
     start = time.perf_counter()
     engine = Engine(recipe.runtime)
@@ -199,10 +190,8 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     data = build_data(recipe)
     name = recipe.trained.name
     student = build_model(recipe.trained, data, "student")
-    teacher = build_model(recipe.teacher, data, "teacher") if recipe.teacher and recipe.needs_teacher() else None
-    if teacher is not None and not recipe.teacher.checkpoint:
-        raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
-    probe_inputs, _ = next(iter(make_loader(data.train, 4, train=False)))
+    teacher = build_teacher(recipe, data)
+    probe_inputs = probe_batch(data)
     example = probe_inputs[:1]
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
 
@@ -224,7 +213,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
               f"{spec.target}, test accuracy before {before['test_accuracy']:.2%}")  # fmt: skip
     pruning = prune_model(student.cpu(), example, spec.ratio, spec.target, spec.steps)
     pruned = {"role": "pruned", "model": name, "test_accuracy": test_accuracy(student)}
-    distiller = Distiller(teacher, student, recipe.build_loss_terms(), example_inputs=probe_inputs)
+    distiller = build_distiller(recipe, student, teacher, probe_inputs)
     if engine.is_main:
         print(f"tinykd: pruned {pruning['params_before']:,} -> {pruning['params_after']:,} params, "
               f"{pruning['macs_before']:,} -> {pruning['macs_after']:,} MACs in {pruning['steps']} steps; test "

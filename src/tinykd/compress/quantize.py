@@ -307,3 +307,18 @@ def quantize_for_demo(
     for key in ("size_ratio", "speedup"):
         row.pop(key, None)
     return {**row, "role": "student (int8 onnx)", "path": str(path)}
+
+
+def export_for_demo(checkpoint: str | Path, out: str | Path, role: str, recipe: Any,
+                    exporter: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """A model as a verified fp32 ONNX file, measured in ONNX Runtime like the int8 row, on `recipe`'s test set
+    with its measure settings: the demo's teacher in the same runtime as the int8 student, so that the speed-up of
+    one against the other is not also a change of runtime."""
+    loaded = load_checkpoint_model(checkpoint)
+    images, labels = dataset_arrays(recipe, "test")
+    export_onnx(loaded.model, torch.from_numpy(images[:1].copy()), out, exporter, meta=loaded.meta)
+    verify_onnx(loaded.model, out, images[:1000], labels[:1000])
+    m = recipe.measure
+    row = _onnx_row(role, Path(out), "onnx fp32", loaded.name, images, labels, m.latency_repeats, m.throughput_batch,
+                    m.threads or torch.get_num_threads())  # fmt: skip
+    return {**row, "path": str(out)}

@@ -106,7 +106,7 @@ _ARRAYS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 def build_bundle(recipe: Any) -> Any:
     """The recipe's datasets without augmentation (built once per data section and seed in this process)."""
-    from tinykd.run import build_data
+    from tinykd.pipeline import build_data
 
     key = json.dumps([recipe.data.model_dump(mode="json"), recipe.seed], sort_keys=True)
     if key not in _BUNDLES:
@@ -116,9 +116,7 @@ def build_bundle(recipe: Any) -> Any:
 
 def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised float32 images (N, C, H, W) and int64 labels of a split: train, val or test (first `limit`)."""
-    from torch.utils.data import Subset
-
-    from tinykd.engine import make_loader
+    from tinykd.data import BatchSubset, make_loader
 
     key = json.dumps([recipe.data.model_dump(mode="json"), recipe.seed, split, limit], sort_keys=True)
     if key in _ARRAYS:
@@ -128,7 +126,7 @@ def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -
     if dataset is None:
         raise TinykdError(f"the recipe has no {split} split (data.val_size=0)")
     if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
+        dataset = BatchSubset(dataset, range(limit))
     images, labels = [], []
     for x, y in make_loader(dataset, 512, train=False):
         images.append(x.numpy().astype(np.float32))

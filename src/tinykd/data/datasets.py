@@ -8,16 +8,18 @@ on every machine.
 
 from __future__ import annotations
 
+import inspect
 import os
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from tinykd.data.idx import OfficialIdx, read_idx
+from tinykd.data.loader import BatchSubset
 from tinykd.data.tensors import Augment, TensorImageDataset
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
@@ -33,6 +35,7 @@ class RawSplits:
     classes: list[str]
     in_channels: int
     image_size: int
+    skipped: list[str] = field(default_factory=list)  # files left out as unreadable: "path (reason)"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class DataBundle:
     classes: list[str]
     in_channels: int
     image_size: int
+    skipped: list[str] = field(default_factory=list)  # files left out as unreadable (data.bad_images: skip)
 
     @property
     def num_classes(self) -> int:
@@ -63,10 +67,15 @@ def build_datasets(
     train_subset: int | None = None,
     seed: int = 0,
     image_size: int | None = None,
+    bad_images: str = "error",
 ) -> DataBundle:
-    """Build a dataset by name and split off `val_size` (a fraction, or a count if >= 1) for validation."""
+    """Build a dataset by name and split off `val_size` (a fraction, or a count if >= 1) for validation.
+
+    `bad_images` goes to the builders that read files one by one (imagefolder); the others have no such files.
+    """
     builder = DATASETS.get(name)
-    raw = builder(root=root, download=download, augment=augment, image_size=image_size)
+    options = {"bad_images": bad_images} if "bad_images" in inspect.signature(builder).parameters else {}
+    raw = builder(root=root, download=download, augment=augment, image_size=image_size, **options)
     n = len(raw.train)
     n_val = round(val_size * n) if val_size < 1 else int(val_size)
     if not 0 <= n_val < n:
@@ -80,12 +89,13 @@ def build_datasets(
             raise TinykdError(f"data.train_subset={train_subset} must be between 1 and {len(train_idx)}")
         train_idx = train_idx[:train_subset]
     return DataBundle(
-        train=Subset(raw.train, train_idx),
-        val=Subset(raw.train_eval, val_idx) if n_val else None,
+        train=BatchSubset(raw.train, train_idx),
+        val=BatchSubset(raw.train_eval, val_idx) if n_val else None,
         test=raw.test,
         classes=raw.classes,
         in_channels=raw.in_channels,
         image_size=raw.image_size,
+        skipped=raw.skipped,
     )
 
 
@@ -278,13 +288,16 @@ def cifar100(root: str | None, download: bool, augment: bool, image_size: int | 
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
-    """`root/train/<class>/*.jpg` and `root/test/<class>/*.jpg` (or `val/`); ImageNet statistics, RGB.
+def imagefolder(root: str | None, download: bool, augment: bool, image_size: int | None,
+                bad_images: str = "error") -> RawSplits:  # fmt: skip
+    """`root/train/<class>/*` and `root/test/<class>/*` (or `val/`), any format Pillow reads, as RGB; ImageNet
+    statistics. Every file is checked before training (`data.bad_images`: error or skip; see `data/images.py`).
 
     Augmentation: random resized crop and flip; evaluation: resize and centre crop to `image_size` (default 224).
     """
-    import torchvision
     from torchvision.transforms import v2
+
+    from tinykd.data.images import ImageFileDataset, class_folders, scan_split
 
     if not root:
         raise TinykdError("dataset 'imagefolder' needs data.root: a folder with train/ and test/ (or val/) sub-folders")
@@ -292,30 +305,19 @@ def imagefolder(root: str | None, download: bool, augment: bool, image_size: int
     test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
     if not (base / "train").is_dir() or test_dir is None:
         raise TinykdError(f"imagefolder root {base} must hold train/ and test/ (or val/) folders of class sub-folders")
+    classes = class_folders(base / "train")
+    unknown = sorted(set(class_folders(test_dir)) - set(classes))
+    if unknown:
+        raise TinykdError(f"imagefolder: {test_dir} has class folder(s) {', '.join(unknown)} that train/ lacks; "
+                          f"the classes are the folders of {base / 'train'}")  # fmt: skip
+    train_files = scan_split(base / "train", classes, bad_images)
+    test_files = scan_split(test_dir, classes, bad_images, every_class=False)
     size = image_size or 224
     norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406),
                                                                               (0.229, 0.224, 0.225))]  # fmt: skip
     train_tf = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if augment else []
     eval_tf = [v2.Resize(int(size * 8 / 7), antialias=True), v2.CenterCrop(size)]
-    rgb = "RGB"
-
-    def folder(path: Path, tf: list) -> torchvision.datasets.ImageFolder:  # type: ignore[type-arg]
-        try:
-            return torchvision.datasets.ImageFolder(
-                str(path), transform=v2.Compose(tf + norm), loader=lambda p: _open_rgb(p, rgb)
-            )
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise TinykdError(f"imagefolder {path}: {exc}") from None
-
-    train = folder(base / "train", train_tf or eval_tf)
-    test = folder(test_dir, eval_tf)
-    if train.classes != test.classes:
-        raise TinykdError(f"imagefolder: train/ and {test_dir.name}/ have different class folders")
-    return RawSplits(train, folder(base / "train", eval_tf), test, train.classes, 3, size)
-
-
-def _open_rgb(path: str, mode: str):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert(mode)
+    train = ImageFileDataset(train_files, v2.Compose((train_tf or eval_tf) + norm))
+    return RawSplits(train, ImageFileDataset(train_files, v2.Compose(eval_tf + norm)),
+                     ImageFileDataset(test_files, v2.Compose(eval_tf + norm)), classes, 3, size,
+                     skipped=train_files.skipped + test_files.skipped)  # fmt: skip

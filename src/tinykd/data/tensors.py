@@ -1,10 +1,10 @@
 """In-memory image datasets with augmentation done a whole batch at a time.
 
 Small benchmark sets (Fashion-MNIST, digits, CIFAR) fit in memory as uint8.
-PyTorch's DataLoader asks a dataset with `__getitems__` for a whole batch at
-once, so flipping, cropping and normalising run as a few tensor operations per
-batch instead of a Python call per image: on 2 CPU cores that keeps the loader
-off the critical path.
+They are `BatchDataset`s: the DataLoader asks for a whole batch at once, so
+flipping, cropping and normalising run as a few tensor operations per batch
+instead of a Python call per image: on 2 CPU cores that keeps the loader off
+the critical path.
 
 The augmentation of a batch is a pure function of (dataset seed, batch indices),
 never of a global or per-worker RNG: see `TensorImageDataset`.
@@ -13,10 +13,12 @@ never of a global or per-worker RNG: see `TensorImageDataset`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, default_collate
+
+from tinykd.data.loader import Batch, BatchDataset
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Augment:
         return images
 
 
-class TensorImageDataset(Dataset):
+class TensorImageDataset(BatchDataset):
     """uint8 images (N, C, H, W) and int64 labels; returns normalised float32 images.
 
     A batch's augmentation is drawn from a generator seeded by a hash of `seed` and the batch's indices, not
@@ -74,16 +76,12 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.__getitems__([index])
-        return images[0], labels[0]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: Sequence[int]) -> Batch:
         index = torch.as_tensor(indices, dtype=torch.int64)
         images = self.images[index].float()
         if self.augment is not None:
             images = self.augment(images, generator=self.batch_generator(index))
-        return (images - self.mean) / self.std, self.labels[index]
+        return Batch((images - self.mean) / self.std, self.labels[index])
 
     def batch_generator(self, index: torch.Tensor) -> torch.Generator:
         """A generator seeded by blake2b(seed, indices as little-endian int64): the same batch, the same draws."""
@@ -102,45 +100,3 @@ class TensorImageDataset(Dataset):
 
     def _std(self) -> list[float]:
         return (self.std.flatten() / 255.0).tolist()
-
-
-class PadToMultiple(Dataset):
-    """Pad a dataset to a multiple of the batch size with copies of its first sample labelled -1.
-
-    Every evaluation batch then has the same shape, so an XLA device compiles the evaluation step once instead
-    of once more for the last, smaller batch. Label -1 marks the padding, which metrics ignore.
-    """
-
-    IGNORE = -1
-
-    def __init__(self, dataset: Dataset, multiple: int) -> None:
-        self.dataset = dataset
-        self.size = len(dataset)  # type: ignore[arg-type]
-        self.padded = -(-self.size // multiple) * multiple if self.size else 0
-
-    def __len__(self) -> int:
-        return self.padded
-
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index if index < self.size else 0]
-        if index < self.size:
-            return x, y
-        return x, torch.as_tensor(self.IGNORE) if isinstance(y, torch.Tensor) else self.IGNORE
-
-    def __getitems__(self, indices: list[int]):
-        if not hasattr(self.dataset, "__getitems__"):
-            return [self[i] for i in indices]
-        real = [i if i < self.size else 0 for i in indices]
-        x, y = self.dataset.__getitems__(real)  # type: ignore[attr-defined]
-        pad = torch.tensor([i >= self.size for i in indices])
-        return x, torch.where(pad, torch.full_like(y, self.IGNORE), y)
-
-
-def collate_batched(batch):
-    """Pass a batch that a `__getitems__` dataset already made; collate a list of samples as usual.
-
-    Module-level so that loader workers can pickle it.
-    """
-    if isinstance(batch, tuple):
-        return batch
-    return default_collate(batch)

@@ -19,18 +19,7 @@ from torch import nn
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
-
-
-def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Run a model on a tensor or a dict of tensors and return its logits (plain, tuple or `.logits`)."""
-    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+from tinykd.models.outputs import call_model
 
 
 def _cast_floats(inputs: Any, dtype: torch.dtype) -> Any:

@@ -1,6 +1,8 @@
-"""The training engine (Accelerate underneath): loops, optimizers, schedules, devices."""
+"""The training engine (Accelerate underneath): the loop, optimizers, schedules, devices, faults and resume."""
 
-from tinykd.engine.engine import Engine, FitResult, make_loader
+from tinykd.data.loader import make_loader
+from tinykd.engine.engine import Engine
+from tinykd.engine.resume import FitResult
 from tinykd.engine.runtime import available_devices, make_accelerator, resolve_device
 from tinykd.engine.schedule import build_optimizer, lr_at
 

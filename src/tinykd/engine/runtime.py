@@ -131,6 +131,68 @@ def end_processes(finished: bool) -> None:
     torch.distributed.destroy_process_group()
 
 
+def describe_run(accelerator: Accelerator, precision: str) -> str:
+    """Where a run happens, in words: `cpu, 1 process, fp32`, `cuda, 4 processes (NCCL), bf16`, `xla, fp32`."""
+    n = accelerator.num_processes
+    parts = [accelerator.device.type]
+    if accelerator.device.type != "xla" or n > 1:
+        backend = ""
+        if n > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = f" ({str(torch.distributed.get_backend()).upper()})"
+        parts.append(f"{n} process{'es' if n > 1 else ''}{backend}")
+    return ", ".join([*parts, precision])
+
+
+def xla_counts(device: torch.device) -> dict[str, int] | None:
+    """Graphs compiled and executed so far in this process (torch_xla's metrics); None off XLA."""
+    if device.type != "xla":
+        return None
+    import torch_xla.core.xla_model as xm
+    import torch_xla.debug.metrics as met
+
+    xm.wait_device_ops()  # executions are asynchronous: let the ones started finish before counting
+
+    def samples(name: str) -> int:
+        data = met.metric_data(name)
+        return int(data[0]) if data else 0
+
+    return {"compilations": samples("CompileTime"), "executions": samples("ExecuteTime")}
+
+
+class GraphCounts:
+    """On XLA, the graphs compiled and executed during `fit`: in all, and by the training steps alone."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.start, self.epoch_start = device, xla_counts(device), None
+        self.train = {"compilations": 0, "executions": 0}
+
+    def begin_epoch(self) -> None:
+        self.epoch_start = xla_counts(self.device)
+
+    def end_epoch(self) -> None:
+        """Count the epoch's training steps (before validation runs its own graphs)."""
+        if self.epoch_start is not None:
+            now = xla_counts(self.device)
+            for key in self.train:
+                self.train[key] += now[key] - self.epoch_start[key]  # type: ignore[index]
+
+    def totals(self, train_steps: int) -> dict[str, int] | None:
+        """{compilations, executions, train_compilations, train_executions, train_steps}; None off XLA."""
+        if self.start is None:
+            return None
+        now = xla_counts(self.device)
+        totals = {k: now[k] - self.start[k] for k in now}  # type: ignore[index]
+        return {**totals, **{f"train_{k}": v for k, v in self.train.items()}, "train_steps": train_steps}
+
+
+def step_boundary(device: torch.device) -> None:
+    """On XLA, cut the graph here: one compiled graph per step, executed once, whatever is read later."""
+    if device.type == "xla":
+        import torch_xla
+
+        torch_xla.sync()
+
+
 def describe_environment() -> list[tuple[str, str]]:
     """(name, value) rows for `tinykd env`: versions, devices, and what each runtime.device would use."""
     import platform

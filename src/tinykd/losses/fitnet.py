@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.distill.adapters import make_adapter, match_spatial
+from tinykd.losses.adapters import make_adapter, match_spatial
 from tinykd.losses.base import LossTerm, Outputs, register_loss
 
 

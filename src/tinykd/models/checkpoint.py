@@ -19,6 +19,7 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from tinykd.errors import TinykdError
+from tinykd.version import __version__
 
 META_KEY = "tinykd"
 
@@ -52,9 +53,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def save_model(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     """Write `model`'s state dict and `meta` atomically to `path`: a crash leaves the old file or the new one."""
-    import tinykd
-
-    info = {"tinykd_version": tinykd.__version__, "torch_version": torch.__version__, **meta}
+    info = {"tinykd_version": __version__, "torch_version": torch.__version__, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     write_tensors(model.state_dict(), tmp, info)

@@ -8,6 +8,7 @@ relative to the current directory, as on any command line.
 from __future__ import annotations
 
 import copy
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,21 @@ import pydantic
 import yaml
 
 from tinykd.errors import TinykdError
+from tinykd.recipes.safe_yaml import (
+    MAX_RECIPE_BYTES,
+    RecipeLimitError,
+    not_regular,
+    one_line,
+    parse_recipe,
+    parse_yaml,
+    read_recipe_text,
+    recipe_error,
+    shorten,
+    stat_mode,
+)
 from tinykd.recipes.schema import Recipe, section_fields
 
 PATH_FIELDS = (("teacher", "checkpoint"), ("student", "checkpoint"), ("model", "checkpoint"), ("data", "root"))
-
 
 def builtin_recipes() -> dict[str, Path]:
     """Built-in recipes shipped inside the package: {name: path}."""
@@ -28,13 +40,20 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def resolve_recipe_path(source: str | Path) -> Path:
-    """A path to a YAML file, or the name of a built-in recipe."""
+    """A path to a YAML file, or the name of a built-in recipe.
+
+    A directory, FIFO or device passed as the recipe gets its own message: "neither a file nor a built-in" would
+    send the user looking for a typo that is not there.
+    """
     path = Path(source)
-    if path.is_file():
+    mode = stat_mode(path) if str(source) else None  # Path("") is ".", a directory: say "no such recipe"
+    if mode is not None and stat.S_ISREG(mode):
         return path
     builtins = builtin_recipes()
     if str(source) in builtins:
         return builtins[str(source)]
+    if mode is not None:
+        raise recipe_error(path, not_regular(mode))
     raise TinykdError(
         f"recipe '{source}' is neither a file nor a built-in recipe; built-in: {', '.join(sorted(builtins))}"
     )
@@ -46,19 +65,11 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
         data, base = copy.deepcopy(source), Path.cwd()
     else:
         path = resolve_recipe_path(source)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise TinykdError(f"recipe {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TinykdError(f"cannot read recipe {path}: {exc}") from None
+        data = parse_recipe(path, read_recipe_text(path))
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            kind = type(data).__name__
-            raise TinykdError(f"recipe {path} must be a mapping of sections (data, student, ...), not {kind}")
+            raise recipe_error(path, f"must be a mapping of sections (data, student, ...), not {type(data).__name__}")
         base = path.parent
         _resolve_paths(data, base)
     for item in overrides or []:
@@ -71,8 +82,16 @@ def validate_recipe(data: dict[str, Any]) -> Recipe:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as exc:
         raise TinykdError(describe_error(exc)) from None
-    recipe.check_loss_terms()
+    check_loss_terms(recipe)
     return recipe
+
+
+def check_loss_terms(recipe: Recipe) -> None:
+    """Build each term once, so that an unknown term or parameter is an error before anything runs."""
+    from tinykd.losses import build_loss_term
+
+    for key, spec in recipe.loss_terms.items():
+        build_loss_term(spec.type or key, spec.params())
 
 
 def describe_error(exc: pydantic.ValidationError) -> str:
@@ -97,10 +116,18 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML: `0.1`, `true`, `[1, 2]`, `null`) to nested dicts."""
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise TinykdError(f"--set expects KEY.SUB=VALUE, e.g. train.epochs=3; got '{item}'")
+        raise TinykdError(one_line(f"--set expects KEY.SUB=VALUE, e.g. train.epochs=3; got '{item}'"))
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise TinykdError(
+            one_line(f"--set {key}: the value is {len(raw)} characters long; at most {MAX_RECIPE_BYTES}")
+        )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw) if raw.strip() else ""
+    except RecipeLimitError as exc:
+        raise TinykdError(one_line(f"--set {key}: the value {exc.detail}")) from None
+    except (RecursionError, MemoryError) as exc:
+        raise TinykdError(one_line(f"--set {key}: the value cannot be parsed ({type(exc).__name__})")) from None
+    except Exception:  # not YAML (or a YAML scalar Python cannot build): the value is the text itself, as written
         value = raw
     parts = key.split(".")
     node = data
@@ -112,7 +139,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             raise TinykdError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
         node = child
     if tuple(parts[-2:]) in PATH_FIELDS and len(parts) == 2 and isinstance(value, str):
-        value = str(Path(value).expanduser().resolve())
+        value = _absolute_path(value, Path.cwd(), f"--set {key}", resolve=True)
     node[parts[-1]] = value
 
 
@@ -120,8 +147,19 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for section, key in PATH_FIELDS:
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
-            p = Path(sec[key]).expanduser()
-            sec[key] = str(p if p.is_absolute() else (base / p).resolve())
+            sec[key] = _absolute_path(sec[key], base, f"recipe key '{section}.{key}'")
+
+
+def _absolute_path(value: str, base: Path, where: str, resolve: bool = False) -> str:
+    """`value` made absolute (`~` expanded, relative to `base`, resolved if relative or if `resolve`).
+
+    A NUL byte, an unknown `~user` or a symlink loop is a one-line error, not a traceback.
+    """
+    try:
+        p = Path(value).expanduser()
+        return str((base / p).resolve() if resolve or not p.is_absolute() else p)
+    except (ValueError, RuntimeError, OSError) as exc:  # embedded NUL; no such ~user; a path the OS refuses
+        raise TinykdError(one_line(f"{where}: '{shorten(value, 60)}' is not a usable path ({exc})")) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

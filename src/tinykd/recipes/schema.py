@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tinykd.compress.prune import PruneSpec
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -40,6 +38,9 @@ class DataSpec(Section):
     batch_size: int = Field(128, gt=0, le=65536, description="per process")
     eval_batch_size: int = Field(512, gt=0, le=65536)
     num_workers: int = Field(0, ge=0, le=256)
+    bad_images: Literal["error", "skip"] = Field(
+        "error", description="imagefolder: an unreadable file stops the run before training, or is left out"
+    )
 
 
 class LossTermSpec(BaseModel):
@@ -109,6 +110,14 @@ class MeasureSpec(Section):
     threads: int | None = Field(None, gt=0, le=1024)
 
 
+class PruneSpec(Section):
+    """How much `tinykd prune` removes: `ratio` of the `target` (parameters or MACs), e.g. 0.5 halves it."""
+
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of the target to remove (0.5: half)")
+    target: Literal["params", "macs"] = Field("params", description="what the ratio counts: params or macs")
+    steps: int = Field(50, gt=0, le=1000, description="pruning steps toward the target (more: closer to it)")
+
+
 class Recipe(Section):
     """A whole run. `teacher` is for distillation; `student` (alias `model`) is the model being trained."""
 
@@ -140,23 +149,6 @@ class Recipe(Section):
     def trained(self) -> ModelSpec:
         """The model this run trains (the student of a distillation)."""
         return self.student or self.model  # type: ignore[return-value]
-
-    def check_loss_terms(self) -> None:
-        """Validate each term against its registered constructor (raises `TinykdError`)."""
-        from tinykd.losses import build_loss_term
-
-        for key, spec in self.loss_terms.items():
-            build_loss_term(spec.type or key, spec.params())
-
-    def build_loss_terms(self) -> dict[str, tuple[Any, float]]:
-        from tinykd.losses import build_loss_term
-
-        return {key: (build_loss_term(s.type or key, s.params()), s.weight) for key, s in self.loss_terms.items()}
-
-    def needs_teacher(self) -> bool:
-        from tinykd.losses import LOSSES
-
-        return any(LOSSES.get(s.type or k).needs_teacher for k, s in self.loss_terms.items())
 
 
 def section_fields(loc: tuple[Any, ...]) -> list[str]:
