@@ -129,7 +129,7 @@ def test_evaluation_sets_are_padded_to_whole_batches_and_padding_is_not_counted(
     shapes = {tuple(x.shape) for x, _ in make_loader(padded, 64, train=False)}
     assert shapes == {(64, 1, 8, 8)}
     labels = torch.cat([y for _, y in make_loader(padded, 64, train=False)])
-    assert int((labels == -1).sum()) == len(padded) - len(bundle.test)
+    assert int((labels == PadToMultiple.IGNORE).sum()) == len(padded) - len(bundle.test)
     assert torch.equal(labels[: len(bundle.test)], torch.cat([y for _, y in make_loader(bundle.test, 64, False)]))
 
 

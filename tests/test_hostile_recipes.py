@@ -196,7 +196,7 @@ def test_load_recipe_messages(tmp_path: Path, text: str, message: str) -> None:
     start = time.perf_counter()
     with pytest.raises(TinykdError, match=message) as info:
         load_recipe(path)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < TIME_BUDGET  # a blow-up takes minutes; the machine may be shared
     assert "\n" not in str(info.value) and len(str(info.value)) <= 300
     assert str(info.value).startswith((f"recipe {path} ", "recipe is missing")), str(info.value)
 
@@ -281,7 +281,7 @@ def test_overrides_use_the_safe_loader() -> None:
         start = time.perf_counter()
         with pytest.raises(TinykdError, match=message):
             apply_override({}, f"a.b={value}")
-        assert time.perf_counter() - start < 2.0
+        assert time.perf_counter() - start < TIME_BUDGET  # a blow-up takes minutes; the machine may be shared
 
 
 def test_loader_is_the_pure_python_safe_one() -> None:

@@ -144,6 +144,8 @@ def test_an_unreadable_file_is_one_line_before_training(cli, tmp_path: Path, nam
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tinykd: error: imagefolder: ") and str(bad) in lines[0]
     assert "data.bad_images=skip" in lines[0] and not (tmp_path / "run").exists()
+    if name != "broken.png":
+        return  # the skip path is the same for every kind of unreadable file: trained once
 
     proc = cli("train", str(teacher), "--out", "run", "--set", "data.bad_images=skip", "--set", "train.epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -50,3 +50,16 @@ def test_bf16_channels_last_and_compile_train(tmp_path: Path) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "torch.compile did not run"
     assert result.metrics["models"][0]["test_accuracy"] > 0.05
     assert "bf16" in (tmp_path / "r" / "recipe.yaml").read_text()
+
+
+def test_auto_precision_takes_bf16_only_where_it_is_native(monkeypatch) -> None:
+    """bf16 on an AVX2 CPU is emulated and many times slower than fp32: `auto` must not take it there."""
+    from tinykd.engine.runtime import bf16_is_fast, resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not bf16_is_fast("cpu") and resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert bf16_is_fast("cpu") and resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "xla") == "bf16" and resolve_precision("fp16", "cpu") == "fp16"
+    assert resolve_precision("fp32", "xla") == "fp32"

@@ -95,11 +95,14 @@ def demo(
         bool, typer.Option(help="Train the teacher here instead of using the shipped one.")
     ] = False,
     set_: SetOption = None,
+    task: Annotated[str, typer.Option(help="fmnist (images) or sst2 (text: needs GLUE's SST-2, see README).")] = (
+        "fmnist"
+    ),
 ) -> None:
-    """Fashion-MNIST: teacher, student from scratch, distilled student, side by side (under 10 min on 2 cores)."""
+    """Teacher, student from scratch, distilled student and int8 student, side by side (Fashion-MNIST or SST-2)."""
     from tinykd.demo import run_demo
 
-    run_demo(out, overwrite=overwrite, epochs=epochs, retrain_teacher=retrain_teacher, overrides=set_)
+    run_demo(out, overwrite=overwrite, epochs=epochs, retrain_teacher=retrain_teacher, overrides=set_, task=task)
 
 
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads for timing (default: torch's count).")]
@@ -132,9 +135,8 @@ def export(
 @app.command()
 def quantize(
     source: Annotated[str, typer.Argument(help="A checkpoint, a run folder or an .onnx file.")],
-    mode: Annotated[str, typer.Option(help="static (ORT QDQ), dynamic (ORT, MatMul/Gemm) or torch-dynamic.")] = (
-        "static"
-    ),
+    mode: Annotated[str, typer.Option(help="auto (static for images, dynamic for text), static (ORT QDQ), dynamic "
+                                           "(ORT, MatMul/Gemm) or torch-dynamic.")] = "auto",
     calibration: Annotated[int, typer.Option(help="Training images that calibrate static quantization.")] = 500,
     calibration_data: Annotated[
         Path | None, typer.Option(help="An .npy file of normalised (N, C, H, W) calibration images instead.")
@@ -152,7 +154,7 @@ def quantize(
 
     _, report = quantize_model(source, mode, calibration, out, calibration_data, recipe, set_, threads,
                                exporter=exporter, overwrite=overwrite)  # fmt: skip
-    print(format_table(report["rows"], title=f"{source}: int8 ({mode}), test set"))
+    print(format_table(report["rows"], title=f"{source}: int8 ({report['mode']}), test set"))
     print(describe_quantization(report))
     if report.get("note"):
         print(f"note: {report['note']}")
@@ -172,6 +174,23 @@ def prune(
     from tinykd.compress.prune import prune_command
 
     prune_command(source, ratio, target, epochs, set_, out, overwrite)
+
+
+@app.command()
+def shrink(
+    source: Annotated[str, typer.Argument(help="A Hugging Face directory, or a tinykd run or checkpoint of one.")],
+    layers: Annotated[str, typer.Option(help="Teacher layers to keep: every-other, or numbers like 0,2,4.")] = (
+        "every-other"
+    ),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: SOURCE-shrunk).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """A transformer student that keeps some of its teacher's layers (DistilBERT-style), as a Hugging Face directory."""
+    from tinykd.compress.shrink import shrink_command
+
+    report = shrink_command(source, layers, out, overwrite)
+    print(f"wrote {report['out']}: layers {report['layers']} of {source}, {report['params_teacher']:,} -> "
+          f"{report['params_student']:,} parameters{'' if report['tokenizer'] else ' (no tokenizer found to copy)'}")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from tinykd.data import make_loader
 from tinykd.engine import Engine
 from tinykd.errors import TinykdError
 from tinykd.measure import measure_model
-from tinykd.pipeline import build_data
+from tinykd.pipeline import build_data, measure_input
 
 
 def evaluate_checkpoint(
@@ -32,6 +32,8 @@ def evaluate_checkpoint(
     row[f"{split}_accuracy"] = engine.evaluate(model, loader)["accuracy"]
     if measure:
         example, _ = next(iter(make_loader(dataset, 1, False)))
+        if bundle.tokenizer is not None:  # a text model is timed at a stated sequence length
+            example = measure_input(bundle, example, recipe.measure.sequence_length)
         row.update(measure_model(model, example, recipe.measure.latency_repeats, recipe.measure.throughput_batch,
                                  recipe.measure.threads).as_dict())  # fmt: skip
     return row

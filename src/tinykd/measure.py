@@ -21,6 +21,23 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinykd.models.checkpoint import write_tensors
+from tinykd.models.outputs import call_model
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]  # an image batch, or a Hugging Face model's keyword inputs
+
+
+def first_sample(inputs: Inputs) -> Inputs:
+    """The first sample of a batch, as a batch of one, on the CPU."""
+    if isinstance(inputs, dict):
+        return {k: v[:1].cpu() for k, v in inputs.items()}
+    return inputs[:1].cpu()
+
+
+def repeat_sample(inputs: Inputs, n: int) -> Inputs:
+    """A batch of `n` copies of a one-sample batch (for throughput)."""
+    if isinstance(inputs, dict):
+        return {k: v[:1].expand(n, *v.shape[1:]).contiguous() for k, v in inputs.items()}
+    return inputs[:1].expand(n, *inputs.shape[1:]).contiguous()
 
 
 @dataclass
@@ -50,11 +67,11 @@ def size_on_disk(model: nn.Module) -> int:
         return path.stat().st_size
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+def count_macs(model: nn.Module, example: Inputs) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch's FLOP counter, FLOPs / 2)."""
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example[:1])
+        call_model(model, first_sample(example))
     return counter.get_total_flops() // 2
 
 
@@ -88,15 +105,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_model(
-    model: nn.Module, example: torch.Tensor, repeats: int = 200, batch: int = 64, threads: int | None = None
+    model: nn.Module, example: Inputs, repeats: int = 200, batch: int = 64, threads: int | None = None
 ) -> ModelStats:
-    """All the figures for one model on the CPU, eager fp32, `example` being one input of shape (1, C, H, W)."""
+    """All the figures for one model on the CPU, eager fp32, `example` being one input of batch 1 (an image
+    (1, C, H, W), or a text model's `{input_ids, attention_mask}` of one sequence)."""
     model = model.eval().cpu()
-    example = example[:1].cpu()
-    big = example.expand(batch, *example.shape[1:]).contiguous()
+    example = first_sample(example)
+    big = repeat_sample(example, batch)
     with torch_threads(threads) as n_threads, torch.inference_mode():
-        single = time_calls(lambda: model(example), repeats)
-        batched = time_calls(lambda: model(big), max(10, repeats // 10), warmup=3)
+        single = time_calls(lambda: call_model(model, example), repeats)
+        batched = time_calls(lambda: call_model(model, big), max(10, repeats // 10), warmup=3)
     return ModelStats(
         params=count_params(model),
         size_bytes=size_on_disk(model),

@@ -6,37 +6,112 @@ dataset is made the same way everywhere. Nothing here trains, and nothing here k
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from tinykd.data import DataBundle, build_datasets, make_loader
+from tinykd.data.text import TextOptions
 from tinykd.distill import Distiller
 from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
-from tinykd.models.checkpoint import load_weights
+from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
 
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TEXT_DATASETS = ("text", "sst2")
 
 
-def build_data(recipe: Recipe, augment: bool | None = None) -> DataBundle:
-    """The recipe's datasets and its seeded validation split."""
+def is_text(recipe: Recipe) -> bool:
+    """Whether the recipe's data is text (tokenized for Hugging Face models) rather than images."""
+    return recipe.data.name in TEXT_DATASETS or recipe.data.name.startswith("hf:")
+
+
+def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool = False) -> DataBundle:
+    """The recipe's datasets and its seeded validation split.
+
+    Text is tokenized here with the tokenizer `text_tokenizer` finds (or one trained on the training texts);
+    `static_shapes` pads every text batch to `data.max_length` (XLA compiles one shape).
+    """
     d = recipe.data
     augment = d.augment if augment is None else augment
+    text = None
+    if is_text(recipe):
+        text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
+                           label_column=d.label_column, task=d.task, max_length=d.max_length,
+                           tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,
+                           mlm_probability=d.mlm_probability, static_shapes=static_shapes)  # fmt: skip
     return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size,
-                          d.bad_images)
+                          d.bad_images, text=text)  # fmt: skip
+
+
+def text_tokenizer(recipe: Recipe) -> str | None:
+    """Where a text run's tokenizer comes from: `data.tokenizer`, else the teacher's (its run folder or Hugging
+    Face directory), else the student's; None when there is none (one is then trained on the training texts)."""
+    if recipe.data.tokenizer:
+        return recipe.data.tokenizer
+    for spec in (recipe.teacher, recipe.trained):
+        if spec is None:
+            continue
+        if spec.checkpoint:
+            found = checkpoint_tokenizer(spec.checkpoint)
+            if found is not None:
+                return str(found)
+        if spec.name.startswith("hf:") and _has_tokenizer(Path(spec.name[3:])):
+            return spec.name[3:]
+    return None
+
+
+def checkpoint_tokenizer(checkpoint: str | Path) -> Path | None:
+    """The tokenizer saved with a text run: its run folder's `tokenizer/` (named in the checkpoint's metadata)."""
+    file = resolve_checkpoint(checkpoint)
+    meta = read_meta(file) if file.suffix == ".safetensors" else {}
+    if not meta.get("tokenizer"):
+        return None
+    folder = run_folder_of(file) / meta["tokenizer"]
+    if not _has_tokenizer(folder):
+        raise TinykdError(f"checkpoint {file} was trained with the tokenizer in {folder}, which is missing; "
+                          "set data.tokenizer to a tokenizer folder")  # fmt: skip
+    return folder
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """`RUN/checkpoints/best.safetensors` -> `RUN`; any other file -> its folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    except OSError:
+        return False
 
 
 def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
-    """Create a model for the data's classes and channels (kwargs may override them); load its checkpoint."""
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, **spec.kwargs}
-    model = create_model(spec.name, **kwargs)
+    """Create a model for the data's classes and channels (kwargs may override them); load its checkpoint.
+
+    A Hugging Face model (`hf:`) gets the task and, when built from a config alone, the tokenizer's vocabulary
+    size and pad id; restored from a tinykd checkpoint, it is rebuilt from the architecture saved there.
+    """
+    name, kwargs = spec.name, {"num_classes": data.num_classes, "in_channels": data.in_channels, **spec.kwargs}
+    if name.startswith("hf:"):
+        kwargs.setdefault("task", data.task)
+        if data.tokenizer is not None:
+            kwargs.setdefault("vocab_size", len(data.tokenizer))
+            kwargs.setdefault("pad_token_id", data.tokenizer.pad_token_id)
+        if spec.checkpoint:
+            file = resolve_checkpoint(spec.checkpoint)
+            saved = read_meta(file) if file.suffix == ".safetensors" else {}
+            if str(saved.get("model", "")).startswith("hf:"):
+                name = saved["model"]
+                kwargs = {**kwargs, **saved.get("kwargs", {})}
+    model = create_model(name, **kwargs)
     if spec.checkpoint:
-        load_weights(model, spec.checkpoint, spec.name)
+        load_weights(model, spec.checkpoint, name)
     return model
 
 
@@ -50,13 +125,40 @@ def needs_teacher(recipe: Recipe) -> bool:
     return any(LOSSES.get(s.type or k).needs_teacher for k, s in recipe.loss_terms.items())
 
 
-def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module | None:
-    """The frozen teacher with its trained weights, or None when no loss term uses it."""
-    if recipe.teacher is None or not needs_teacher(recipe):
+def build_teacher(recipe: Recipe, data: DataBundle, for_init: bool = False) -> nn.Module | None:
+    """The frozen teacher with its trained weights, or None when no loss term uses it (and, with `for_init`,
+    no student starts from its layers)."""
+    if recipe.teacher is None or not (needs_teacher(recipe) or (for_init and recipe.trained.init_from_teacher)):
         return None
-    if not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained")):
+    if not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained") or _named_weights(recipe.teacher)):
         raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
     return build_model(recipe.teacher, data, "teacher")
+
+
+def build_student(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -> nn.Module:
+    """The model to train: built by name, or, with `init_from_teacher`, a copy of the teacher that keeps some of
+    its layers (DistilBERT's student starts from every other layer of BERT)."""
+    layers = recipe.trained.init_from_teacher
+    if layers is None:
+        return build_model(recipe.trained, data, "student")
+    from tinykd.models.hf import student_from_teacher
+
+    if teacher is None:
+        raise TinykdError("student.init_from_teacher needs the teacher's weights (teacher.checkpoint)")
+    student = student_from_teacher(teacher, layers)
+    if recipe.trained.checkpoint:  # resuming or continuing: the student's own weights win
+        load_weights(student, recipe.trained.checkpoint)
+    return student
+
+
+def _named_weights(spec: ModelSpec) -> bool:
+    """An `hf:` name that brings weights: a directory or a hub id, not a bare model type built from a config."""
+    if not spec.name.startswith("hf:") or "config" in spec.kwargs:
+        return False
+    from transformers import CONFIG_MAPPING
+
+    rest = spec.name[3:]
+    return Path(rest).is_dir() or rest not in CONFIG_MAPPING
 
 
 def probe_batch(data: DataBundle) -> Any:
@@ -65,7 +167,18 @@ def probe_batch(data: DataBundle) -> Any:
     return inputs
 
 
-def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | None, probe_inputs: Any) -> Distiller:
-    """Student, teacher (in `teacher.precision`) and weighted loss terms, checked on the probe batch."""
-    dtype = TEACHER_DTYPES[recipe.teacher.precision] if recipe.teacher is not None else None
+def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | None, probe_inputs: Any,
+                    teacher_precision: str | None = None) -> Distiller:  # fmt: skip
+    """Student, teacher (in `teacher_precision`: `teacher.precision` with `auto` resolved for the device) and
+    weighted loss terms, checked on the probe batch."""
+    precision = teacher_precision or (recipe.teacher.precision if recipe.teacher is not None else "fp32")
+    dtype = TEACHER_DTYPES.get(precision) if teacher is not None else None
     return Distiller(teacher, student, build_loss_terms(recipe), probe_inputs, dtype)
+
+
+def measure_input(data: DataBundle, probe_inputs: Any, length: int) -> dict[str, torch.Tensor]:
+    """One real text of exactly `length` tokens (the probe's first, its tokens repeated), all attended: latency
+    of a text model depends on the sequence length, so reports state it and time a fixed one."""
+    ids = probe_inputs["input_ids"][0][probe_inputs["attention_mask"][0].bool()]
+    ids = ids.repeat(-(-length // len(ids)))[:length]
+    return {"input_ids": ids[None].clone(), "attention_mask": torch.ones(1, length, dtype=torch.long)}

@@ -12,10 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tinykd.engine import Engine
+from tinykd.engine.runtime import resolve_precision
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.measure import measure_model
 from tinykd.models.checkpoint import load_weights, save_model
-from tinykd.pipeline import build_data, build_distiller, build_model, build_teacher, needs_teacher, probe_batch
+from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
+from tinykd.pipeline import (
+    build_data,
+    build_distiller,
+    build_student,
+    build_teacher,
+    measure_input,
+    needs_teacher,
+    probe_batch,
+)
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
 from tinykd.report import format_table, rows_markdown
 from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
@@ -49,14 +59,19 @@ def run(
     engine = Engine(recipe.runtime)  # first: it knows the ranks, and only the main process touches the folder
     engine.seed(recipe.seed)
 
-    data = build_data(recipe)
+    data = build_data(recipe, static_shapes=engine.device.type == "xla")  # XLA: one compiled shape per step
+    text = data.tokenizer is not None
+    unit = "texts" if text else "images"
     if data.skipped and engine.is_main:
         shown = "; ".join(data.skipped[:3]) + (f"; and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else "")
         print(f"tinykd: data.bad_images=skip: left out {len(data.skipped)} unreadable file(s): {shown}")
-    student = build_model(recipe.trained, data, "student")
-    teacher = build_teacher(recipe, data)
+    teacher = build_teacher(recipe, data, for_init=True)
+    student = build_student(recipe, data, teacher)
+    if not needs_teacher(recipe):
+        teacher = None  # it was loaded only to start the student from its layers
     probe_inputs = probe_batch(data)
-    distiller = build_distiller(recipe, student, teacher, probe_inputs)
+    precision = resolve_precision(recipe.teacher.precision, engine.device.type) if recipe.teacher else None
+    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision)
     needed = checkpoint_bytes(distiller, student, recipe)
     run_dir = engine.on_main(
         lambda: check_resume_dir(resume, recipe, out, overwrite, needed) if resume is not None
@@ -64,22 +79,28 @@ def run(
     )  # fmt: skip
     if dry_run:
         if engine.is_main:
-            print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(data.train)} train images), models and "
+            print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(data.train)} train {unit}), models and "
                   f"loss terms are valid; loss = {distiller.formula()}; would write to {run_dir}")  # fmt: skip
         return RunResult(run_dir, {"dry_run": True, "loss": distiller.formula()}, student)
     if engine.is_main and resume is None:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    if text and engine.is_main and not (run_dir / "tokenizer").is_dir():
+        data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))  # the run's checkpoints name it
 
     train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
     meta = {"model": recipe.trained.name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
             "recipe": recipe.model_dump(mode="json")}  # fmt: skip
+    if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
+        meta["model"], meta["kwargs"] = hf_checkpoint_spec(student, data.task)
+    if text:
+        meta.update(tokenizer="tokenizer", task=data.task, max_length=data.max_length)
     if engine.is_main:
         verb = "distilling" if teacher is not None else "training"
         procs = engine.accelerator.num_processes
-        print(f"tinykd: {recipe.name}: {verb} {recipe.trained.name} on {recipe.data.name} ({len(data.train)} train "
-              f"images) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
+        print(f"tinykd: {recipe.name}: {verb} {meta['model']} on {recipe.data.name} ({len(data.train)} train "
+              f"{unit}) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
               f"({recipe.data.batch_size} per process x {procs}), lr {recipe.train.optimizer.lr:g} (as given, "
               f"not scaled); loss = {distiller.formula()}")
     try:
@@ -94,16 +115,17 @@ def run(
     if teacher is not None and distiller.teacher_dtype is not None:
         teacher.float()  # report the teacher as it ships (fp32), whatever format it ran in during distillation
     if fit.best_checkpoint is not None:
-        load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, recipe.trained.name)
+        load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, meta["model"])
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
     models = {"model": student} if teacher is None else {"teacher": teacher, "student": student}
+    example = measure_input(data, probe_inputs, recipe.measure.sequence_length) if text else probe_inputs
     rows: list[dict[str, Any]] = []
     for role, model in models.items():
         spec = recipe.teacher if role == "teacher" else recipe.trained
-        row: dict[str, Any] = {"role": role, "model": spec.name}  # type: ignore[union-attr]
+        row: dict[str, Any] = {"role": role, "model": meta["model"] if role != "teacher" else spec.name}  # type: ignore[union-attr]
         row["test_accuracy"] = engine.evaluate(model, test_loader)["accuracy"]
         if recipe.measure.enabled and engine.is_main:
-            stats = measure_model(engine.accelerator.unwrap_model(model), probe_inputs[:1],
+            stats = measure_model(engine.accelerator.unwrap_model(model), example,
                                   recipe.measure.latency_repeats, recipe.measure.throughput_batch,
                                   recipe.measure.threads)  # fmt: skip
             row.update(stats.as_dict())
@@ -121,7 +143,12 @@ def run(
         metrics["skipped_files"] = {"count": len(data.skipped), "files": data.skipped[:1000]}
     if fit.xla is not None:
         metrics["xla"] = fit.xla
+    if text:
+        metrics["sequence_length"] = recipe.measure.sequence_length
     if engine.is_main:
+        if is_hf_model(engine.accelerator.unwrap_model(student)):  # the best student as a Hugging Face directory
+            save_hf_directory(engine.accelerator.unwrap_model(student), run_dir / "model", data.tokenizer)
+            metrics["hf_model"] = str(run_dir / "model")
         (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (run_dir / "report.md").write_text(_report_markdown(metrics))
         print(format_table(rows, title=f"{recipe.name}: test set"))

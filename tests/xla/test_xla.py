@@ -126,3 +126,58 @@ def test_a_run_stopped_on_xla_resumes_to_the_same_weights(tmp_path: Path) -> Non
     got = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want), {k: (want[k] - got[k]).abs().max() for k in want}
+
+
+# --- text: a tiny BERT pair on XLA, every batch padded to data.max_length -----------------------------------------
+
+
+def text_recipe(tmp_path: Path, steps: int) -> dict:
+    """A 2-layer BERT teacher (a Hugging Face directory with its WordPiece) distilled into a 1-layer student."""
+    import csv
+    import random
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tinykd.data.text import train_wordpiece
+    from tinykd.models.hf import save_hf_directory
+
+    teacher_dir = tmp_path / "teacher"
+    if not teacher_dir.exists():
+        rng = random.Random(0)
+        words = ["good", "bad", "film", "plot", "the", "was", "very", "dull", "fine", "story", "acting", "a"]
+        rows = [(" ".join(rng.choices(words, k=rng.randint(2, 12))), rng.randint(0, 1)) for _ in range(400)]
+        for name, part in (("train", rows[:320]), ("test", rows[320:])):
+            with (tmp_path / f"{name}.csv").open("w", newline="") as f:
+                csv.writer(f).writerows([("text", "label"), *part])
+        tokenizer = train_wordpiece([r[0] for r in rows[:320]], vocab_size=100)
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=32, num_labels=2)  # fmt: skip
+        save_hf_directory(BertForSequenceClassification(config), teacher_dir, tokenizer)
+    student = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+               "max_position_embeddings": 32}  # fmt: skip
+    return {
+        "name": "xla-text", "seed": 0,
+        "data": {"name": "text", "train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"),
+                 "max_length": 16, "batch_size": 8, "eval_batch_size": 16, "val_size": 16},
+        "teacher": {"name": f"hf:{teacher_dir}"},
+        "student": {"name": "hf:bert", "kwargs": {"config": student}},
+        "loss_terms": {"ce": {"weight": 0.2}, "kd": {"weight": 0.8, "temperature": 2.0}, "cosine": {"weight": 0.1}},
+        "train": {"epochs": 1, "max_steps_per_epoch": steps, "log_every": 5,
+                  "optimizer": {"name": "adamw", "lr": 1.0e-3}},
+        "runtime": {"device": "xla"}, "measure": {"enabled": False},
+    }  # fmt: skip
+
+
+def test_text_distillation_compiles_a_constant_number_of_graphs(tmp_path: Path) -> None:
+    """Text batches vary in length; on XLA they are padded to data.max_length, so 10 or 30 steps compile the
+    same graphs, and each step is one graph execution."""
+    reports = {n: run_in_fresh_process(tmp_path, text_recipe(tmp_path, n), f"text{n}") for n in (10, 30)}
+    short, long = reports[10]["xla"], reports[30]["xla"]
+    assert reports[10]["device"].startswith("xla")
+    assert short["train_compilations"] == long["train_compilations"] <= 3, (short, long)
+    assert short["compilations"] == long["compilations"], (short, long)
+    for steps, counts in ((10, short), (30, long)):
+        assert counts["train_steps"] == steps
+        assert counts["train_executions"] == steps, counts
+        assert counts["executions"] == steps + 1, counts  # 16 validation texts: one padded batch of 16

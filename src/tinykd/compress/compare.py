@@ -27,6 +27,8 @@ from tinykd.compress.source import (
     load_any_recipe,
     load_checkpoint_model,
     onnx_label,
+    timing_example,
+    to_torch,
     torch_logits,
 )
 from tinykd.errors import TinykdError
@@ -34,13 +36,15 @@ from tinykd.models.checkpoint import read_meta, resolve_checkpoint
 
 
 def _test_set(meta: dict[str, Any], where: str, recipe: str | None, overrides: list[str] | None) -> Any:
+    """(inputs, labels, timing example) of the model's test set, or None when its data is unknown."""
     if recipe:
         rec = load_any_recipe(recipe, overrides)
     elif "recipe" in meta:
         rec = checkpoint_recipe(meta, where, overrides)
     else:
         return None
-    return dataset_arrays(rec, "test")
+    inputs, labels = dataset_arrays(rec, "test")
+    return inputs, labels, timing_example(inputs, rec.measure.sequence_length)
 
 
 def compare_row(
@@ -48,20 +52,19 @@ def compare_row(
     overrides: list[str] | None = None, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
 ) -> dict[str, Any]:  # fmt: skip
     """Accuracy and measurements of one run folder, checkpoint, .onnx file or (untrained) model name."""
-    test: tuple[np.ndarray, np.ndarray] | None
+    test: tuple[Any, np.ndarray, Any] | None
     if str(source).endswith(".onnx"):
         path = Path(source)
         meta = onnx_meta(path)
         test = _test_set(meta, str(path), recipe, overrides)
-        images = test[0] if test else None
-        example = example_input(onnx_image_shape(path, in_shape), images)
+        example = to_torch(test[2]) if test else example_input(onnx_image_shape(path, in_shape))
         row = onnx_row(path, example, onnx_label(path), meta.get("model", "-"), repeats, batch, threads)
         if test is not None:
             row["test_accuracy"] = accuracy(onnx_logits(session(path, threads), test[0]), test[1])
     elif is_checkpoint_source(source):
         loaded = load_checkpoint_model(source)
         test = _test_set(loaded.meta, str(loaded.path), recipe, overrides)
-        example = example_input(input_shape_of(loaded.meta) or in_shape, test[0] if test else None)
+        example = to_torch(test[2]) if test else example_input(input_shape_of(loaded.meta) or in_shape)
         fmt = "pytorch fp32 (pruned)" if loaded.meta.get("pruned") else "pytorch fp32"
         row = torch_row(loaded.model, example, loaded.label, loaded.name, repeats, batch, threads, fmt)
         if test is not None:

@@ -8,6 +8,7 @@ the file is removed, because a silently wrong export is worse than none.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 import warnings
@@ -25,6 +26,7 @@ from tinykd.compress.source import (
     checkpoint_recipe,
     dataset_arrays,
     default_output,
+    example_input,
     load_checkpoint_model,
     torch_logits,
 )
@@ -37,18 +39,51 @@ INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an ex
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colour codes in a one-line error
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _probe(example: torch.Tensor) -> torch.Tensor:
+def _probe(example: Any) -> Any:
     """Two copies of one input: batch 2, so that exporters keep the batch dimension symbolic (not 0/1)."""
-    return example[:1].expand(2, *example.shape[1:]).contiguous()
+    if isinstance(example, dict):
+        return {k: v[:1].cpu().expand(2, *v.shape[1:]).contiguous() for k, v in example.items()}
+    return example[:1].cpu().expand(2, *example.shape[1:]).contiguous()
+
+
+class NamedInputs(nn.Module):
+    """A text model seen by the exporters as `forward(input_ids, attention_mask, ...) -> logits`: positional
+    inputs in the order of `names`, one tensor out (a Hugging Face model takes keywords and returns an object)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        from tinykd.models.outputs import call_model
+
+        return call_model(self.model, dict(zip(self.names, inputs, strict=True)))
+
+
+def _exportable(model: nn.Module, probe: Any) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str], list[dict]]:
+    """(module, positional inputs, input names, dynamic dims per input) for either kind of model.
+
+    Text inputs get a dynamic batch and sequence length; images a dynamic batch."""
+    if isinstance(probe, dict):
+        names = list(probe)
+        return NamedInputs(model, names).eval(), tuple(probe.values()), names, [{0: "batch", 1: "sequence"}
+                                                                                 for _ in names]  # fmt: skip
+    return model, (probe,), ["input"], [{0: "batch"}]
+
+
+def _max_length(model: nn.Module) -> int | None:
+    """The longest sequence a text model's position embeddings allow (torch.export must be told the bound)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Any,
     path: str | Path,
     exporter: str = "auto",
     opset: int | None = None,
@@ -65,7 +100,7 @@ def export_onnx(
         raise TinykdError(f"--exporter must be one of {', '.join(EXPORTERS)}, not '{exporter}'")
     path = Path(path)
     model = model.eval().cpu()
-    probe = _probe(example.cpu())
+    probe = _probe(example)
     start = time.perf_counter()
     used, fallback = exporter, None
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,8 +122,10 @@ def export_onnx(
         proto = onnx.load(str(raw))  # with its external data, if the exporter wrote some
         strip_debug_info(proto)
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        info = {**(meta or {}), "format": "onnx fp32", "params": count_params(model),
-                "macs": count_macs(model, example), "exporter": used, "opset": opset_used}  # fmt: skip
+        # MACs of a text model depend on the sequence length: they are measured per length (tinykd profile)
+        macs = None if isinstance(example, dict) else count_macs(model, example)
+        info = {**(meta or {}), "format": "onnx fp32", "params": count_params(model), "macs": macs,
+                "exporter": used, "opset": opset_used}  # fmt: skip
         proto.metadata_props.add(key="tinykd", value=_json(info))
         path.parent.mkdir(parents=True, exist_ok=True)
         external = proto.ByteSize() > INLINE_LIMIT
@@ -115,18 +152,27 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _export_dynamo(model: nn.Module, probe: torch.Tensor, path: Path, opset: int | None) -> None:
-    batch = torch.export.Dim("batch")
-    torch.onnx.export(model, (probe,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                      dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)  # fmt: skip
+def _export_dynamo(model: nn.Module, probe: Any, path: Path, opset: int | None) -> None:
+    module, inputs, names, dims = _exportable(model, probe)
+    # one Dim object per axis name: every text input shares one batch size and one sequence length
+    bounds = {"sequence": {"max": _max_length(model)} if _max_length(model) else {}}
+    named = {name: torch.export.Dim(name, **bounds.get(name, {})) for d in dims for name in d.values()}
+    shapes: Any = tuple({axis: named[name] for axis, name in d.items()} for d in dims)
+    if isinstance(module, NamedInputs):
+        shapes = (shapes,)  # forward(*inputs): one entry, for the variadic argument
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's notes on its own internals; failures still raise
+        torch.onnx.export(module, inputs, str(path), dynamo=True, input_names=names, output_names=["logits"],
+                          dynamic_shapes=shapes, opset_version=opset, verbose=False)  # fmt: skip
 
 
-def _export_legacy(model: nn.Module, probe: torch.Tensor, path: Path, opset: int | None) -> None:
+def _export_legacy(model: nn.Module, probe: Any, path: Path, opset: int | None) -> None:
+    module, inputs, names, dims = _exportable(model, probe)
+    axes = {name: d for name, d in zip(names, dims, strict=True)} | {"logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated: we know, it is the fall-back
-        torch.onnx.export(model, (probe,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=opset)  # fmt: skip
+        torch.onnx.export(module, inputs, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                          dynamic_axes=axes, opset_version=opset)  # fmt: skip
 
 
 def compare_outputs(
@@ -206,7 +252,7 @@ def export_checkpoint(
     images, labels = dataset_arrays(recipe, "test", limit=verify_images)
     path = Path(out) if out else default_output(source, f".{fmt}")
     check_writable(path, overwrite)
-    example = torch.from_numpy(images[:1].copy())
+    example = example_input((0, 0, 0), images)
     if fmt == "onnx":
         report = export_onnx(loaded.model, example, path, exporter, opset, meta=loaded.meta)
         read_onnx(path)

@@ -84,16 +84,25 @@ def onnx_params(model: Any) -> int:
     return total
 
 
-def onnx_input(path: str | Path) -> tuple[str, list[int | str]]:
-    """The name of the (single) image input and its dims (a str for a symbolic one, e.g. 'batch')."""
+def onnx_inputs(path: str | Path) -> dict[str, list[int | str]]:
+    """The graph's inputs (initializers left out) and their dims (a str for a symbolic one, e.g. 'batch')."""
     model = read_onnx(path)
     initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+
+    def dims(value: Any) -> list[int | str]:
+        shape = value.type.tensor_type.shape.dim
+        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in shape]
+
+    return {i.name: dims(i) for i in model.graph.input if i.name not in initializers}
+
+
+def onnx_input(path: str | Path) -> tuple[str, list[int | str]]:
+    """The name of the (single) image input and its dims (a str for a symbolic one, e.g. 'batch')."""
+    inputs = onnx_inputs(path)
     if len(inputs) != 1:
-        raise TinykdError(f"{path} takes {len(inputs)} inputs; tinykd handles image models with one input")
-    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in
-            inputs[0].type.tensor_type.shape.dim]  # fmt: skip
-    return inputs[0].name, dims
+        raise TinykdError(f"{path} takes {len(inputs)} inputs ({', '.join(inputs)}); this step needs an image model "
+                          "with one input")  # fmt: skip
+    return next(iter(inputs.items()))
 
 
 def session(path: str | Path, threads: int | None = None) -> Any:
@@ -112,8 +121,14 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         raise TinykdError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
 
 
-def check_images_fit(path: str | Path, images: np.ndarray, what: str = "images") -> None:
-    """The images must have the model's input shape (apart from the batch dimension)."""
+def check_images_fit(path: str | Path, images: Any, what: str = "images") -> None:
+    """The images must have the model's input shape (apart from the batch dimension); text inputs must be named
+    as the model's inputs."""
+    if isinstance(images, dict):
+        missing = sorted(set(onnx_inputs(path)) - set(images))
+        if missing:
+            raise TinykdError(f"{Path(path).name} takes inputs {', '.join(missing)} that the {what} do not have")
+        return
     _, dims = onnx_input(path)
     expected = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
     got = list(images.shape[1:])
@@ -122,41 +137,65 @@ def check_images_fit(path: str | Path, images: np.ndarray, what: str = "images")
         raise TinykdError(f"the {what} have shape {tuple(images.shape)} but {Path(path).name} takes {want}")
 
 
-def onnx_logits(sess: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+def _feeds(sess: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """What `sess.run` takes: the image array under the model's one input name, or the named text arrays."""
+    if isinstance(inputs, dict):
+        names = [i.name for i in sess.get_inputs()]
+        return {k: np.ascontiguousarray(inputs[k], dtype=np.int64) for k in names}
+    return {sess.get_inputs()[0].name: np.ascontiguousarray(inputs, dtype=np.float32)}
+
+
+def _fixed_batch(sess: Any) -> int | None:
+    shape = sess.get_inputs()[0].shape
+    return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def onnx_logits(sess: Any, inputs: Any, batch: int = 256) -> np.ndarray:
     """Outputs of an ORT session batch by batch (a model with a fixed batch size gets padded batches)."""
-    inp = sess.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    from tinykd.compress.source import count, take
+
+    fixed = _fixed_batch(sess)
     step = fixed or batch
     outs = []
-    for i in range(0, len(images), step):
-        chunk = np.ascontiguousarray(images[i : i + step], dtype=np.float32)
-        n = len(chunk)
+    for i in range(0, count(inputs), step):
+        chunk = take(inputs, i, i + step)
+        n = count(chunk)
         if fixed and n < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], fixed - n, axis=0)])
-        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
+            chunk = _repeat(chunk, fixed, keep=n)
+        outs.append(sess.run(None, _feeds(sess, chunk))[0][:n])
     return np.concatenate(outs)
 
 
+def _repeat(inputs: Any, n: int, keep: int = 1) -> Any:
+    """The first `keep` samples, then copies of the first one, up to `n` samples."""
+    def grow(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[:keep], np.repeat(a[:1], n - keep, axis=0)])
+
+    return {k: grow(v) for k, v in inputs.items()} if isinstance(inputs, dict) else grow(inputs)
+
+
 def measure_onnx(
-    path: str | Path, example: np.ndarray, repeats: int = 200, batch: int = 64, threads: int | None = None
+    path: str | Path, example: Any, repeats: int = 200, batch: int = 64, threads: int | None = None
 ) -> dict[str, Any]:
     """Size (external data included), parameters, and ORT CPU latency (p50, p90 at batch 1) and throughput.
 
-    `threads` defaults to torch's thread count, so that the PyTorch and ONNX Runtime rows use the same number.
+    `example` is one input of batch 1 (an image array, or named text arrays). `threads` defaults to torch's
+    thread count, so that the PyTorch and ONNX Runtime rows use the same number.
     """
     import torch
 
+    from tinykd.compress.source import take
+
     threads = threads or torch.get_num_threads()
     sess = session(path, threads)
-    inp = sess.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    one = np.ascontiguousarray(example[:1], dtype=np.float32)
+    fixed = _fixed_batch(sess)
+    one = take(example, 0, 1)
     if fixed and fixed != 1:
-        one = np.repeat(one, fixed, axis=0)
+        one = _repeat(one, fixed)
     big_n = fixed or batch
-    big = np.ascontiguousarray(np.repeat(one[:1], big_n, axis=0))
-    single = time_calls(lambda: sess.run(None, {inp.name: one}), repeats)
-    batched = time_calls(lambda: sess.run(None, {inp.name: big}), max(10, repeats // 10), warmup=3)
+    single_feeds, big_feeds = _feeds(sess, one), _feeds(sess, _repeat(one, big_n))
+    single = time_calls(lambda: sess.run(None, single_feeds), repeats)
+    batched = time_calls(lambda: sess.run(None, big_feeds), max(10, repeats // 10), warmup=3)
     meta = onnx_meta(path)
     return {
         "params": meta.get("params", onnx_params(read_onnx(path))),

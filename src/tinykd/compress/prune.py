@@ -173,6 +173,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     """
 
     from tinykd.engine import Engine
+    from tinykd.engine.runtime import resolve_precision
     from tinykd.measure import measure_model
     from tinykd.models.checkpoint import load_weights, save_model
     from tinykd.pipeline import build_data, build_distiller, build_model, build_teacher, probe_batch
@@ -213,7 +214,8 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
               f"{spec.target}, test accuracy before {before['test_accuracy']:.2%}")  # fmt: skip
     pruning = prune_model(student.cpu(), example, spec.ratio, spec.target, spec.steps)
     pruned = {"role": "pruned", "model": name, "test_accuracy": test_accuracy(student)}
-    distiller = build_distiller(recipe, student, teacher, probe_inputs)
+    precision = resolve_precision(recipe.teacher.precision, engine.device.type) if recipe.teacher else None
+    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision)
     if engine.is_main:
         print(f"tinykd: pruned {pruning['params_before']:,} -> {pruning['params_after']:,} params, "
               f"{pruning['macs_before']:,} -> {pruning['macs_after']:,} MACs in {pruning['steps']} steps; test "

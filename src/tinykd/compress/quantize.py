@@ -44,14 +44,19 @@ from tinykd.compress.source import (
     default_output,
     load_any_recipe,
     load_checkpoint_model,
+    take,
+    timing_example,
+    to_torch,
     torch_logits,
 )
 from tinykd.errors import TinykdError
-from tinykd.measure import count_macs, count_params, percentile, time_calls, torch_threads
+from tinykd.measure import count_macs, count_params, first_sample, percentile, repeat_sample, time_calls, torch_threads
+from tinykd.models.outputs import call_model
 
 MODES = ("static", "dynamic", "torch-dynamic")
 SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt"}
 DYNAMIC_OPS = ("MatMul", "Gemm")
+TEXT_DYNAMIC_OPS = (*DYNAMIC_OPS, "Gather")  # a text model's token embeddings are a Gather: often most of it
 
 
 def _preprocess(fp32_path: Path, folder: Path) -> tuple[Path, str | None]:
@@ -157,20 +162,20 @@ def torch_save_size(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def _measure_torch(model: nn.Module, example: torch.Tensor, repeats: int, batch: int, threads: int) -> dict[str, Any]:
+def _measure_torch(model: nn.Module, example: Any, repeats: int, batch: int, threads: int) -> dict[str, Any]:
     """Latency (p50, p90 at batch 1) and throughput of any module, quantized ones included."""
     model = model.eval()
-    big = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    one, big = first_sample(example), repeat_sample(example, batch)
     with torch_threads(threads) as n, torch.inference_mode():
-        single = time_calls(lambda: model(example[:1]), repeats)
-        batched = time_calls(lambda: model(big), max(10, repeats // 10), warmup=3)
+        single = time_calls(lambda: call_model(model, one), repeats)
+        batched = time_calls(lambda: call_model(model, big), max(10, repeats // 10), warmup=3)
     return {"latency_ms_p50": statistics.median(single) * 1e3, "latency_ms_p90": percentile(single, 0.9) * 1e3,
             "throughput_img_s": batch / statistics.median(batched), "threads": n}  # fmt: skip
 
 
 def quantize_model(
     source: str | Path,
-    mode: str = "static",
+    mode: str = "auto",
     calibration: int = 500,
     out: str | Path | None = None,
     calibration_data: str | Path | None = None,
@@ -184,11 +189,12 @@ def quantize_model(
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a checkpoint, run folder or .onnx file; evaluate and measure before and after.
 
+    `mode` auto is static for images and dynamic for text (ONNX Runtime's usual choice for transformers).
     `recipe` names the data for an .onnx file without tinykd metadata; `calibration_data` is an .npy file of
     normalised (N, C, H, W) images to use instead of the first `calibration` training images.
     """
-    if mode not in MODES:
-        raise TinykdError(f"--mode must be one of {', '.join(MODES)}, not '{mode}'")
+    if mode not in (*MODES, "auto"):
+        raise TinykdError(f"--mode must be one of auto, {', '.join(MODES)}, not '{mode}'")
     if calibration < 1:
         raise TinykdError(f"--calibration must be at least 1 image, not {calibration}")
     is_onnx = str(source).endswith(".onnx")
@@ -197,15 +203,22 @@ def quantize_model(
     loaded = None if is_onnx else load_checkpoint_model(source)
     meta = loaded.meta if loaded is not None else onnx_meta(source)
     rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
+    images, labels = dataset_arrays(rec, "test")
+    text = isinstance(images, dict)
+    if mode == "auto":
+        mode = "dynamic" if text else "static"
+    if text and mode == "static":
+        raise TinykdError("static int8 (calibrated activations) is for image models; quantize a text model with "
+                          "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly)")  # fmt: skip
     repeats = repeats or rec.measure.latency_repeats
     batch = batch or rec.measure.throughput_batch
     threads = threads or rec.measure.threads or torch.get_num_threads()
     path = Path(out) if out else default_output(source, SUFFIXES[mode])
     check_writable(path, overwrite)
-    images, labels = dataset_arrays(rec, "test")
     name = meta.get("model", Path(str(source)).name)
     start = time.perf_counter()
-    timing = {"repeats": repeats, "batch": batch, "threads": threads}
+    timing = {"repeats": repeats, "batch": batch, "threads": threads,
+              "example": timing_example(images, rec.measure.sequence_length)}  # fmt: skip
     if loaded is not None and mode == "torch-dynamic":
         rows, info = _torch_dynamic(loaded.model, name, path, images, labels, **timing)
     else:
@@ -214,15 +227,15 @@ def quantize_model(
             fp32 = Path(source)
             if loaded is not None:  # the "before" model: the checkpoint as fp32 ONNX, verified
                 fp32 = Path(tmp) / "fp32.onnx"
-                exported = export_onnx(loaded.model, torch.from_numpy(images[:1].copy()), fp32, exporter,
+                exported = export_onnx(loaded.model, to_torch(take(images, 0, 1)), fp32, exporter,
                                        meta=loaded.meta)  # fmt: skip
-                verify_onnx(loaded.model, fp32, images[:1000], labels[:1000])
+                verify_onnx(loaded.model, fp32, take(images, 0, 1000), labels[:1000])
                 info = {"exporter": exported["exporter"], "opset": exported["opset"]}
-            check_images_fit(fp32, images[:1], "test images")
+            check_images_fit(fp32, take(images, 0, 1), "test images")
             if mode == "static":
                 info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
             else:
-                info |= quantize_dynamic_onnx(fp32, path)
+                info |= quantize_dynamic_onnx(fp32, path, TEXT_DYNAMIC_OPS if text else DYNAMIC_OPS)
                 if not info["quantized_nodes"]:
                     info["note"] = "the model has no MatMul/Gemm node: nothing was quantized; use --mode static"
             models = (("fp32", fp32, "onnx fp32"), (f"int8 {mode}", path, "onnx int8"))
@@ -244,20 +257,20 @@ def quantize_model(
     return path, report
 
 
-def _onnx_row(role: str, file: Path, fmt: str, name: str, images: np.ndarray, labels: np.ndarray, repeats: int,
-              batch: int, threads: int) -> dict[str, Any]:  # fmt: skip
-    """Test accuracy and measurements of an .onnx file in ONNX Runtime."""
+def _onnx_row(role: str, file: Path, fmt: str, name: str, images: Any, labels: np.ndarray, repeats: int,
+              batch: int, threads: int, example: Any) -> dict[str, Any]:  # fmt: skip
+    """Test accuracy and measurements (timed on `example`) of an .onnx file in ONNX Runtime."""
     return {"role": role, "model": name, "format": fmt,
             "test_accuracy": accuracy(onnx_logits(session(file, threads), images), labels),
-            **measure_onnx(file, images[:1], repeats, batch, threads)}  # fmt: skip
+            **measure_onnx(file, example, repeats, batch, threads)}  # fmt: skip
 
 
-def _torch_dynamic(model: nn.Module, name: str, path: Path, images: np.ndarray, labels: np.ndarray, repeats: int,
-                   batch: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+def _torch_dynamic(model: nn.Module, name: str, path: Path, images: Any, labels: np.ndarray, repeats: int,
+                   batch: int, threads: int, example: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """PyTorch dynamic int8: write the quantized state dict; rows for the model before and after."""
     quantized, info = quantize_torch_dynamic(model)
     torch.save(quantized.state_dict(), path)
-    example = torch.from_numpy(images[:1].copy())
+    example = to_torch(example)
     rows = []
     for role, m, fmt in (("fp32", model, "pytorch fp32"), ("int8 torch-dynamic", quantized, "pytorch int8")):
         rows.append({"role": role, "model": name, "format": fmt,
@@ -297,11 +310,12 @@ def describe_quantization(report: dict[str, Any]) -> str:
 def quantize_for_demo(
     checkpoint: str | Path, out: str | Path, calibration: int = 500, exporter: str = "auto"
 ) -> dict[str, Any]:
-    """The demo's extra row: the distilled student as a static int8 ONNX file, measured like the other rows.
+    """The demo's extra row: the distilled student as an int8 ONNX file (static for images, dynamic for text),
+    measured like the other rows.
 
     Accuracy is on the whole test set in ONNX Runtime; latency and throughput use the recipe's measure settings.
     """
-    path, report = quantize_model(checkpoint, "static", calibration, out=out, exporter=exporter, overwrite=True)
+    path, report = quantize_model(checkpoint, "auto", calibration, out=out, exporter=exporter, overwrite=True)
     print(describe_quantization(report))
     row = dict(report["rows"][1])
     for key in ("size_ratio", "speedup"):
@@ -316,9 +330,9 @@ def export_for_demo(checkpoint: str | Path, out: str | Path, role: str, recipe: 
     one against the other is not also a change of runtime."""
     loaded = load_checkpoint_model(checkpoint)
     images, labels = dataset_arrays(recipe, "test")
-    export_onnx(loaded.model, torch.from_numpy(images[:1].copy()), out, exporter, meta=loaded.meta)
-    verify_onnx(loaded.model, out, images[:1000], labels[:1000])
+    export_onnx(loaded.model, to_torch(take(images, 0, 1)), out, exporter, meta=loaded.meta)
+    verify_onnx(loaded.model, out, take(images, 0, 1000), labels[:1000])
     m = recipe.measure
     row = _onnx_row(role, Path(out), "onnx fp32", loaded.name, images, labels, m.latency_repeats, m.throughput_batch,
-                    m.threads or torch.get_num_threads())  # fmt: skip
+                    m.threads or torch.get_num_threads(), timing_example(images, m.sequence_length))  # fmt: skip
     return {**row, "path": str(out)}

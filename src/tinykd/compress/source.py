@@ -85,9 +85,22 @@ def checkpoint_recipe(meta: dict[str, Any], where: Path | str, overrides: list[s
         raise TinykdError(f"{where} has no tinykd recipe in its metadata, so its dataset is unknown; "
                           "pass --recipe RECIPE to name the data")  # fmt: skip
     data = json.loads(json.dumps(meta["recipe"]))
+    tokenizer = _saved_tokenizer(meta, where)
+    if tokenizer is not None and isinstance(data.get("data"), dict) and not data["data"].get("tokenizer"):
+        data["data"]["tokenizer"] = str(tokenizer)  # the text was tokenized with the run's own tokenizer
     for item in overrides or []:
         apply_override(data, item)
     return validate_recipe(data)
+
+
+def _saved_tokenizer(meta: dict[str, Any], where: Path | str) -> Path | None:
+    """The tokenizer folder a text checkpoint names (relative to its run folder), when it is there."""
+    if not meta.get("tokenizer") or not str(where).endswith(".safetensors"):
+        return None
+    path = Path(where)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    folder = run_dir / str(meta["tokenizer"])
+    return folder if folder.is_dir() else None
 
 
 def load_any_recipe(source: str | Path, overrides: list[str] | None = None) -> Any:
@@ -114,8 +127,12 @@ def build_bundle(recipe: Any) -> Any:
     return _BUNDLES[key]
 
 
-def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised float32 images (N, C, H, W) and int64 labels of a split: train, val or test (first `limit`)."""
+Inputs = np.ndarray | dict[str, np.ndarray]  # images (N, C, H, W), or a text model's named int64 arrays (N, T)
+
+
+def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -> tuple[Inputs, np.ndarray]:
+    """The inputs and int64 labels of a split (train, val or test; the first `limit`): normalised float32 images
+    (N, C, H, W), or for text `{input_ids, attention_mask}` (N, T) padded to the split's longest text."""
     from tinykd.data import BatchSubset, make_loader
 
     key = json.dumps([recipe.data.model_dump(mode="json"), recipe.seed, split, limit], sort_keys=True)
@@ -127,20 +144,64 @@ def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -
         raise TinykdError(f"the recipe has no {split} split (data.val_size=0)")
     if limit is not None and limit < len(dataset):
         dataset = BatchSubset(dataset, range(limit))
-    images, labels = [], []
+    batches, labels = [], []
     for x, y in make_loader(dataset, 512, train=False):
-        images.append(x.numpy().astype(np.float32))
+        batches.append({k: v.numpy().astype(np.int64) for k, v in x.items()} if isinstance(x, dict)
+                       else x.numpy().astype(np.float32))  # fmt: skip
         labels.append(y.numpy().astype(np.int64))
-    _ARRAYS[key] = np.concatenate(images), np.concatenate(labels)
+    _ARRAYS[key] = _concatenate(batches), np.concatenate(labels)
     return _ARRAYS[key]
 
 
+def _concatenate(batches: list[Inputs]) -> Inputs:
+    """Join batches; text batches (padded each to its own longest text) are padded to the longest of all with 0,
+    which the attention mask leaves out."""
+    if not isinstance(batches[0], dict):
+        return np.concatenate(batches)  # type: ignore[arg-type]
+    width = max(b["input_ids"].shape[1] for b in batches)  # type: ignore[index]
+    return {k: np.concatenate([np.pad(b[k], ((0, 0), (0, width - b[k].shape[1]))) for b in batches])  # type: ignore[index]
+            for k in batches[0]}  # fmt: skip
+
+
+def count(inputs: Inputs) -> int:
+    """The number of samples in images or named text arrays."""
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def take(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Samples start..stop of images or named text arrays, contiguous (ONNX Runtime wants them so)."""
+    if isinstance(inputs, dict):
+        return {k: np.ascontiguousarray(v[start:stop]) for k, v in inputs.items()}
+    return np.ascontiguousarray(inputs[start:stop])
+
+
+def timing_example(inputs: Inputs, sequence_length: int) -> Inputs:
+    """What latency is timed on: the first image, or the first text made exactly `sequence_length` tokens long
+    (its tokens repeated, all attended), since a text model's latency depends on the length."""
+    if not isinstance(inputs, dict):
+        return take(inputs, 0, 1)
+    ids = inputs["input_ids"][0][inputs["attention_mask"][0].astype(bool)]
+    ids = np.resize(ids, sequence_length)[None]
+    example = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64)}
+    if "token_type_ids" in inputs:
+        example["token_type_ids"] = np.zeros_like(ids, dtype=np.int64)
+    return example
+
+
+def to_torch(inputs: Inputs) -> Any:
+    return {k: torch.from_numpy(v.copy()) for k, v in inputs.items()} if isinstance(inputs, dict) else \
+        torch.from_numpy(inputs.copy())  # fmt: skip
+
+
 @torch.inference_mode()
-def torch_logits(model: nn.Module, images: np.ndarray, batch: int = 256, prepare: bool = True) -> np.ndarray:
+def torch_logits(model: nn.Module, inputs: Inputs, batch: int = 256, prepare: bool = True) -> np.ndarray:
     """The model's outputs on CPU in eval mode, batch by batch (`prepare=False`: leave the module as it is)."""
+    from tinykd.models.outputs import call_model
+
     if prepare:
         model = model.eval().cpu()
-    outs = [model(torch.from_numpy(images[i : i + batch])).float().numpy() for i in range(0, len(images), batch)]
+    n = count(inputs)
+    outs = [call_model(model, to_torch(take(inputs, i, i + batch))).float().numpy() for i in range(0, n, batch)]
     return np.concatenate(outs)
 
 
@@ -150,10 +211,10 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1)[valid] == labels[valid]).mean()) if valid.any() else float("nan")
 
 
-def example_input(shape: tuple[int, int, int], images: np.ndarray | None = None) -> torch.Tensor:
-    """One input of shape (1, C, H, W): a real image when there are some, else a seeded random one."""
-    if images is not None and len(images):
-        return torch.from_numpy(images[:1].copy())
+def example_input(shape: tuple[int, int, int], images: Inputs | None = None) -> Any:
+    """One input of batch 1: a real image (or text) when there are some, else a seeded random image."""
+    if images is not None and count(images):
+        return to_torch(take(images, 0, 1))
     return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
 
 

@@ -10,9 +10,11 @@ from tinykd.data.loader import (
     collate_batched,
     fetch_batch,
     make_loader,
+    seeded_generator,
 )
 from tinykd.data.tensors import Augment, TensorImageDataset
+from tinykd.data.text import TASKS, TextDataset, TextOptions, train_wordpiece
 
-__all__ = ["DATASETS", "Augment", "Batch", "BatchDataset", "BatchSubset", "DataBundle", "EpochShuffle",
-           "PadToMultiple", "TensorImageDataset", "build_datasets", "collate_batched", "fetch_batch",
-           "make_loader"]  # fmt: skip
+__all__ = ["DATASETS", "TASKS", "Augment", "Batch", "BatchDataset", "BatchSubset", "DataBundle", "EpochShuffle",
+           "PadToMultiple", "TensorImageDataset", "TextDataset", "TextOptions", "build_datasets", "collate_batched",
+           "fetch_batch", "make_loader", "seeded_generator", "train_wordpiece"]  # fmt: skip

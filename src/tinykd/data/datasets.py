@@ -1,19 +1,22 @@
-"""Datasets by name: fashion-mnist, digits, cifar10, cifar100, imagefolder.
+"""Datasets by name: fashion-mnist, digits, cifar10, cifar100, imagefolder; text, sst2 and hf:DATASET[/CONFIG].
 
 Each builder returns the *full* training set (augmented view builder included)
 and the test set; `build_datasets` then cuts a validation split from the
 training set with a seeded permutation, so the same seed gives the same split
-on every machine.
+on every machine. Text is read and tokenized in `text.py`; here is only where its files are.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import urllib.request
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +24,7 @@ from torch.utils.data import Dataset
 from tinykd.data.idx import OfficialIdx, read_idx
 from tinykd.data.loader import BatchSubset
 from tinykd.data.tensors import Augment, TensorImageDataset
+from tinykd.data.text import TextOptions, TextSplits, load_hf, read_table, text_splits
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
@@ -33,9 +37,12 @@ class RawSplits:
     train_eval: Dataset  # the same images without augmentation, for the validation split
     test: Dataset
     classes: list[str]
-    in_channels: int
-    image_size: int
+    in_channels: int  # 0 for text
+    image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable: "path (reason)"
+    tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
+    task: str = "classification"  # text: classification or masked-lm (see text.TASKS)
+    max_length: int | None = None  # text: tokens per sequence, at most
 
 
 @dataclass
@@ -45,10 +52,13 @@ class DataBundle:
     train: Dataset
     val: Dataset | None
     test: Dataset
-    classes: list[str]
-    in_channels: int
-    image_size: int
+    classes: list[str]  # [] for masked-lm
+    in_channels: int  # 0 for text
+    image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable (data.bad_images: skip)
+    tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
+    task: str = "classification"  # text: classification or masked-lm (see text.TASKS)
+    max_length: int | None = None  # text: tokens per sequence, at most
 
     @property
     def num_classes(self) -> int:
@@ -68,20 +78,27 @@ def build_datasets(
     seed: int = 0,
     image_size: int | None = None,
     bad_images: str = "error",
+    text: TextOptions | None = None,
 ) -> DataBundle:
     """Build a dataset by name and split off `val_size` (a fraction, or a count if >= 1) for validation.
 
-    `bad_images` goes to the builders that read files one by one (imagefolder); the others have no such files.
+    `bad_images` goes to the builders that read files one by one (imagefolder), `text` to the text builders;
+    the others have no use for them. `hf:DATASET[/CONFIG]` is a text dataset from the Hugging Face hub.
     """
-    builder = DATASETS.get(name)
-    options = {"bad_images": bad_images} if "bad_images" in inspect.signature(builder).parameters else {}
-    raw = builder(root=root, download=download, augment=augment, image_size=image_size, **options)
+    text = text or TextOptions()
+    if name.startswith("hf:"):
+        raw = hf_text(name.removeprefix("hf:"), download, text)
+    else:
+        builder = DATASETS.get(name)
+        params = inspect.signature(builder).parameters
+        options = {key: value for key, value in (("bad_images", bad_images), ("text", text)) if key in params}
+        raw = builder(root=root, download=download, augment=augment, image_size=image_size, **options)
     n = len(raw.train)
     n_val = round(val_size * n) if val_size < 1 else int(val_size)
     if not 0 <= n_val < n:
-        raise TinykdError(f"data.val_size={val_size} leaves no training images out of {n}; use a fraction below 1")
-    if isinstance(raw.train, TensorImageDataset):
-        raw.train.seed = seed  # augmentation is a function of (seed, batch indices): see TensorImageDataset
+        raise TinykdError(f"data.val_size={val_size} leaves no training samples out of {n}; use a fraction below 1")
+    if hasattr(raw.train, "seed"):
+        raw.train.seed = seed  # augmentation, masking: a function of (seed, batch indices); see TensorImageDataset
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_subset is not None:
@@ -96,6 +113,9 @@ def build_datasets(
         in_channels=raw.in_channels,
         image_size=raw.image_size,
         skipped=raw.skipped,
+        tokenizer=raw.tokenizer,
+        task=raw.task,
+        max_length=raw.max_length,
     )
 
 
@@ -321,3 +341,88 @@ def imagefolder(root: str | None, download: bool, augment: bool, image_size: int
     return RawSplits(train, ImageFileDataset(train_files, v2.Compose(eval_tf + norm)),
                      ImageFileDataset(test_files, v2.Compose(eval_tf + norm)), classes, 3, size,
                      skipped=train_files.skipped + test_files.skipped)  # fmt: skip
+
+
+# --- text --------------------------------------------------------------------------------------------------------
+
+SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+SST2_FILES = ("train.tsv", "dev.tsv")
+SST2_CLASSES = ["negative", "positive"]
+
+
+def _text_raw(splits: TextSplits, options: TextOptions) -> RawSplits:
+    """Text has no augmentation: the training set is its own evaluation view (masked-lm masks both alike)."""
+    return RawSplits(splits.train, splits.train, splits.test, splits.classes, 0, 0, tokenizer=splits.tokenizer,
+                     task=options.task, max_length=options.max_length)  # fmt: skip
+
+
+@DATASETS.register("text")
+def text_files(root: str | None, download: bool, augment: bool, image_size: int | None,
+               text: TextOptions | None = None) -> RawSplits:  # fmt: skip
+    """`data.train` and `data.test`: csv, tsv, jsonl/json or parquet files with a text column and a label column."""
+    text = text or TextOptions()
+    if not text.train or not text.test:
+        raise TinykdError("dataset 'text' needs data.train and data.test: csv, tsv, jsonl or parquet files with a "
+                          "text column and a label column")  # fmt: skip
+    splits = text_splits(read_table(text.train), read_table(text.test), text, text.train, text.test)
+    return _text_raw(splits, text)
+
+
+def sst2_dirs(root: str | None) -> list[Path]:
+    """Where SST-2 is looked for: the recipe's root alone if it gives one, else $TINYKD_DATA/sst2, else the cache
+    (each also with GLUE's own SST-2/ sub-folder, as the zip unpacks)."""
+    if root:
+        bases = [Path(root)]
+    elif os.environ.get("TINYKD_DATA"):
+        bases = [Path(os.environ["TINYKD_DATA"]) / "sst2"]
+    else:
+        bases = [_cache_dir() / "sst2"]
+    return [d for base in bases for d in (base, base / "SST-2")]
+
+
+def _locate_sst2(root: str | None, download: bool) -> Path:
+    dirs = sst2_dirs(root)
+    for directory in dirs:
+        if all((directory / f).is_file() for f in SST2_FILES):
+            return directory
+    if download:
+        _check_online("SST-2")
+        target = dirs[0]
+        target.mkdir(parents=True, exist_ok=True)
+        archive = target / "SST-2.zip.part"
+        try:
+            urllib.request.urlretrieve(SST2_URL, archive)
+            with zipfile.ZipFile(archive) as zf:
+                for name in SST2_FILES:
+                    with zf.open(f"SST-2/{name}") as src, open(target / f"{name}.part", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+            raise TinykdError(f"could not download SST-2 from {SST2_URL}: {type(exc).__name__}: {exc}") from None
+        finally:
+            archive.unlink(missing_ok=True)
+        for name in SST2_FILES:
+            (target / f"{name}.part").rename(target / name)
+        return target
+    raise TinykdError(
+        "SST-2 files (train.tsv, dev.tsv) not found; looked in " + ", ".join(str(d) for d in dirs)
+        + f"; unzip GLUE's SST-2 ({SST2_URL}) into data.root or $TINYKD_DATA/sst2, or set data.download=true"
+    )  # fmt: skip
+
+
+@DATASETS.register("sst2")
+def sst2(root: str | None, download: bool, augment: bool, image_size: int | None,
+         text: TextOptions | None = None) -> RawSplits:  # fmt: skip
+    """GLUE's SST-2: 67,349 training sentences, positive or negative; the test split is GLUE's dev.tsv (872), since
+    GLUE's test.tsv has no labels."""
+    text = text or TextOptions()
+    folder = _locate_sst2(root, download)
+    options = replace(text, text_column=text.text_column or "sentence")
+    train, test = (str(folder / name) for name in SST2_FILES)
+    splits = text_splits(read_table(train), read_table(test), options, train, test, SST2_CLASSES)
+    return _text_raw(splits, options)
+
+
+def hf_text(spec: str, download: bool, text: TextOptions) -> RawSplits:
+    """`hf:DATASET[/CONFIG]`: a text dataset from the Hugging Face hub (its ClassLabel names are the classes)."""
+    train, test, names, train_name, test_name = load_hf(spec, download, text)
+    return _text_raw(text_splits(train, test, text, train_name, test_name, names), text)

@@ -10,6 +10,7 @@ is one explicit contract, `get_batch(indices) -> Batch`, and no guess from an at
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +34,10 @@ class BatchDataset(Dataset):
     def get_batch(self, indices: Sequence[int]) -> Batch:
         raise NotImplementedError
 
+    def sample_lengths(self) -> list[int] | None:
+        """The size of each sample (tokens, for text), for length bucketing; None: all alike, no bucketing."""
+        return None
+
     def __getitems__(self, indices: list[int]) -> Batch:
         return self.get_batch(indices)
 
@@ -40,6 +45,23 @@ class BatchDataset(Dataset):
         inputs, targets = self.get_batch([index])
         first = {k: v[0] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[0]
         return first, targets[0]
+
+
+def seeded_generator(seed: int, indices: Sequence[int] | torch.Tensor) -> torch.Generator:
+    """A generator seeded by blake2b(seed, indices as little-endian int64): the same batch, the same draws.
+
+    Random choices made per batch (augmentation, masking) come from here, not from torch's global RNG, which
+    lives in the loader workers and cannot be saved: so a resumed run, with 0 or N workers, sees the same batches.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(seed.to_bytes(16, "little", signed=True))
+    h.update(torch.as_tensor(indices, dtype=torch.int64).numpy().astype("<i8", copy=False).tobytes())
+    return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little"))
+
+
+def dataset_lengths(dataset: Dataset) -> list[int] | None:
+    """`sample_lengths()` of a `BatchDataset`; None for any other dataset."""
+    return dataset.sample_lengths() if isinstance(dataset, BatchDataset) else None
 
 
 def fetch_batch(dataset: Dataset, indices: Sequence[int]) -> Batch:
@@ -63,15 +85,20 @@ class BatchSubset(BatchDataset):
     def get_batch(self, indices: Sequence[int]) -> Batch:
         return fetch_batch(self.dataset, [self.indices[i] for i in indices])
 
+    def sample_lengths(self) -> list[int] | None:
+        lengths = dataset_lengths(self.dataset)
+        return None if lengths is None else [lengths[i] for i in self.indices]
+
 
 class PadToMultiple(BatchDataset):
-    """Pad a dataset to a multiple of the batch size with copies of its first sample labelled -1.
+    """Pad a dataset to a multiple of the batch size with copies of its first sample, targets set to IGNORE.
 
     Every evaluation batch then has the same shape, so an XLA device compiles the evaluation step once instead
-    of once more for the last, smaller batch. Label -1 marks the padding, which metrics ignore.
+    of once more for the last, smaller batch. IGNORE (-100, Hugging Face's and cross-entropy's ignore index)
+    marks the padding, which metrics ignore; token-level targets (B, T) are ignored on the whole row.
     """
 
-    IGNORE = -1
+    IGNORE = -100
 
     def __init__(self, dataset: Dataset, multiple: int) -> None:
         self.dataset = dataset
@@ -83,8 +110,13 @@ class PadToMultiple(BatchDataset):
 
     def get_batch(self, indices: Sequence[int]) -> Batch:
         inputs, targets = fetch_batch(self.dataset, [i if i < self.size else 0 for i in indices])
-        pad = torch.tensor([i >= self.size for i in indices])
+        pad = torch.tensor([i >= self.size for i in indices], dtype=torch.bool)
+        pad = pad.view(-1, *([1] * (targets.ndim - 1)))  # one flag per sample, over all its target tokens
         return Batch(inputs, torch.where(pad, torch.full_like(targets, self.IGNORE), targets))
+
+    def sample_lengths(self) -> list[int] | None:
+        lengths = dataset_lengths(self.dataset)
+        return None if lengths is None else [lengths[i if i < self.size else 0] for i in range(self.padded)]
 
 
 def collate_batched(batch: Batch | list[Any]) -> tuple[Any, torch.Tensor]:
@@ -103,29 +135,62 @@ class EpochShuffle(Sampler[int]):
     torch's RandomSampler draws from a generator that Accelerate re-seeds or synchronises differently per
     backend (the CPU and XLA paths gave different orders for one seed); this sampler has no hidden state but
     `epoch` and `start` (how far into the epoch's order to begin, once), which a resumed run sets.
+
+    With `lengths` (tokens per sample), samples of similar length are batched together, so dynamically padded
+    text batches carry little padding: the epoch's permutation is cut into chunks of `BUCKET_BATCHES` batches,
+    each chunk is sorted by length (stable) and cut into batches, and the full batches are shuffled by the same
+    generator, the partial one (if any) last, so `drop_last` drops it and every other batch stays whole. Without
+    lengths the order is the plain permutation, as it always was.
     """
 
-    def __init__(self, size: int, seed: int = 0) -> None:
+    BUCKET_BATCHES = 50
+
+    def __init__(self, size: int, seed: int = 0, lengths: Sequence[int] | None = None, batch_size: int = 1) -> None:
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"{len(lengths)} lengths for {size} samples")
         self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+        self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
+        self.batch_size = batch_size
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        if self.lengths is not None:
+            order = self._bucketed(order, generator)
         start, self.start = self.start, 0
         self.epoch += 1
         return iter(order[start:].tolist())
+
+    def _bucketed(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        assert self.lengths is not None
+        chunk = self.BUCKET_BATCHES * self.batch_size  # a multiple of the batch size: only the last chunk has a rest
+        batches: list[torch.Tensor] = []
+        rest = order[:0]
+        for first in range(0, self.size, chunk):
+            part = order[first : first + chunk]
+            part = part[torch.sort(self.lengths[part], stable=True).indices]
+            whole = len(part) // self.batch_size * self.batch_size
+            batches += list(part[:whole].split(self.batch_size))
+            rest = part[whole:]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return torch.cat([*shuffled, rest])
 
 
 def make_loader(
     dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """Training loaders shuffle (seeded) and drop the last partial batch, so every step has the same shape."""
+    """Training loaders shuffle (seeded) and drop the last partial batch, so every step has the same shape.
+
+    A training set with `sample_lengths()` (text) is bucketed by length: see `EpochShuffle`.
+    """
+    lengths = dataset_lengths(dataset) if train else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffle(len(dataset), seed) if train else None,  # type: ignore[arg-type]
+        sampler=EpochShuffle(len(dataset), seed, lengths, batch_size) if train else None,  # type: ignore[arg-type]
         drop_last=train,
         num_workers=num_workers,
         collate_fn=collate_batched,

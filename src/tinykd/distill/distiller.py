@@ -6,6 +6,12 @@ Each weight multiplies its own term and nothing else: `ce: 0.1, kd: 0.9` means
 0.1 x cross-entropy + 0.9 x (T^2 KL). With no teacher it is plain supervised
 training of the student, so `tinykd train` and `tinykd distill` share one path.
 The Distiller knows nothing of devices: it runs where its inputs are.
+
+Transformer terms read more than logits: the Distiller asks both models for
+their hidden states or attention probabilities only when some term needs them,
+switches a model to eager attention when attentions are needed (the only
+implementation that returns them), and passes the inputs' `attention_mask` on
+so that every term can leave padding out.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
-from tinykd.models.outputs import call_model
+from tinykd.models.outputs import attention_dropout, eager_attention, forward_outputs
 
 
 def _cast_floats(inputs: Any, dtype: torch.dtype) -> Any:
@@ -28,6 +34,11 @@ def _cast_floats(inputs: Any, dtype: torch.dtype) -> Any:
     if isinstance(inputs, Mapping):
         return {k: _cast_floats(v, dtype) for k, v in inputs.items()}
     return inputs
+
+
+def _mask(inputs: Any) -> torch.Tensor | None:
+    """The padding mask of dict inputs (`attention_mask`: 1 for real tokens), or None."""
+    return inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
 
 
 class Distiller(nn.Module):
@@ -68,6 +79,15 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             if teacher_dtype is not None:  # a frozen teacher can run in bf16: half the memory, ~2x faster on bf16 CPUs
                 teacher.to(teacher_dtype)
+        for name, term in self.terms.items():  # before the taps: a term may find its module paths in the models
+            try:
+                term.bind(student, teacher)
+            except ValueError as exc:
+                raise TinykdError(f"loss term '{name}': {exc}") from None
+        self._hidden_states = any(term.needs_hidden_states for term in self.terms.values())
+        self._attentions = [name for name, term in self.terms.items() if term.needs_attentions]
+        if self._attentions:
+            self._use_eager_attention(student, teacher)
         self._student_taps = FeatureTaps(student, [p for t in self.terms.values() for p in t.student_taps()], "student")
         teacher_paths = [p for t in self.terms.values() for p in t.teacher_taps()]
         self._teacher_taps = FeatureTaps(teacher, teacher_paths, "teacher") if teacher is not None else None
@@ -75,6 +95,22 @@ class Distiller(nn.Module):
             self.probe(example_inputs)
         elif teacher is not None or teacher_paths:
             raise TinykdError("Distiller needs example_inputs (one small batch) to check the models and size adapters")
+
+    def _use_eager_attention(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Switch both models to eager attention (saying so), and note the student's attention dropout."""
+        terms = ", ".join(self._attentions)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if model is None:
+                continue
+            before = getattr(getattr(model, "config", None), "_attn_implementation", None)
+            if eager_attention(model):
+                print(f"tinykd: {role}: attention probabilities ({terms}) need transformers' eager attention; "
+                      f"switched from {before}")  # fmt: skip
+        dropout = attention_dropout(student)
+        if dropout > 0:
+            print(f"tinykd: note: in training, the student's attention dropout ({dropout:g}) zeroes some of the "
+                  f"attention probabilities compared by {terms}; set it to 0 in the student's config to compare "
+                  "whole distributions")  # fmt: skip
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -96,7 +132,8 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def probe(self, example_inputs: Any) -> None:
-        """Run one batch through both models in eval mode: check output shapes, build the terms' adapters."""
+        """Run one batch through both models in eval mode: check output shapes, that the models give the hidden
+        states and attentions the terms need, and build the terms' adapters."""
         was_training = self.student.training
         self.student.eval()
         try:
@@ -122,8 +159,8 @@ class Distiller(nn.Module):
         return student.logits, losses
 
     def _student_outputs(self, inputs: Any) -> Outputs:
-        logits = call_model(self.student, inputs)
-        return Outputs(logits, self._student_taps.pop())
+        out = forward_outputs(self.student, inputs, self._hidden_states, bool(self._attentions), "student")
+        return Outputs(out.logits, self._student_taps.pop(), out.hidden_states, out.attentions, _mask(inputs))
 
     def _teacher_outputs(self, inputs: Any) -> Outputs | None:
         if self.teacher is None:
@@ -131,11 +168,14 @@ class Distiller(nn.Module):
         with torch.no_grad():
             if self.teacher_dtype is not None:
                 inputs = _cast_floats(inputs, self.teacher_dtype)
-            logits = call_model(self.teacher, inputs)
+            out = forward_outputs(self.teacher, inputs, self._hidden_states, bool(self._attentions), "teacher")
         features = self._teacher_taps.pop()  # type: ignore[union-attr]
+        logits, hidden, attentions = out.logits, out.hidden_states, out.attentions
         if self.teacher_dtype is not None:  # the loss terms compute in the student's precision
             logits, features = logits.float(), {k: v.float() for k, v in features.items()}
-        return Outputs(logits, features)
+            hidden = tuple(h.float() for h in hidden) if hidden is not None else None
+            attentions = tuple(a.float() for a in attentions) if attentions is not None else None
+        return Outputs(logits, features, hidden, attentions, _mask(inputs))
 
     def formula(self) -> str:
         """The total loss as a readable sum, e.g. `0.1 * ce + 0.9 * kd(temperature=4.0)`."""

@@ -28,7 +28,7 @@ from tinykd.data import EpochShuffle, PadToMultiple, make_loader
 from tinykd.engine import faults
 from tinykd.engine.log import MetricsLog, bar_stats, console, interval_means, progress_bar
 from tinykd.engine.resume import FitResult, Position, Tally, load_resume, not_fitting, restore, save_resume
-from tinykd.engine.runtime import GraphCounts, describe_run, make_accelerator, step_boundary
+from tinykd.engine.runtime import GraphCounts, describe_run, make_accelerator, resolve_precision, step_boundary
 from tinykd.engine.schedule import build_optimizer, lr_at
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.models.outputs import call_model
@@ -41,10 +41,11 @@ class Engine:
     def __init__(self, runtime: RuntimeSpec) -> None:
         self.runtime = runtime
         self.accelerator = make_accelerator(runtime)
+        self.precision = resolve_precision(runtime.precision, self.accelerator.device.type)  # `auto` resolved
 
     def describe(self) -> str:
         """Where the run happens, e.g. `cpu, 2 processes (GLOO), fp32`."""
-        return describe_run(self.accelerator, self.runtime.precision)
+        return describe_run(self.accelerator, self.precision)
 
     def seed(self, seed: int) -> None:
         """Seed python, numpy and torch identically on every process (weights start equal everywhere)."""
@@ -250,10 +251,9 @@ class Engine:
         counted = finite.all().float()[None]  # a non-finite step is left out of the means (skip mode)
         if skip_nonfinite:  # keep the running sums readable; the skip itself is counted on the host
             values = torch.where(finite, values, torch.zeros_like(values))
-        stats = torch.cat(
-            [values, (logits.detach().argmax(1) == targets).sum().float()[None] * counted,
-             torch.full((1,), float(len(targets)), device=device) * counted, torch.ones(1, device=device), counted]
-        )  # fmt: skip
+        correct, count = top1_counts(logits.detach(), targets)
+        stats = torch.cat([values, correct[None] * counted, count[None] * counted, torch.ones(1, device=device),
+                           counted])  # fmt: skip
         tally.running = stats if tally.running is None else tally.running + stats
         steps = tally.running[-2]  # steps since the start of training, this one included
         fresh = ~finite if tally.faults is None else ~finite & (tally.faults == 0)
@@ -298,7 +298,8 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        """Top-1 accuracy and mean cross-entropy of `model` on `loader`; padding (label -1) is not counted."""
+        """Top-1 accuracy and mean cross-entropy of `model` on `loader`, per sample or per token; targets equal to
+        PadToMultiple.IGNORE (padding, unmasked tokens) are not counted."""
         acc = self.accelerator
         was_training = model.training
         model.eval()
@@ -306,13 +307,20 @@ class Engine:
         for inputs, targets in loader:
             with acc.autocast():
                 logits = call_model(model, self._to_memory_format(inputs)).float()
-            if acc.num_processes > 1:
-                logits, targets = acc.gather_for_metrics((logits, targets))
-            valid = targets != PadToMultiple.IGNORE
-            sums += torch.stack([((logits.argmax(1) == targets) & valid).sum().float(),
-                                 F.cross_entropy(logits, targets, ignore_index=PadToMultiple.IGNORE, reduction="sum"),
-                                 valid.sum().float()])  # fmt: skip
+            correct, count = top1_counts(logits, targets)
+            loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=PadToMultiple.IGNORE,
+                                   reduction="sum")
+            sums += torch.stack([correct, loss, count])
             step_boundary(self.device)
         model.train(was_training)
+        if acc.num_processes > 1:  # each process saw its own whole batches (the set is padded to fit): add them up
+            sums = acc.reduce(sums, reduction="sum")
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+def top1_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, counted) top-1 predictions, on the device: per sample for (B, C) logits, per token for (B, T, V)
+    logits; targets equal to PadToMultiple.IGNORE are not counted."""
+    valid = targets != PadToMultiple.IGNORE
+    return ((logits.argmax(-1) == targets) & valid).sum().float(), valid.sum().float()

@@ -69,6 +69,29 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def bf16_is_fast(device: str) -> bool:
+    """Whether bf16 runs natively here: a CUDA GPU that supports it, a TPU, or a CPU with AMX or AVX512-BF16.
+
+    Elsewhere (an AVX2 CPU) torch emulates bf16, and a bf16 model runs many times slower than in fp32.
+    """
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "xla":
+        return True
+    if device == "cpu":
+        checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported",
+                                                                               None))  # fmt: skip
+        return any(check() for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` -> bf16 where it is native (`bf16_is_fast`), else fp32; any other value as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_is_fast(device) else "fp32"
+
+
 def _set_accelerate_xla_switch(use_xla: bool) -> None:
     """Make Accelerate's XLA detection agree with the device we chose."""
     os.environ["USE_TORCH_XLA"] = "1" if use_xla else "0"
@@ -90,9 +113,10 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
     """One Accelerator per process and configuration (Accelerate keeps global state, so it is reused)."""
     global _current
     device = resolve_device(runtime.device)
-    if runtime.precision == "fp16" and device in ("cpu", "xla"):
+    precision = resolve_precision(runtime.precision, device)
+    if precision == "fp16" and device in ("cpu", "xla"):
         raise TinykdError(f"runtime.precision=fp16 needs a GPU; on {device} use bf16 or fp32")
-    key = (device, runtime.precision, runtime.compile)
+    key = (device, precision, runtime.compile)
     if _current is not None and _current[0] == key:
         return _current[1]
     _set_accelerate_xla_switch(device == "xla")
@@ -106,7 +130,7 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
         torch.set_num_threads(runtime.threads)
     accelerator = Accelerator(
         cpu=device == "cpu",
-        mixed_precision=_PRECISION[runtime.precision],
+        mixed_precision=_PRECISION[precision],
         dataloader_config=DataLoaderConfiguration(non_blocking=device == "cuda"),
         dynamo_backend="inductor" if runtime.compile else "no",
     )
@@ -211,6 +235,7 @@ def describe_environment() -> list[tuple[str, str]]:
     if xla_installed():
         rows.append(("xla", f"torch_xla installed; PJRT_DEVICE={os.environ.get('PJRT_DEVICE', '(unset)')}"))
     rows.append(("launched processes", str(launched_world_size())))
+    rows.append(("bf16 native", ", ".join(f"{d}: {'yes' if bf16_is_fast(d) else 'no'}" for d in ("cpu", "cuda"))))
     for choice in ("auto", "cpu", "cuda", "mps", "xla"):
         try:
             rows.append((f"runtime.device={choice}", f"runs on {resolve_device(choice)}"))

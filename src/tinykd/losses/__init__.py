@@ -1,6 +1,16 @@
 """Loss terms by name. Each built-in term lives in its own file and is imported here on purpose."""
 
-from tinykd.losses import at, ce, fitnet, kd, logit_mse  # noqa: F401  (registers the built-in terms)
+from tinykd.losses import (  # noqa: F401  (registers the built-in terms)
+    at,
+    attention_mse,
+    ce,
+    cosine,
+    fitnet,
+    hidden_mse,
+    kd,
+    logit_mse,
+    minilm,
+)
 from tinykd.losses.base import LOSSES, LossTerm, Outputs, build_loss_term, register_loss
 from tinykd.losses.kd import kd_loss
 

@@ -2,10 +2,11 @@
 
 A term is a small `nn.Module` that can be used alone in any training loop:
 `term(student, teacher, targets) -> scalar`. `student` and `teacher` are
-`Outputs` (logits plus the feature maps tapped at module paths). A term does
-not hold its weight: the `Distiller` multiplies each term by the weight the
-recipe gives it, so every weight means the same thing ("this term counts this
-much in the total") and there is no `alpha` to read two ways.
+`Outputs` (logits, the feature maps tapped at module paths and, for
+transformers, hidden states, attention probabilities and the padding mask).
+A term does not hold its weight: the `Distiller` multiplies each term by the
+weight the recipe gives it, so every weight means the same thing ("this term
+counts this much in the total") and there is no `alpha` to read two ways.
 """
 
 from __future__ import annotations
@@ -21,19 +22,37 @@ from torch import nn
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
+IGNORE_INDEX = -100  # the target of a position that counts in no loss (PyTorch's and Hugging Face's convention)
+
 
 @dataclass
 class Outputs:
-    """What one forward pass of a model gives the loss terms."""
+    """What one forward pass of a model gives the loss terms.
+
+    `hidden_states` and `attentions` are Hugging Face's (the embedding output first, then one (B, T, D) tensor
+    per layer; one (B, H, T, T) tensor of attention probabilities per layer), present only when a term asks for
+    them. `mask` is the inputs' `attention_mask` (B, T): 1 for real tokens, 0 for padding.
+    """
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    mask: torch.Tensor | None = None
 
 
 class LossTerm(nn.Module):
-    """Base class. Subclasses set `needs_teacher`, list their feature taps, and implement `forward`."""
+    """Base class. Subclasses set `needs_*`, list their feature taps, and implement `forward`."""
 
     needs_teacher: ClassVar[bool] = True
+    needs_hidden_states: ClassVar[bool] = False  # the Distiller then asks the models for `hidden_states`
+    needs_attentions: ClassVar[bool] = False  # ... for `attentions` (switching them to eager attention)
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once with the real models, before the taps are read: find module paths, read configs.
+
+        A term must not keep the models as attributes (they would become its sub-modules).
+        """
 
     def student_taps(self) -> list[str]:
         """Module paths in the student whose outputs this term reads."""
@@ -84,3 +103,43 @@ def _params_schema(cls: type[LossTerm]) -> type[pydantic.BaseModel]:
         fields[pname] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
     config = pydantic.ConfigDict(extra="forbid", strict=False)
     return pydantic.create_model(f"{cls.__name__}Params", __config__=config, **fields)
+
+
+# --- helpers shared by the token-level terms (cosine, hidden_mse, attention_mse, minilm) --------------------------
+
+
+def real_tokens(student: Outputs, teacher: Outputs | None, like: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool, True at real tokens: the outputs' `mask`, or every position of `like` (B, T, ...) without one."""
+    mask = student.mask if student.mask is not None else teacher.mask if teacher is not None else None
+    if mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)
+    if mask.shape != like.shape[:2]:
+        raise ValueError(f"the attention mask is {tuple(mask.shape)} but the sequences are {tuple(like.shape[:2])}")
+    return mask.to(like.device) != 0
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `keep` is True (broadcast), 0 where nothing is kept; padding (even NaN) never counts."""
+    keep = keep.expand_as(values)
+    return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)
+
+
+def check_index(index: int, count: int, label: str, what: str) -> None:
+    """A one-line ValueError unless `index` is a valid Python index into `count` items (`what`)."""
+    if not -count <= index < count:
+        raise ValueError(f"{label} is out of range: the {what} are numbered 0..{count - 1} (or -{count}..-1)")
+
+
+def need_states(outputs: Outputs | None, what: str, role: str) -> tuple[torch.Tensor, ...]:
+    """`outputs.hidden_states` or `.attentions` (named by `what`), or a one-line ValueError if the model gave none."""
+    states = getattr(outputs, what, None) if outputs is not None else None
+    if not states:
+        raise ValueError(f"the {role} gave no {what.replace('_', ' ')}; this term needs a transformers model")
+    return states
+
+
+def same_sequences(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """Student and teacher must see the same tokens: equal batch and sequence length (one tokenizer)."""
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(f"the student sees sequences of shape {tuple(student.shape[:2])} and the teacher "
+                         f"{tuple(teacher.shape[:2])}; student and teacher must share one tokenizer")  # fmt: skip

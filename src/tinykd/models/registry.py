@@ -1,8 +1,8 @@
 """The model registry and `create_model`, timm-style.
 
 Every built-in constructor takes `num_classes` and `in_channels` (and may take
-more keyword arguments). A spec is a registered name, `timm:NAME` or
-`torchvision:NAME`.
+more keyword arguments). A spec is a registered name, `timm:NAME`,
+`torchvision:NAME` or `hf:NAME_OR_DIR` (transformers; `in_channels` is ignored).
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def create_model(spec: str, num_classes: int = 10, in_channels: int = 3, **kwarg
         return _create_timm(spec[5:], num_classes, in_channels, kwargs)
     if spec.startswith("torchvision:"):
         return _create_torchvision(spec[12:], num_classes, in_channels, kwargs)
+    if spec.startswith("hf:"):
+        from tinykd.models.hf import create_hf_model  # imports transformers only when asked for
+
+        _check_kwargs(spec, create_hf_model, kwargs)
+        return create_hf_model(spec[3:], num_classes, **kwargs)
     constructor = MODELS.get(spec)
     _check_kwargs(spec, constructor, kwargs)
     return constructor(num_classes=num_classes, in_channels=in_channels, **kwargs)

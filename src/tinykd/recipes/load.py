@@ -31,7 +31,8 @@ from tinykd.recipes.safe_yaml import (
 )
 from tinykd.recipes.schema import Recipe, section_fields
 
-PATH_FIELDS = (("teacher", "checkpoint"), ("student", "checkpoint"), ("model", "checkpoint"), ("data", "root"))
+PATH_FIELDS = (("teacher", "checkpoint"), ("student", "checkpoint"), ("model", "checkpoint"), ("data", "root"),
+               ("data", "train"), ("data", "test"))  # fmt: skip
 
 def builtin_recipes() -> dict[str, Path]:
     """Built-in recipes shipped inside the package: {name: path}."""
@@ -148,6 +149,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
             sec[key] = _absolute_path(sec[key], base, f"recipe key '{section}.{key}'")
+    # Names that may be a folder or a hub id (`hf:./my-bert`, `tokenizer: ../tok`): a folder next to the recipe
+    # is made absolute, anything else (`hf:bert`, `bert-base-uncased`) is left as written.
+    for section, key, prefix in (("teacher", "name", "hf:"), ("student", "name", "hf:"), ("model", "name", "hf:"),
+                                 ("data", "tokenizer", "")):  # fmt: skip
+        sec = data.get(section)
+        value = sec.get(key) if isinstance(sec, dict) else None
+        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):]:
+            rest = value[len(prefix):]
+            if rest.startswith((".", "~")) or (base / rest).is_dir():
+                sec[key] = prefix + _absolute_path(rest, base, f"recipe key '{section}.{key}'")
 
 
 def _absolute_path(value: str, base: Path, where: str, resolve: bool = False) -> str:

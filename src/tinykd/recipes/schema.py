@@ -17,18 +17,26 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    """A model by name (`resnet8x4`, `timm:resnet18`, `torchvision:mobilenet_v3_small`), with weights optionally."""
+    """A model by name (`resnet8x4`, `timm:resnet18`, `torchvision:mobilenet_v3_small`, `hf:bert`, `hf:DIR`,
+    `hf:HUB_ID`), with weights optionally."""
 
     name: str = Field(min_length=1)
     checkpoint: str | None = Field(None, description="a .safetensors file or a tinykd run folder")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="teacher only: the number format it runs in (frozen, so bf16 costs little accuracy)"
-    )
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="teacher only: the number format it runs in (frozen, so bf16 costs little accuracy); "
+        "auto: bf16 where the hardware runs it natively, else fp32"
+    )  # fmt: skip
+    init_from_teacher: list[int] | Literal["every-other"] | None = Field(
+        None, description="student only (hf: models): start as a copy of the teacher keeping these layers, "
+        "DistilBERT-style; the student's name and kwargs are then not used"
+    )  # fmt: skip
 
 
 class DataSpec(Section):
-    name: str = Field(min_length=1, description="fashion-mnist, digits, cifar10, cifar100, imagefolder")
+    """Images (fashion-mnist, digits, cifar10, cifar100, imagefolder) or text (text, sst2, hf:DATASET[/CONFIG])."""
+
+    name: str = Field(min_length=1, description="a registered dataset, or hf:DATASET[/CONFIG] for text")
     root: str | None = None
     download: bool = False
     augment: bool = True
@@ -41,6 +49,20 @@ class DataSpec(Section):
     bad_images: Literal["error", "skip"] = Field(
         "error", description="imagefolder: an unreadable file stops the run before training, or is left out"
     )
+    # text
+    train: str | None = Field(None, description="text: the training file (csv, tsv, jsonl or parquet)")
+    test: str | None = Field(None, description="text: the test file")
+    text_column: str | None = Field(None, description="text: default the first of text, sentence, content, review")
+    text_pair_column: str | None = Field(None, description="text: a second text per sample (sentence pairs)")
+    label_column: str = "label"
+    task: Literal["classification", "masked-lm"] = "classification"
+    max_length: int = Field(128, gt=1, le=8192, description="text: tokens per sequence, at most")
+    tokenizer: str | None = Field(
+        None, description="text: a tokenizer directory or hub id; default the teacher's, else one trained here"
+    )
+    vocab_size: int = Field(8000, ge=100, le=1_000_000, description="text: size of a WordPiece trained here")
+    lowercase: bool = Field(True, description="text: a WordPiece trained here lowercases")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: fraction of tokens to predict")
 
 
 class LossTermSpec(BaseModel):
@@ -95,7 +117,9 @@ class RuntimeSpec(Section):
     """Where and how the run executes. `auto` takes cuda, else xla (when PJRT_DEVICE is set), else mps, else cpu."""
 
     device: Literal["auto", "cpu", "cuda", "mps", "xla"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast; fp16 adds a loss scaler")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="autocast; fp16 adds a loss scaler; auto: bf16 where native (GPU, TPU, AMX CPU), else fp32"
+    )
     compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
@@ -107,6 +131,7 @@ class MeasureSpec(Section):
     enabled: bool = True
     latency_repeats: int = Field(200, gt=0, le=100000)
     throughput_batch: int = Field(64, gt=0, le=65536)
+    sequence_length: int = Field(64, gt=0, le=8192, description="text models: tokens per timed sequence")
     threads: int | None = Field(None, gt=0, le=1024)
 
 
@@ -143,6 +168,10 @@ class Recipe(Section):
             raise ValueError("loss_terms is empty: give at least one term, e.g. ce: {weight: 1.0}")
         if self.trained.precision != "fp32":
             raise ValueError("precision is for the frozen teacher; the trained model's is runtime.precision")
+        if self.trained.init_from_teacher is not None and self.teacher is None:
+            raise ValueError("student.init_from_teacher copies layers of the teacher; add a 'teacher' section")
+        if self.teacher is not None and self.teacher.init_from_teacher is not None:
+            raise ValueError("init_from_teacher is for the student, not the teacher")
         return self
 
     @property

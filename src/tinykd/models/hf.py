@@ -1,0 +1,277 @@
+"""Hugging Face transformers by name (`hf:NAME_OR_DIR`), and a student started from its teacher's layers.
+
+`hf:` resolves a local directory (weights loaded), a model type such as `bert` (built from its config, no
+weights, no network) or a hub id (loaded from the cache when downloads are off). `student_from_teacher` is
+DistilBERT's initialisation (Sanh et al. 2019): the teacher with every other transformer layer, copied tensor
+for tensor. transformers is imported inside the functions: it is slow to import, and vision-only use of
+tinykd never needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tinykd.errors import TinykdError, close_matches
+
+TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM"}
+
+# model_type -> the transformer stacks: (config key of the layer count, module path under `model.base_model`).
+# An encoder-decoder lists two stacks, e.g. "bart": (("encoder_layers", "encoder.layers"), ("decoder_layers", ...)).
+LAYER_STACKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "bert": (("num_hidden_layers", "encoder.layer"),),
+    "roberta": (("num_hidden_layers", "encoder.layer"),),
+    "xlm-roberta": (("num_hidden_layers", "encoder.layer"),),
+    "electra": (("num_hidden_layers", "encoder.layer"),),
+    "distilbert": (("n_layers", "transformer.layer"),),
+    "gpt2": (("n_layer", "h"),),
+}
+
+# Config keys that name a saved file's origin or that `AutoConfig.for_model` sets itself (`num_labels` comes
+# from `num_classes`, which the checkpoint records already), so a rebuilt config stays exact and JSON-able.
+_NOT_REBUILT = ("model_type", "architectures", "transformers_version", "_name_or_path", "id2label", "label2id",
+                "num_labels", "torch_dtype", "dtype", "_commit_hash", "auto_map")  # fmt: skip
+
+
+def _offline() -> bool:
+    return os.environ.get("TINYKD_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") == "1"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _looks_like_path(name: str) -> bool:
+    """`./x`, `/x`, `~/x`, `a/b/c`, or `a/b` whose `a` is a local folder: never a hub id (`org/model`)."""
+    return (
+        name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(name.split("/")[0]).is_dir())
+    )
+
+
+def create_hf_model(name: str, num_classes: int | None = None, task: str = "classification",
+                    config: dict | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
+                    attn_implementation: str | None = None, revision: str | None = None) -> nn.Module:  # fmt: skip
+    """The model `hf:<name>` for `task`: a local directory, a transformers model type, or a hub id."""
+    if task not in TASK_CLASSES:
+        raise TinykdError(f"unknown task '{task}' for hf:{name}; tasks: {', '.join(TASK_CLASSES)}")
+    if task == "classification" and (num_classes is None or num_classes < 1):
+        raise TinykdError(f"hf:{name} as a classifier needs num_classes >= 1, got {num_classes}")
+    import transformers
+
+    auto = getattr(transformers, TASK_CLASSES[task])
+    extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    labels = {"num_labels": num_classes} if task == "classification" else {}
+    overrides = dict(config or {})
+    if "num_labels" in overrides and labels and overrides["num_labels"] != num_classes:
+        raise TinykdError(f"hf:{name}: config num_labels={overrides['num_labels']} but the data has {num_classes} "
+                          "classes; drop num_labels from the config")  # fmt: skip
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise TinykdError(f"hf:{name} is a directory without config.json; give a save_pretrained directory")
+            base = transformers.AutoConfig.from_pretrained(path)
+            if overrides:  # a new architecture from the saved one: no weights
+                base.update({**labels, **overrides})
+                return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides)
+            _check_vocab(name, base, vocab_size)
+            if labels and _has_classifier(base) and base.num_labels != num_classes:
+                warnings.warn(f"hf:{name} was saved with {base.num_labels} labels; a new {num_classes}-label head "
+                              "is initialised", stacklevel=2)  # fmt: skip
+                extra["ignore_mismatched_sizes"] = True
+            if base.pad_token_id is None and pad_token_id is not None:
+                extra["pad_token_id"] = pad_token_id
+            if labels and base.num_labels == num_classes:
+                labels = {}  # keep the saved label names
+            return _load_pretrained(auto, path, name, **labels, **extra)
+        if name in transformers.CONFIG_MAPPING:
+            base = transformers.AutoConfig.for_model(name, **{**labels, **overrides})
+            return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides)
+        if path.exists():
+            raise TinykdError(f"hf:{name} is a file; give the directory that holds its config.json")
+        if _looks_like_path(name):
+            raise TinykdError(f"hf:{name}: directory {path} does not exist")
+        if overrides:
+            raise TinykdError(
+                f"hf:{name} is not a transformers model type{close_matches(name, transformers.CONFIG_MAPPING)}"
+                "; config overrides need a model type (bert, gpt2, ...) or a local directory"
+            )
+        return _from_hub(auto, name, revision, labels, pad_token_id, extra)
+    except (OSError, ValueError, ImportError, TypeError) as exc:
+        raise TinykdError(f"hf:{name} ({task}) could not be built: {_first_line(exc)}") from None
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and its multi-line load report off: tinykd prints one line of its own."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_pretrained(auto: Any, source: Any, name: str, **kwargs: Any) -> nn.Module:
+    """`from_pretrained`, saying in one line which weights were new (a fresh head) and which were left unused."""
+    with _quiet_transformers():
+        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    new, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    resized = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or [])
+    parts = [f"{len(new)} new tensors ({_short(new)})" if new else "",
+             f"{len(resized)} re-initialised for a new shape ({_short(resized)})" if resized else "",
+             f"{len(unused)} saved tensors unused ({_short(unused)})" if unused else ""]  # fmt: skip
+    if any(parts):
+        print(f"tinykd: hf:{name}: weights loaded; " + "; ".join(p for p in parts if p), flush=True)
+    return model
+
+
+def _short(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+
+def _from_config(auto: Any, base: Any, vocab_size: int | None, pad_token_id: int | None, extra: dict[str, Any],
+                 name: str, task: str, keep: dict | None = None) -> nn.Module:  # fmt: skip
+    """A fresh model of `base`'s architecture; the tokenizer's vocab size and pad id unless the config sets them."""
+    keep = keep or {}
+    if vocab_size is not None and "vocab_size" not in keep:
+        base.vocab_size = vocab_size
+    if pad_token_id is not None and "pad_token_id" not in keep:
+        base.pad_token_id = pad_token_id
+    try:
+        return auto.from_config(base, **extra)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise TinykdError(f"hf:{name} ({base.model_type}) has no '{task}' model in transformers") from None
+        raise
+
+
+def _from_hub(auto: Any, name: str, revision: str | None, labels: dict[str, Any], pad_token_id: int | None,
+              extra: dict[str, Any]) -> nn.Module:  # fmt: skip
+    offline = _offline()
+    kwargs = {**labels, **extra, **({"revision": revision} if revision else {})}
+    if offline:
+        kwargs["local_files_only"] = True
+    try:
+        model = _load_pretrained(auto, name, name, **kwargs)
+    except OSError as exc:
+        if offline:
+            raise TinykdError(f"hf:{name} is not in the local Hugging Face cache and downloads are off "
+                              "(TINYKD_OFFLINE or HF_HUB_OFFLINE); download it once with network access, or give a "
+                              "local directory (hf:/path/to/model)") from None  # fmt: skip
+        raise TinykdError(f"hf:{name} could not be loaded from the hub: {_first_line(exc)}") from None
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _check_vocab(name: str, config: Any, vocab_size: int | None) -> None:
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        raise TinykdError(f"hf:{name} embeds {config.vocab_size} tokens but the tokenizer has {vocab_size}; "
+                          "use the tokenizer saved with the model")  # fmt: skip
+
+
+def _has_classifier(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """A transformers `PreTrainedModel` (without importing transformers when nothing has)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+def hf_checkpoint_spec(model: nn.Module, task: str) -> tuple[str, dict]:
+    """(name, kwargs) that rebuild this architecture with create_model, no weights and no network:
+    ("hf:<model_type>", {"task": task, "config": <config dict that AutoConfig.for_model accepts>}).
+
+    The config is the full `to_dict()`, not the diff against defaults, so a newer transformers with other
+    defaults rebuilds the same architecture; the keys that name an origin or are set by `create_model` go.
+    """
+    if not is_hf_model(model):
+        raise TinykdError(f"{type(model).__name__} is not a Hugging Face model; only hf: models have a config spec")
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_REBUILT}
+    return f"hf:{model.config.model_type}", {"task": task, "config": config}
+
+
+def _stacks(model: nn.Module) -> tuple[tuple[str, str], ...]:
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if not is_hf_model(model) or model_type not in LAYER_STACKS:
+        raise TinykdError(f"cannot start a student from a '{model_type}' teacher: its layer stacks are unknown; "
+                          f"known: {', '.join(LAYER_STACKS)}")  # fmt: skip
+    return LAYER_STACKS[model_type]
+
+
+def _kept_layers(layers: list[int] | str | None, count: int) -> list[int]:
+    if layers is None or layers == "every-other":
+        return list(range(0, count, 2))
+    if isinstance(layers, str):
+        raise TinykdError(f"layers '{layers}' is unknown; give 'every-other' or a list of layer indices")
+    kept = list(layers)
+    in_range = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in kept)
+    if not kept or not in_range or kept != sorted(set(kept)):
+        raise TinykdError(f"layers {kept} must be distinct teacher layer indices in 0..{count - 1}, "
+                          "in increasing order, at least one")  # fmt: skip
+    return kept
+
+
+def student_from_teacher(teacher: nn.Module, layers: list[int] | str | None = None) -> nn.Module:
+    """A copy of `teacher` that keeps only the transformer layers listed (default "every-other": 0, 2, 4, ...),
+    with the embeddings, the kept layers (renumbered 0..k-1) and the head copied tensor for tensor."""
+    stacks = _stacks(teacher)
+    base_model: nn.Module = teacher.base_model  # type: ignore[assignment]
+    names = {id(m): n for n, m in teacher.named_modules()}
+    config = copy.deepcopy(teacher.config)
+    renames: dict[str, str] = {}  # "prefix.<teacher index>." -> "prefix.<student index>."
+    dropped: list[str] = []
+    for count_key, path in stacks:
+        count = getattr(config, count_key)
+        kept = _kept_layers(layers, count)
+        prefix = names[id(base_model.get_submodule(path))]
+        renames.update({f"{prefix}.{old}.": f"{prefix}.{new}." for new, old in enumerate(kept)})
+        dropped += [f"{prefix}.{i}." for i in range(count) if i not in kept]
+        setattr(config, count_key, len(kept))
+        if len(getattr(config, "layer_types", None) or []) == count:  # per-layer settings shrink with the stack
+            config.layer_types = [config.layer_types[i] for i in kept]
+    state = {}
+    for key, tensor in teacher.state_dict().items():
+        if any(key.startswith(d) for d in dropped):
+            continue
+        old = next((r for r in renames if key.startswith(r)), None)
+        state[renames[old] + key[len(old) :] if old else key] = tensor
+    student = type(teacher)(config).to(device=teacher.device, dtype=teacher.dtype)
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None = None) -> Path:
+    """`save_pretrained` of the model (safetensors) and of the tokenizer if given: a normal Hugging Face
+    directory that `AutoModel...from_pretrained` and `AutoTokenizer.from_pretrained` read back."""
+    if not is_hf_model(model):
+        raise TinykdError(f"{type(model).__name__} is not a Hugging Face model; save it as a tinykd checkpoint")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise TinykdError(f"{out} is a file; give a directory to save the Hugging Face model in")
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():  # a run's log has no use for a bar over one file
+        model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
