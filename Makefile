@@ -13,7 +13,7 @@ XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
 # about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
 WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
-.PHONY: demo test test-main test-xla data lint bench clean
+.PHONY: demo test test-main test-xla data lint bench bench-text clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test-xla: $(XSTAMP)
 
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py
+
+# SST-2: TINYKD_DATA names a folder with sst2/train.tsv and sst2/dev.tsv (hours on 2 CPU cores)
+bench-text: $(STAMP)
+	$(PY) bench/text_kd.py --data $${TINYKD_DATA:?set TINYKD_DATA to a folder that holds sst2/}
 
 clean:
 	rm -rf $(VENV) $(XVENV) runs .pytest_cache .ruff_cache

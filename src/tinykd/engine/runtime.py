@@ -104,6 +104,23 @@ def _set_accelerate_xla_switch(use_xla: bool) -> None:
             imports.is_torch_xla_available.cache_clear()
 
 
+def _never_skip_the_mask(*args: object, **kwargs: object) -> bool:
+    return False
+
+
+def _keep_transformers_masks_on_device() -> None:
+    """transformers' SDPA masks ask `padding_mask.all()` on the host to skip an all-ones mask: on XLA each such
+    question ends the graph and runs it (two extra executions per distillation step). Skipping the mask is only an
+    optimisation, so on XLA the mask is always built; the step stays one graph."""
+    if importlib.util.find_spec("transformers") is None:
+        return
+    from transformers import masking_utils
+
+    for name in ("_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa"):
+        if hasattr(masking_utils, name):
+            setattr(masking_utils, name, _never_skip_the_mask)
+
+
 def launched_world_size() -> int:
     """The number of processes a launcher (torchrun, accelerate launch) started, 1 if none."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -120,6 +137,8 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
     if _current is not None and _current[0] == key:
         return _current[1]
     _set_accelerate_xla_switch(device == "xla")
+    if device == "xla":
+        _keep_transformers_masks_on_device()
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration

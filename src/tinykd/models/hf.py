@@ -261,6 +261,19 @@ def student_from_teacher(teacher: nn.Module, layers: list[int] | str | None = No
     return student
 
 
+def _cpu_state_dict(model: nn.Module) -> dict[str, Any] | None:
+    """The weights on the CPU, tied ones still one tensor; None (the model's own) when they are there already.
+    safetensors reads storage pointers, which tensors on an XLA device do not have."""
+    state = model.state_dict(keep_vars=True)
+    if all(v.device.type == "cpu" for v in state.values()):
+        return None
+    copies: dict[int, Any] = {}
+    for v in state.values():
+        if id(v) not in copies:
+            copies[id(v)] = v.detach().cpu()
+    return {k: copies[id(v)] for k, v in state.items()}
+
+
 def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None = None) -> Path:
     """`save_pretrained` of the model (safetensors) and of the tokenizer if given: a normal Hugging Face
     directory that `AutoModel...from_pretrained` and `AutoTokenizer.from_pretrained` read back."""
@@ -271,7 +284,7 @@ def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None 
         raise TinykdError(f"{out} is a file; give a directory to save the Hugging Face model in")
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():  # a run's log has no use for a bar over one file
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=_cpu_state_dict(model))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
