@@ -161,6 +161,7 @@ def test_the_edge_tools_on_a_text_student(workdir: Path, teacher_run: Path, monk
     int8, quantized = quantize_model("student", repeats=3, batch=4)
     assert quantized["mode"] == "dynamic" and "Gather" in quantized["op_types"]  # the embeddings too
     assert quantized["size_after"] < quantized["size_before"] and quantized["accuracy_drop_points"] < 10
+    assert sorted(p.name for p in workdir.iterdir() if p.suffix in (".onnx", ".data")) == [], "ORT's temporary files"
     rows, _ = profile_model("student", repeats=3, batch=4)
     assert [r["sequence_length"] for r in rows] == [16, 64, 16, 64]  # 128 is past the model's 64 positions
     assert rows[1]["macs"] > 3 * rows[0]["macs"] and rows[2]["format"] == "onnx fp32 (ort)"

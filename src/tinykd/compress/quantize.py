@@ -13,11 +13,14 @@ Accuracy is measured on the whole test set of the model's own recipe, before and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,14 @@ DYNAMIC_OPS = ("MatMul", "Gemm")
 TEXT_DYNAMIC_OPS = (*DYNAMIC_OPS, "Gather")  # a text model's token embeddings are a Gather: often most of it
 
 
+@contextmanager
+def _scratch_folder() -> Iterator[Path]:
+    """A temporary folder, also the working directory while ORT runs: when its symbolic shape inference is
+    incomplete, it saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` file into the working directory."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        yield Path(tmp)
+
+
 def _preprocess(fp32_path: Path, folder: Path) -> tuple[Path, str | None]:
     """ORT's recommended pre-processing (shape inference, graph optimisation); the input itself if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -83,7 +94,7 @@ def quantize_static_onnx(
         quantize_static,
     )
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    fp32_path, out_path = Path(fp32_path).absolute(), Path(out_path).absolute()
     read_onnx(fp32_path)
     calibration = np.asarray(calibration)
     if calibration.ndim == 0 or len(calibration) == 0:
@@ -109,8 +120,8 @@ def quantize_static_onnx(
             return {name: chunk}
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        model_in, skipped = _preprocess(fp32_path, Path(tmp))
+    with _scratch_folder() as tmp:
+        model_in, skipped = _preprocess(fp32_path, tmp)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         quantize_static(str(model_in), str(out_path), Batches(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -128,12 +139,12 @@ def quantize_dynamic_onnx(
     """Dynamic int8 quantization of the weights of `op_types` nodes (default: MatMul and Gemm only)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    fp32_path, out_path = Path(fp32_path).absolute(), Path(out_path).absolute()
     model = read_onnx(fp32_path)
     matched = sum(node.op_type in op_types for node in model.graph.node)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        model_in, skipped = _preprocess(fp32_path, Path(tmp))
+    with _scratch_folder() as tmp:
+        model_in, skipped = _preprocess(fp32_path, tmp)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         quantize_dynamic(str(model_in), str(out_path), op_types_to_quantize=list(op_types),
                          weight_type=QuantType.QInt8)  # fmt: skip
