@@ -18,7 +18,7 @@ from tinykd.distill import Distiller
 from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
-from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint
+from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
 
@@ -77,11 +77,6 @@ def checkpoint_tokenizer(checkpoint: str | Path) -> Path | None:
         raise TinykdError(f"checkpoint {file} was trained with the tokenizer in {folder}, which is missing; "
                           "set data.tokenizer to a tokenizer folder")  # fmt: skip
     return folder
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    """`RUN/checkpoints/best.safetensors` -> `RUN`; any other file -> its folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def _has_tokenizer(folder: Path) -> bool:

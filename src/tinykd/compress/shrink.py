@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinykd.compress.source import is_checkpoint_source, load_checkpoint_model
+from tinykd.compress.source import is_checkpoint_source, load_checkpoint_model, saved_tokenizer
 from tinykd.errors import TinykdError
 from tinykd.measure import count_params
 
@@ -33,14 +33,12 @@ def load_hf_source(source: str | Path) -> tuple[Any, Any]:
     if not is_checkpoint_source(source):
         raise TinykdError(f"{source} is neither a Hugging Face directory (config.json) nor a tinykd run or checkpoint")
     loaded = load_checkpoint_model(source)
-    tokenizer = None
-    if loaded.meta.get("tokenizer"):
-        from transformers import AutoTokenizer
+    folder = saved_tokenizer(loaded.meta, loaded.path)
+    if folder is None:
+        return loaded.model, None
+    from transformers import AutoTokenizer
 
-        run_dir = loaded.path.parent.parent if loaded.path.parent.name == "checkpoints" else loaded.path.parent
-        folder = run_dir / str(loaded.meta["tokenizer"])
-        tokenizer = AutoTokenizer.from_pretrained(str(folder)) if folder.is_dir() else None
-    return loaded.model, tokenizer
+    return loaded.model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def shrink_command(source: str | Path, layers: str = "every-other", out: str | Path | None = None,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tinykd.errors import TinykdError
-from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint
+from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
 
 
 @dataclass
@@ -85,7 +85,7 @@ def checkpoint_recipe(meta: dict[str, Any], where: Path | str, overrides: list[s
         raise TinykdError(f"{where} has no tinykd recipe in its metadata, so its dataset is unknown; "
                           "pass --recipe RECIPE to name the data")  # fmt: skip
     data = json.loads(json.dumps(meta["recipe"]))
-    tokenizer = _saved_tokenizer(meta, where)
+    tokenizer = saved_tokenizer(meta, where)
     if tokenizer is not None and isinstance(data.get("data"), dict) and not data["data"].get("tokenizer"):
         data["data"]["tokenizer"] = str(tokenizer)  # the text was tokenized with the run's own tokenizer
     for item in overrides or []:
@@ -93,13 +93,11 @@ def checkpoint_recipe(meta: dict[str, Any], where: Path | str, overrides: list[s
     return validate_recipe(data)
 
 
-def _saved_tokenizer(meta: dict[str, Any], where: Path | str) -> Path | None:
+def saved_tokenizer(meta: dict[str, Any], where: Path | str) -> Path | None:
     """The tokenizer folder a text checkpoint names (relative to its run folder), when it is there."""
     if not meta.get("tokenizer") or not str(where).endswith(".safetensors"):
         return None
-    path = Path(where)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    folder = run_dir / str(meta["tokenizer"])
+    folder = run_folder_of(Path(where)) / str(meta["tokenizer"])
     return folder if folder.is_dir() else None
 
 

@@ -70,6 +70,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def run_folder_of(checkpoint: Path) -> Path:
+    """`RUN/checkpoints/best.safetensors` -> `RUN`; any other file -> its folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run folder (its best checkpoint, else its last)."""
     p = Path(path)
