@@ -185,6 +185,29 @@ def test_resume_refuses_what_it_cannot_continue(recipe_file: Path, reference: Pa
     assert _weights(run)["last"].keys() == _weights(reference)["last"].keys()  # nothing was touched
 
 
+def test_memory_and_warm_up_terms_resume_bit_for_bit(recipe_file: Path, tmp_path: Path) -> None:
+    """CRD's memory banks and Z (term state in the checkpoint) and DKD's warm-up (set again at each epoch): a run
+    killed in its second epoch and resumed gives the uninterrupted run's student, bit for bit."""
+    recipe = yaml.safe_load(recipe_file.read_text())
+    recipe["loss_terms"] = {
+        "ce": {"weight": 1.0},
+        "dkd": {"weight": 1.0, "warmup": 2},
+        "crd": {"weight": 0.8, "negatives": 64, "feat_dim": 16},
+    }
+    path = tmp_path / "memory.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    reference = tmp_path / "reference"
+    assert tinykd_cli("distill", str(path), "--out", str(reference), cwd=tmp_path).returncode == 0
+    out = tmp_path / "run"
+    killed = tinykd_cli("distill", str(path), "--out", str(out), kill="step:11", cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = tinykd_cli("distill", "--resume", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, reference)
+    state = load_file(str(next((out / "checkpoints" / "resume").glob("*/train_state.safetensors"))))
+    assert {"task.terms.crd.bank_student", "task.terms.crd.bank_teacher", "task.terms.crd.z"} <= set(state)
+
+
 # --- in-process cases -----------------------------------------------------------------------------------------
 
 DIGITS = {

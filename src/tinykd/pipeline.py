@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from tinykd.data import DataBundle, build_datasets, make_loader
+from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
 from tinykd.data.text import TextOptions
 from tinykd.distill import Distiller
 from tinykd.errors import TinykdError
@@ -163,12 +164,18 @@ def probe_batch(data: DataBundle) -> Any:
 
 
 def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | None, probe_inputs: Any,
-                    teacher_precision: str | None = None) -> Distiller:  # fmt: skip
+                    teacher_precision: str | None = None, num_samples: int | None = None) -> Distiller:  # fmt: skip
     """Student, teacher (in `teacher_precision`: `teacher.precision` with `auto` resolved for the device) and
-    weighted loss terms, checked on the probe batch."""
+    weighted loss terms, checked on the probe batch; `num_samples`, the training set's size, for terms that keep
+    a memory per sample (then train on `training_set(...)`)."""
     precision = teacher_precision or (recipe.teacher.precision if recipe.teacher is not None else "fp32")
     dtype = TEACHER_DTYPES.get(precision) if teacher is not None else None
-    return Distiller(teacher, student, build_loss_terms(recipe), probe_inputs, dtype)
+    return Distiller(teacher, student, build_loss_terms(recipe), probe_inputs, dtype, num_samples)
+
+
+def training_set(data: DataBundle, distiller: Distiller) -> Dataset:
+    """The training set as the distiller needs it: with each sample's index when a term keeps per-sample memory."""
+    return WithIndex(data.train) if distiller.needs_index else data.train
 
 
 def measure_input(data: DataBundle, probe_inputs: Any, length: int) -> dict[str, torch.Tensor]:

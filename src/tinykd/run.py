@@ -25,6 +25,7 @@ from tinykd.pipeline import (
     measure_input,
     needs_teacher,
     probe_batch,
+    training_set,
 )
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
 from tinykd.report import format_table, rows_markdown
@@ -71,7 +72,7 @@ def run(
         teacher = None  # it was loaded only to start the student from its layers
     probe_inputs = probe_batch(data)
     precision = resolve_precision(recipe.teacher.precision, engine.device.type) if recipe.teacher else None
-    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision)
+    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision, len(data.train))
     needed = checkpoint_bytes(distiller, student, recipe)
     run_dir = engine.on_main(
         lambda: check_resume_dir(resume, recipe, out, overwrite, needed) if resume is not None
@@ -87,7 +88,8 @@ def run(
     if text and engine.is_main and not (run_dir / "tokenizer").is_dir():
         data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))  # the run's checkpoints name it
 
-    train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
+    train_set = training_set(data, distiller)
+    train_loader = engine.loader(train_set, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
     meta = {"model": recipe.trained.name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,

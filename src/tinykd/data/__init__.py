@@ -6,7 +6,9 @@ from tinykd.data.loader import (
     BatchDataset,
     BatchSubset,
     EpochShuffle,
+    Indexed,
     PadToMultiple,
+    WithIndex,
     collate_batched,
     fetch_batch,
     make_loader,
@@ -16,5 +18,6 @@ from tinykd.data.tensors import Augment, TensorImageDataset
 from tinykd.data.text import TASKS, TextDataset, TextOptions, train_wordpiece
 
 __all__ = ["DATASETS", "TASKS", "Augment", "Batch", "BatchDataset", "BatchSubset", "DataBundle", "EpochShuffle",
-           "PadToMultiple", "TensorImageDataset", "TextDataset", "TextOptions", "build_datasets", "collate_batched",
-           "fetch_batch", "make_loader", "seeded_generator", "train_wordpiece"]  # fmt: skip
+           "Indexed", "PadToMultiple", "TensorImageDataset", "TextDataset", "TextOptions", "WithIndex",
+           "build_datasets", "collate_batched", "fetch_batch", "make_loader", "seeded_generator",
+           "train_wordpiece"]  # fmt: skip

@@ -90,6 +90,30 @@ class BatchSubset(BatchDataset):
         return None if lengths is None else [lengths[i] for i in self.indices]
 
 
+class Indexed(NamedTuple):
+    """A batch's inputs with each sample's position in its dataset: for terms that keep a per-sample memory."""
+
+    inputs: Any
+    index: torch.Tensor
+
+
+class WithIndex(BatchDataset):
+    """`dataset`, whose batches' inputs come as `Indexed(inputs, index)` (index: int64 positions in `dataset`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def get_batch(self, indices: Sequence[int]) -> Batch:
+        inputs, targets = fetch_batch(self.dataset, indices)
+        return Batch(Indexed(inputs, torch.as_tensor(list(indices), dtype=torch.int64)), targets)
+
+    def sample_lengths(self) -> list[int] | None:
+        return dataset_lengths(self.dataset)
+
+
 class PadToMultiple(BatchDataset):
     """Pad a dataset to a multiple of the batch size with copies of its first sample, targets set to IGNORE.
 
@@ -184,11 +208,17 @@ def make_loader(
 ) -> DataLoader:
     """Training loaders shuffle (seeded) and drop the last partial batch, so every step has the same shape.
 
+    Loaders leave torch's global random generator alone: it belongs to the training step.
+
     A training set with `sample_lengths()` (text) is bucketed by length: see `EpochShuffle`.
     """
     lengths = dataset_lengths(dataset) if train else None
     return DataLoader(
         dataset,
+        # its own generator: starting an epoch's iterator draws a base seed, and drawn from torch's global
+        # generator it would shift every random draw of the training step (dropout, CRD's negatives) by one
+        # at each epoch start, so a run resumed mid-epoch would not be the run it continues
+        generator=torch.Generator().manual_seed(seed),
         batch_size=batch_size,
         sampler=EpochShuffle(len(dataset), seed, lengths, batch_size) if train else None,  # type: ignore[arg-type]
         drop_last=train,

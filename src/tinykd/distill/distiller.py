@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinykd.data.loader import Indexed
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
@@ -49,6 +50,8 @@ class Distiller(nn.Module):
     feature terms. `forward(inputs, targets)` returns the student's logits and
     a dict of weighted loss values, one per term. `teacher_dtype` (e.g.
     torch.bfloat16) casts the frozen teacher once; its outputs come back as float32.
+    Terms that keep a memory per training sample (`needs_index`, CRD) need
+    `num_samples`, and inputs that come as `Indexed(inputs, index)` (`WithIndex`).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Distiller(nn.Module):
         loss_terms: Mapping[str, tuple[LossTerm, float] | LossTerm],
         example_inputs: Any = None,
         teacher_dtype: torch.dtype | None = None,
+        num_samples: int | None = None,
     ) -> None:
         super().__init__()
         if not loss_terms:
@@ -84,6 +88,18 @@ class Distiller(nn.Module):
                 term.bind(student, teacher)
             except ValueError as exc:
                 raise TinykdError(f"loss term '{name}': {exc}") from None
+        self.needs_index = any(term.needs_index for term in self.terms.values())
+        if self.needs_index:
+            if not num_samples:
+                names = ", ".join(k for k, t in self.terms.items() if t.needs_index)
+                raise TinykdError(f"loss term(s) {names} keep a memory per training sample and need num_samples "
+                                  "(the size of the training set)")  # fmt: skip
+            for name, term in self.terms.items():
+                try:
+                    if term.needs_index:
+                        term.bind_dataset(num_samples)
+                except ValueError as exc:
+                    raise TinykdError(f"loss term '{name}': {exc}") from None
         self._hidden_states = any(term.needs_hidden_states for term in self.terms.values())
         self._attentions = [name for name, term in self.terms.items() if term.needs_attentions]
         if self._attentions:
@@ -125,6 +141,11 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
+    def set_epoch(self, epoch: int) -> None:
+        """The engine calls this at the start of every epoch (from 1); the terms that follow training hear it."""
+        for term in self.terms.values():
+            term.set_epoch(epoch)
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The student's parameters and those of the terms' adapters: what the optimizer gets."""
         yield from self.student.parameters()
@@ -153,8 +174,12 @@ class Distiller(nn.Module):
             self.student.train(was_training)
 
     def forward(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index = None
+        if isinstance(inputs, Indexed):
+            inputs, index = inputs
         teacher = self._teacher_outputs(inputs)
         student = self._student_outputs(inputs)
+        student.index = index
         losses = {k: self.weights[k] * term(student, teacher, targets) for k, term in self.terms.items()}
         return student.logits, losses
 

@@ -4,7 +4,10 @@
 of each named module, so loss terms can use intermediate features of
 unmodified models (torchvision, timm, Hugging Face). A module that returns a
 tuple or a model-output object (as transformer layers do) gives its first
-tensor. Hooks are removed by `remove()` or on leaving a `with` block.
+tensor. `PATH:input` reads the module's first input instead of its output:
+`fc:input` is the embedding a classifier `fc` sees (what relational terms
+such as RKD, PKT and CRD compare). Hooks are removed by `remove()` or on
+leaving a `with` block.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from tinykd.errors import TinykdError, close_matches
+from tinykd.losses.base import TAP_INPUT as INPUT
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -50,12 +54,13 @@ class FeatureTaps:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = []
         for path in dict.fromkeys(paths):  # keep order, drop duplicates
-            module = find_module(model, path, role)
-            self._handles.append(module.register_forward_hook(self._recorder(path)))
+            module_path, reads_input = (path[: -len(INPUT)], True) if path.endswith(INPUT) else (path, False)
+            module = find_module(model, module_path, role)
+            self._handles.append(module.register_forward_hook(self._recorder(path, reads_input)))
 
-    def _recorder(self, path: str):
+    def _recorder(self, path: str, reads_input: bool):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            self.outputs[path] = first_tensor(output)
+            self.outputs[path] = first_tensor(inputs if reads_input else output)
 
         return hook
 

@@ -1,7 +1,8 @@
 """The training engine: one readable loop on top of Hugging Face Accelerate.
 
 It trains any `task` module whose `forward(inputs, targets)` returns
-`(logits, {name: loss})` and that offers `trainable_parameters()`; it checkpoints
+`(logits, {name: loss})` and that offers `trainable_parameters()` (and, if it
+wants to hear it, `set_epoch(epoch)` at the start of each epoch); it checkpoints
 and evaluates `model`, the module that will be kept. It does not know what
 distillation is, and nothing here names a device: Accelerate places the work.
 Per-step values stay on the device and are read once per `log_every` steps, so
@@ -158,6 +159,8 @@ class Engine:
         with faults.StopSignals() as signals, progress_bar(self.is_main) as bar:
             for epoch in range(pos.epoch_done + 1, spec.epochs + 1):
                 task.train()
+                if hasattr(acc.unwrap_model(task), "set_epoch"):
+                    acc.unwrap_model(task).set_epoch(epoch)
                 skip = pos.batches_done
                 if sampler is not None:  # the data order of this epoch, from the position reached in it
                     sampler.epoch, sampler.start = epoch - 1, skip * samples_per_step

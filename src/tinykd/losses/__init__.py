@@ -5,11 +5,15 @@ from tinykd.losses import (  # noqa: F401  (registers the built-in terms)
     attention_mse,
     ce,
     cosine,
+    crd,
+    dkd,
     fitnet,
     hidden_mse,
     kd,
     logit_mse,
     minilm,
+    pkt,
+    rkd,
 )
 from tinykd.losses.base import LOSSES, LossTerm, Outputs, build_loss_term, register_loss
 from tinykd.losses.kd import kd_loss

@@ -22,6 +22,7 @@ from torch import nn
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
+TAP_INPUT = ":input"  # a tap path ending so reads the module's first input, not its output
 IGNORE_INDEX = -100  # the target of a position that counts in no loss (PyTorch's and Hugging Face's convention)
 
 
@@ -31,7 +32,8 @@ class Outputs:
 
     `hidden_states` and `attentions` are Hugging Face's (the embedding output first, then one (B, T, D) tensor
     per layer; one (B, H, T, T) tensor of attention probabilities per layer), present only when a term asks for
-    them. `mask` is the inputs' `attention_mask` (B, T): 1 for real tokens, 0 for padding.
+    them. `mask` is the inputs' `attention_mask` (B, T): 1 for real tokens, 0 for padding. `index` (B,) is each
+    sample's position in the training set, given in training to terms that set `needs_index` (CRD's memory).
     """
 
     logits: torch.Tensor
@@ -39,6 +41,7 @@ class Outputs:
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     mask: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 class LossTerm(nn.Module):
@@ -47,12 +50,16 @@ class LossTerm(nn.Module):
     needs_teacher: ClassVar[bool] = True
     needs_hidden_states: ClassVar[bool] = False  # the Distiller then asks the models for `hidden_states`
     needs_attentions: ClassVar[bool] = False  # ... for `attentions` (switching them to eager attention)
+    needs_index: ClassVar[bool] = False  # the run then gives each training sample's index (`Outputs.index`)
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once with the real models, before the taps are read: find module paths, read configs.
 
         A term must not keep the models as attributes (they would become its sub-modules).
         """
+
+    def bind_dataset(self, num_samples: int) -> None:
+        """Called once, before the probe batch, on terms that set `needs_index`: the training set's size."""
 
     def student_taps(self) -> list[str]:
         """Module paths in the student whose outputs this term reads."""
@@ -64,6 +71,10 @@ class LossTerm(nn.Module):
 
     def build(self, student: Outputs, teacher: Outputs | None) -> None:
         """Called once with the outputs of a probe batch, before training: size adapters, check shapes."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch (counted from 1), also after a resume: for terms whose
+        strength follows training, such as DKD's warm-up. Keep what changes in a tensor (XLA compiles once)."""
 
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -143,3 +154,23 @@ def same_sequences(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.shape[:2] != teacher.shape[:2]:
         raise ValueError(f"the student sees sequences of shape {tuple(student.shape[:2])} and the teacher "
                          f"{tuple(teacher.shape[:2])}; student and teacher must share one tokenizer")  # fmt: skip
+
+
+# --- helpers shared by the embedding terms (rkd, pkt, crd) ------------------------------------------------------
+
+
+def embedding_tap(model: nn.Module, path: str | None, role: str) -> str:
+    """The tap a relational term reads: `path` as given, or, when None, the input of the model's last
+    `nn.Linear`, its classifier: the pooled embedding (RepDistiller's and mdistiller's `feat[-1]`/`pooled_feat`)."""
+    if path is not None:
+        return path
+    found = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"the {role} ({type(model).__name__}) has no nn.Linear classifier whose input is its "
+                         f"embedding; give {role}=<module path> (e.g. 'avgpool', or 'fc{TAP_INPUT}')")  # fmt: skip
+    return found[-1] + TAP_INPUT
+
+
+def flat(features: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, D) in float32: relational terms compare whole samples."""
+    return features.reshape(features.shape[0], -1).float()
