@@ -27,7 +27,7 @@ def test_defaults_and_alias() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (recipe(trian={}), r"unknown recipe key 'trian'; allowed here: name, seed, data, teacher, student"),
+        (recipe(trian={}), r"unknown recipe key 'trian'; allowed here: name, seed, data, teacher, teachers, student"),
         (recipe(train={"epocs": 3}), r"unknown recipe key 'train.epocs'; allowed here: epochs, optimizer"),
         (recipe(train={"epochs": -1}), r"recipe key 'train.epochs': Input should be greater than 0 \(got -1\)"),
         (recipe(train={"optimizer": {"name": "adam"}}), r"'train.optimizer.name': Input should be 'sgd' or 'adamw'"),
@@ -35,7 +35,7 @@ def test_defaults_and_alias() -> None:
         ({"student": {"name": "x"}}, r"recipe is missing 'data'"),
         ({"data": {"name": "digits"}}, r"missing 'student' \(or 'model'\)"),
         (recipe(loss_terms={"kd": {"weight": 1, "temp": 2}}), r"loss term 'kd' has no parameter 'temp'"),
-        (recipe(loss_terms={"soft": {"type": "kdd"}}), r"unknown loss term 'kdd' \(did you mean: kd\?\)"),
+        (recipe(loss_terms={"soft": {"type": "kdd"}}), r"unknown loss term 'kdd' \(did you mean: kd, rkd, dkd\?\)"),
         (recipe(loss_terms={}), r"loss_terms is empty"),
         (recipe(loss_terms={"ce": {"weight": -1}}), r"'loss_terms.ce.weight'"),
     ],

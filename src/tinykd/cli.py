@@ -54,8 +54,19 @@ def train(
 def distill(
     recipe: RecipeArgument = None, set_: SetOption = None, out: OutOption = None, overwrite: OverwriteOption = False,
     dry_run: DryRunOption = False, resume: ResumeOption = None,
+    generations: Annotated[int, typer.Option(help="Born-again: chain N students, each distilled from the one "
+                                             "before (OUT/gen1..genN); run again to continue a chain.")] = 1,
 ) -> None:  # fmt: skip
     """Train a student from a frozen teacher. Ctrl-C (or SIGTERM) stops at a checkpoint that --resume continues."""
+    if generations != 1:
+        from tinykd.recipes import load_recipe
+        from tinykd.run import run_generations
+
+        if recipe is None or resume is not None or dry_run:
+            raise TinykdError("--generations takes a RECIPE, and neither --resume (run it again to continue the "
+                              "chain) nor --dry-run")  # fmt: skip
+        run_generations(load_recipe(recipe, set_), generations, out, overwrite)
+        return
     _run(recipe, set_, out, overwrite, dry_run, resume, "distill")
 
 

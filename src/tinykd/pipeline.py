@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
 from tinykd.data.text import TextOptions
 from tinykd.distill import Distiller
+from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
@@ -55,9 +56,7 @@ def text_tokenizer(recipe: Recipe) -> str | None:
     Face directory), else the student's; None when there is none (one is then trained on the training texts)."""
     if recipe.data.tokenizer:
         return recipe.data.tokenizer
-    for spec in (recipe.teacher, recipe.trained):
-        if spec is None:
-            continue
+    for spec in (*recipe.teacher_specs, recipe.trained):
         if spec.checkpoint:
             found = checkpoint_tokenizer(spec.checkpoint)
             if found is not None:
@@ -122,13 +121,21 @@ def needs_teacher(recipe: Recipe) -> bool:
 
 
 def build_teacher(recipe: Recipe, data: DataBundle, for_init: bool = False) -> nn.Module | None:
-    """The frozen teacher with its trained weights, or None when no loss term uses it (and, with `for_init`,
-    no student starts from its layers)."""
-    if recipe.teacher is None or not (needs_teacher(recipe) or (for_init and recipe.trained.init_from_teacher)):
+    """The frozen teacher with its trained weights (with `teachers:`, a `TeacherEnsemble` of them), or None when
+    no loss term uses it (and, with `for_init`, no student starts from its layers)."""
+    specs = recipe.teacher_specs
+    if not specs or not (needs_teacher(recipe) or (for_init and recipe.trained.init_from_teacher)):
         return None
-    if not (recipe.teacher.checkpoint or recipe.teacher.kwargs.get("pretrained") or _named_weights(recipe.teacher)):
-        raise TinykdError("teacher.checkpoint is not set: a teacher needs trained weights (tinykd train makes them)")
-    return build_model(recipe.teacher, data, "teacher")
+    models = []
+    for i, spec in enumerate(specs):
+        where = "teacher" if recipe.teachers is None else f"teachers[{i}]"
+        if not (spec.checkpoint or spec.kwargs.get("pretrained") or _named_weights(spec)):
+            raise TinykdError(f"{where}.checkpoint is not set: a teacher needs trained weights (tinykd train "
+                              "makes them)")  # fmt: skip
+        models.append(build_model(spec, data, where))
+    if recipe.teachers is None:
+        return models[0]
+    return TeacherEnsemble(models, [t.weight for t in recipe.teachers])
 
 
 def build_student(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -> nn.Module:
@@ -164,12 +171,19 @@ def probe_batch(data: DataBundle) -> Any:
 
 
 def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | None, probe_inputs: Any,
-                    teacher_precision: str | None = None, num_samples: int | None = None) -> Distiller:  # fmt: skip
-    """Student, teacher (in `teacher_precision`: `teacher.precision` with `auto` resolved for the device) and
-    weighted loss terms, checked on the probe batch; `num_samples`, the training set's size, for terms that keep
-    a memory per sample (then train on `training_set(...)`)."""
-    precision = teacher_precision or (recipe.teacher.precision if recipe.teacher is not None else "fp32")
-    dtype = TEACHER_DTYPES.get(precision) if teacher is not None else None
+                    teacher_precision: str | list[str] | None = None,
+                    num_samples: int | None = None) -> Distiller:  # fmt: skip
+    """Student, teacher (in `teacher_precision`: `teacher.precision` with `auto` resolved for the device; one
+    per teacher with `teachers:`) and weighted loss terms, checked on the probe batch; `num_samples`, the
+    training set's size, for terms that keep a memory per sample (then train on `training_set(...)`)."""
+    specs = recipe.teacher_specs
+    if isinstance(teacher_precision, str):
+        teacher_precision = [teacher_precision]
+    precisions = teacher_precision or [spec.precision for spec in specs] or ["fp32"]
+    dtype = TEACHER_DTYPES.get(precisions[0]) if teacher is not None else None
+    if isinstance(teacher, TeacherEnsemble):  # each teacher in its own format, set here; the ensemble gives fp32
+        teacher.cast([TEACHER_DTYPES.get(p) for p in precisions])
+        dtype = None
     return Distiller(teacher, student, build_loss_terms(recipe), probe_inputs, dtype, num_samples)
 
 

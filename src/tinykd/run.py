@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
 from tinykd.errors import RunInterrupted, TinykdError
@@ -28,10 +29,11 @@ from tinykd.pipeline import (
     training_set,
 )
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
+from tinykd.recipes.schema import ModelSpec
 from tinykd.report import format_table, rows_markdown
 from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
 
-__all__ = ["RunResult", "run"]
+__all__ = ["RunResult", "run", "run_generations"]
 
 
 def run(
@@ -71,8 +73,8 @@ def run(
     if not needs_teacher(recipe):
         teacher = None  # it was loaded only to start the student from its layers
     probe_inputs = probe_batch(data)
-    precision = resolve_precision(recipe.teacher.precision, engine.device.type) if recipe.teacher else None
-    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision, len(data.train))
+    precisions = [resolve_precision(spec.precision, engine.device.type) for spec in recipe.teacher_specs]
+    distiller = build_distiller(recipe, student, teacher, probe_inputs, precisions, len(data.train))
     needed = checkpoint_bytes(distiller, student, recipe)
     run_dir = engine.on_main(
         lambda: check_resume_dir(resume, recipe, out, overwrite, needed) if resume is not None
@@ -114,7 +116,9 @@ def run(
         raise
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
-    if teacher is not None and distiller.teacher_dtype is not None:
+    if isinstance(teacher, TeacherEnsemble):
+        teacher.full_precision()  # report the teachers as they ship (fp32), whatever format they ran in
+    elif teacher is not None and distiller.teacher_dtype is not None:
         teacher.float()  # report the teacher as it ships (fp32), whatever format it ran in during distillation
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, meta["model"])
@@ -123,8 +127,8 @@ def run(
     example = measure_input(data, probe_inputs, recipe.measure.sequence_length) if text else probe_inputs
     rows: list[dict[str, Any]] = []
     for role, model in models.items():
-        spec = recipe.teacher if role == "teacher" else recipe.trained
-        row: dict[str, Any] = {"role": role, "model": meta["model"] if role != "teacher" else spec.name}  # type: ignore[union-attr]
+        name = meta["model"] if role != "teacher" else " + ".join(spec.name for spec in recipe.teacher_specs)
+        row: dict[str, Any] = {"role": role, "model": name}
         row["test_accuracy"] = engine.evaluate(model, test_loader)["accuracy"]
         if recipe.measure.enabled and engine.is_main:
             stats = measure_model(engine.accelerator.unwrap_model(model), example,
@@ -158,9 +162,65 @@ def run(
     return RunResult(run_dir, metrics, engine.accelerator.unwrap_model(student))
 
 
+def run_generations(recipe: Recipe | str | Path | dict[str, Any], generations: int, out: str | Path | None = None,
+                    overwrite: bool = False) -> list[RunResult]:  # fmt: skip
+    """Born-again distillation (Furlanello et al. 2018): generation 1 is the recipe as given; generation k + 1
+    is the same student, trained from scratch again, distilled from generation k's best checkpoint.
+
+    The runs are `OUT/gen1`, `OUT/gen2`, ...; a finished generation is kept and an interrupted one resumed, so
+    running the command again continues the chain. `OUT/generations.json` and `.md` hold each generation's
+    accuracy. Terms that tap the teacher by module path must name paths of the student's architecture.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if generations < 1:
+        raise TinykdError(f"--generations must be >= 1, got {generations}")
+    if generations > 1 and recipe.trained.init_from_teacher is not None:
+        raise TinykdError("--generations retrains the same student from scratch each generation; "
+                          "student.init_from_teacher copies layers of one given teacher: remove it")  # fmt: skip
+    if generations > 1 and recipe.trained.checkpoint:
+        raise TinykdError("--generations trains each student from scratch; remove student.checkpoint")
+    _check_mode(recipe, "distill")
+    root = Path(out) if out else Path("runs") / f"{recipe.name}-born-again"
+    name = recipe.name
+    results: list[RunResult] = []
+    rows: list[dict[str, Any]] = []
+    for k in range(1, generations + 1):
+        if k > 1:  # the student of generation k - 1 teaches generation k
+            previous = results[-1].run_dir.resolve()  # absolute: the saved recipe works from anywhere
+            teacher = {"name": recipe.trained.name, "kwargs": recipe.trained.kwargs, "checkpoint": str(previous),
+                       "precision": recipe.teacher_specs[0].precision}  # fmt: skip
+            recipe = recipe.model_copy(update={"teacher": ModelSpec(**teacher), "teachers": None,
+                                               "name": f"{name}-gen{k}"})  # fmt: skip
+        folder = root / f"gen{k}"
+        if (folder / "report.json").is_file() and not overwrite:
+            print(f"tinykd: generation {k}: finished earlier, kept ({folder})")
+            result = RunResult(folder, json.loads((folder / "report.json").read_text()))
+        elif (folder / "recipe.yaml").is_file() and not overwrite:
+            print(f"tinykd: generation {k}: resuming {folder}")
+            result = run(recipe, folder, mode="distill", resume=folder)
+        else:
+            result = run(recipe, folder, overwrite=overwrite, mode="distill")
+        results.append(result)
+        student = next(r for r in result.metrics["models"] if r["role"] == "student")
+        teacher_row = next(r for r in result.metrics["models"] if r["role"] == "teacher")
+        rows.append({"generation": k, "teacher": "given" if k == 1 else f"gen{k - 1}",
+                     "teacher_test_accuracy": teacher_row["test_accuracy"],
+                     "test_accuracy": student["test_accuracy"],
+                     "best_val_accuracy": result.metrics["best_val_accuracy"], "run": str(folder)})  # fmt: skip
+    (root / "generations.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["| generation | teacher | teacher test acc | student test acc | best val acc |", "|---|---|---|---|---|"]
+    lines += [f"| {r['generation']} | {r['teacher']} | {r['teacher_test_accuracy']:.2%} | {r['test_accuracy']:.2%} | "
+              f"{r['best_val_accuracy']:.2%} |" for r in rows]  # fmt: skip
+    (root / "generations.md").write_text("\n".join(lines) + "\n")
+    print(f"born-again generations of {recipe.trained.name}:\n" + "\n".join(lines) + f"\nfolder: {root}")
+    return results
+
+
 def _check_mode(recipe: Recipe, mode: str) -> None:
-    if mode == "distill" and recipe.teacher is None:
-        raise TinykdError("tinykd distill needs a 'teacher' section in the recipe (name and checkpoint)")
+    if mode == "distill" and not recipe.teacher_specs:
+        raise TinykdError("tinykd distill needs a 'teacher' section (or 'teachers', a list) in the recipe (name and "
+                          "checkpoint)")  # fmt: skip
     if mode == "distill" and not needs_teacher(recipe):
         raise TinykdError("tinykd distill: no loss term uses the teacher; add e.g. kd: {weight: 0.9, temperature: 4}")
     if mode == "train" and needs_teacher(recipe):

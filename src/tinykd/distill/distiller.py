@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tinykd.data.loader import Indexed
+from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
@@ -102,6 +103,9 @@ class Distiller(nn.Module):
                     raise TinykdError(f"loss term '{name}': {exc}") from None
         self._hidden_states = any(term.needs_hidden_states for term in self.terms.values())
         self._attentions = [name for name, term in self.terms.items() if term.needs_attentions]
+        if isinstance(teacher, TeacherEnsemble) and (self._hidden_states or self._attentions):
+            raise TinykdError("hidden-state and attention terms read one transformer teacher; with several "
+                              "teachers use logit terms (kd, dkd, mse) and feature taps ('0.PATH', '1.PATH')")
         if self._attentions:
             self._use_eager_attention(student, teacher)
         self._student_taps = FeatureTaps(student, [p for t in self.terms.values() for p in t.student_taps()], "student")
@@ -196,8 +200,9 @@ class Distiller(nn.Module):
             out = forward_outputs(self.teacher, inputs, self._hidden_states, bool(self._attentions), "teacher")
         features = self._teacher_taps.pop()  # type: ignore[union-attr]
         logits, hidden, attentions = out.logits, out.hidden_states, out.attentions
+        features = {k: v.float() if v.is_floating_point() else v for k, v in features.items()}  # any teacher's format
         if self.teacher_dtype is not None:  # the loss terms compute in the student's precision
-            logits, features = logits.float(), {k: v.float() for k, v in features.items()}
+            logits = logits.float()
             hidden = tuple(h.float() for h in hidden) if hidden is not None else None
             attentions = tuple(a.float() for a in attentions) if attentions is not None else None
         return Outputs(logits, features, hidden, attentions, _mask(inputs))

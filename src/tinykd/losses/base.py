@@ -116,6 +116,32 @@ def _params_schema(cls: type[LossTerm]) -> type[pydantic.BaseModel]:
     return pydantic.create_model(f"{cls.__name__}Params", __config__=config, **fields)
 
 
+class LogitTerm(LossTerm):
+    """A term on the teacher's logits, or, with `teacher` set, on the output of that module of the teacher: with
+    several teachers (`teachers:` in a recipe) `"0"`, `"1"`, ... are each teacher's own logits."""
+
+    def __init__(self, teacher: str | None = None) -> None:
+        super().__init__()
+        self.teacher_path = teacher
+
+    def teacher_taps(self) -> list[str]:
+        return [self.teacher_path] if self.teacher_path else []
+
+    def teacher_logits(self, teacher: Outputs | None) -> torch.Tensor:
+        assert teacher is not None
+        return teacher.features[self.teacher_path] if self.teacher_path else teacher.logits
+
+    def build(self, student: Outputs, teacher: Outputs | None) -> None:
+        if self.teacher_path and teacher is not None:
+            got = self.teacher_logits(teacher)
+            if got.shape != student.logits.shape:
+                raise ValueError(f"the teacher's '{self.teacher_path}' gives shape {tuple(got.shape)}, not the "
+                                 f"student's logits' {tuple(student.logits.shape)}")  # fmt: skip
+
+    def teacher_repr(self) -> str:
+        return f", teacher={self.teacher_path!r}" if self.teacher_path else ""
+
+
 # --- helpers shared by the token-level terms (cosine, hidden_mse, attention_mse, minilm) --------------------------
 
 

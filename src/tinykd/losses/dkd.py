@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.losses.base import LossTerm, Outputs, register_loss
+from tinykd.losses.base import LogitTerm, Outputs, register_loss
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, alpha: float,
@@ -49,11 +49,12 @@ def _binary_kl(t: torch.Tensor, s: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 @register_loss("dkd")
-class DecoupledKD(LossTerm):
+class DecoupledKD(LogitTerm):
     """alpha * TCKD + beta * NCKD at temperature `temperature`, warmed up linearly over `warmup` epochs."""
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20) -> None:
-        super().__init__()
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,
+                 teacher: str | None = None) -> None:  # fmt: skip
+        super().__init__(teacher)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if alpha < 0 or beta < 0:
@@ -68,11 +69,12 @@ class DecoupledKD(LossTerm):
         self.ramp.fill_(min(epoch / self.warmup, 1.0) if self.warmup else 1.0)
 
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
         if student.logits.ndim != 2:
             raise ValueError(f"dkd needs (batch, classes) logits, got shape {tuple(student.logits.shape)}")
-        loss = dkd_loss(student.logits, teacher.logits, targets, self.alpha, self.beta, self.temperature)
+        loss = dkd_loss(student.logits, self.teacher_logits(teacher), targets, self.alpha, self.beta,
+                        self.temperature)  # fmt: skip
         return self.ramp * loss
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup={self.warmup}"
+        return f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup={self.warmup}" \
+               f"{self.teacher_repr()}"  # fmt: skip

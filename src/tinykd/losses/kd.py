@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.losses.base import IGNORE_INDEX, LossTerm, Outputs, register_loss
+from tinykd.losses.base import IGNORE_INDEX, LogitTerm, Outputs, register_loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -46,21 +46,21 @@ def token_positions(logits: torch.Tensor, targets: torch.Tensor | None, mask: to
 
 
 @register_loss("kd")
-class SoftTargetKD(LossTerm):
+class SoftTargetKD(LogitTerm):
     """Soft-target KL divergence at temperature `temperature`, scaled by temperature^2."""
 
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
+    def __init__(self, temperature: float = 4.0, teacher: str | None = None) -> None:
+        super().__init__(teacher)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
+        teacher_logits = self.teacher_logits(teacher)
         if student.logits.ndim == 3:  # (B, T, V): one distribution per token
             valid = token_positions(student.logits, targets, student.mask)
-            return kd_loss(student.logits, teacher.logits, self.temperature, valid)
-        return kd_loss(student.logits, teacher.logits, self.temperature)
+            return kd_loss(student.logits, teacher_logits, self.temperature, valid)
+        return kd_loss(student.logits, teacher_logits, self.temperature)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}{self.teacher_repr()}"

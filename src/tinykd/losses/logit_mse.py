@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.losses.base import LossTerm, Outputs, register_loss
+from tinykd.losses.base import LogitTerm, Outputs, register_loss
 
 
 @register_loss("mse")
-class LogitMSE(LossTerm):
+class LogitMSE(LogitTerm):
     """Mean over batch and classes of (student logit - teacher logit)^2."""
 
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
-        return F.mse_loss(student.logits.float(), teacher.logits.float())
+        return F.mse_loss(student.logits.float(), self.teacher_logits(teacher).float())
+
+    def extra_repr(self) -> str:
+        return self.teacher_repr()[2:]

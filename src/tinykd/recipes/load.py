@@ -149,6 +149,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
             sec[key] = _absolute_path(sec[key], base, f"recipe key '{section}.{key}'")
+    teachers = data.get("teachers")
+    for i, sec in enumerate(teachers if isinstance(teachers, list) else []):  # each of several teachers' weights
+        if isinstance(sec, dict) and isinstance(sec.get("checkpoint"), str) and sec["checkpoint"]:
+            sec["checkpoint"] = _absolute_path(sec["checkpoint"], base, f"recipe key 'teachers.{i}.checkpoint'")
     # Names that may be a folder or a hub id (`hf:./my-bert`, `tokenizer: ../tok`): a folder next to the recipe
     # is made absolute, anything else (`hf:bert`, `bert-base-uncased`) is left as written.
     for section, key, prefix in (("teacher", "name", "hf:"), ("student", "name", "hf:"), ("model", "name", "hf:"),

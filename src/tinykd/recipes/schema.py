@@ -33,6 +33,12 @@ class ModelSpec(Section):
     )  # fmt: skip
 
 
+class TeacherSpec(ModelSpec):
+    """One of several teachers (`teachers:`): a model with weights, and its share of the averaged logits."""
+
+    weight: float = Field(1.0, gt=0, description="its weight in the teachers' mean logits (normalized to sum 1)")
+
+
 class DataSpec(Section):
     """Images (fashion-mnist, digits, cifar10, cifar100, imagefolder) or text (text, sst2, hf:DATASET[/CONFIG])."""
 
@@ -150,6 +156,10 @@ class Recipe(Section):
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataSpec
     teacher: ModelSpec | None = None
+    teachers: list[TeacherSpec] | None = Field(
+        None, min_length=1, description="several frozen teachers instead of one: terms read their weighted mean "
+        "logits, or one teacher's outputs by tap ('0', '1', ...)"
+    )  # fmt: skip
     student: ModelSpec | None = None
     model: ModelSpec | None = None
     loss_terms: dict[str, LossTermSpec] = Field(default_factory=lambda: {"ce": LossTermSpec()})
@@ -168,11 +178,18 @@ class Recipe(Section):
             raise ValueError("loss_terms is empty: give at least one term, e.g. ce: {weight: 1.0}")
         if self.trained.precision != "fp32":
             raise ValueError("precision is for the frozen teacher; the trained model's is runtime.precision")
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("give either 'teacher' (one) or 'teachers' (a list), not both")
         if self.trained.init_from_teacher is not None and self.teacher is None:
-            raise ValueError("student.init_from_teacher copies layers of the teacher; add a 'teacher' section")
-        if self.teacher is not None and self.teacher.init_from_teacher is not None:
+            raise ValueError("student.init_from_teacher copies layers of one teacher; add a 'teacher' section")
+        if any(t.init_from_teacher is not None for t in self.teacher_specs):
             raise ValueError("init_from_teacher is for the student, not the teacher")
         return self
+
+    @property
+    def teacher_specs(self) -> list[ModelSpec]:
+        """The teachers: `teachers`, or `[teacher]`, or none."""
+        return list(self.teachers) if self.teachers is not None else [self.teacher] if self.teacher else []
 
     @property
     def trained(self) -> ModelSpec:
