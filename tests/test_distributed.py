@@ -108,3 +108,46 @@ def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tmp_path: Path, 
     want = load_file(str(tmp_path / "whole" / "checkpoints" / "last.safetensors"))
     got = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def _crd_rank(rank: int, world: int, port: int, folder: str) -> None:
+    """One of two gloo ranks: a CRD step on this rank's own samples, then save the banks this rank holds."""
+    import torch.distributed as dist
+
+    from tinykd.data import Indexed
+    from tinykd.distill import Distiller
+    from tinykd.losses import build_loss_term
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same models and banks on both ranks, as after DDP's first broadcast
+        nn = torch.nn
+        student = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+        teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+        term = build_loss_term("crd", {"negatives": 4, "feat_dim": 4})
+        distiller = Distiller(teacher, student, {"crd": term}, torch.randn(2, 3, 4), num_samples=16)
+        torch.manual_seed(1 + rank)  # each rank its own batch: samples 0-3 on rank 0, 8-11 on rank 1
+        index = torch.arange(4) + 8 * rank
+        distiller(Indexed(torch.randn(4, 3, 4), index), torch.zeros(4, dtype=torch.long))
+        torch.save({"student": term.bank_student, "teacher": term.bank_teacher}, f"{folder}/banks{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_crd_memory_banks_stay_identical_across_ranks(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_crd_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    banks = [torch.load(tmp_path / f"banks{r}.pt") for r in (0, 1)]
+    written = [*range(4), *range(8, 12)]  # rank 0's samples and rank 1's
+    for name in ("student", "teacher"):
+        assert torch.equal(banks[0][name], banks[1][name]), f"the {name} banks differ between ranks"
+        norms = banks[0][name].norm(dim=1)  # a written entry is renormalized to 1; the random start is not
+        assert torch.allclose(norms[written], torch.ones(8))
+        assert not torch.isclose(norms[[4, 5, 6, 7, 12, 13, 14, 15]], torch.ones(8)).any()
