@@ -82,6 +82,17 @@ def _run(recipe: str | None, set_: list[str] | None, out: Path | None, overwrite
     run(load_recipe(source, set_), out, overwrite, mode=mode, dry_run=dry_run, resume=resume)  # type: ignore[arg-type]
 
 
+@app.command("cache-teacher")
+def cache_teacher(recipe: RecipeArgument = None, set_: SetOption = None) -> None:
+    """Fill the recipe's teacher.cache ahead: the teacher's outputs for every training batch of every epoch."""
+    from tinykd.recipes import load_recipe
+    from tinykd.run import fill_teacher_cache
+
+    if recipe is None:
+        raise TinykdError("tinykd cache-teacher needs a RECIPE (a YAML file or a built-in name)")
+    fill_teacher_cache(load_recipe(recipe, set_))
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="A .safetensors checkpoint or a run folder.")],

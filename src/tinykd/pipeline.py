@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
 from tinykd.data.text import TextOptions
 from tinykd.distill import Distiller
+from tinykd.distill.cache import CachedBatches, TeacherCache
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
@@ -188,8 +189,27 @@ def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | Non
 
 
 def training_set(data: DataBundle, distiller: Distiller) -> Dataset:
-    """The training set as the distiller needs it: with each sample's index when a term keeps per-sample memory."""
+    """The training set as the distiller needs it: with each sample's index when a term keeps per-sample memory,
+    and with the teacher's cached outputs when it has a teacher cache."""
+    if distiller.teacher_cache is not None:
+        return CachedBatches(data.train, distiller.teacher_cache)
     return WithIndex(data.train) if distiller.needs_index else data.train
+
+
+def open_teacher_cache(recipe: Recipe, data: DataBundle, distiller: Distiller) -> TeacherCache | None:
+    """The recipe's `teacher.cache`, opened for this teacher, training set and terms, and given to the distiller
+    (None without one). A cache made for anything else is refused in one line."""
+    spec = recipe.teacher
+    if spec is None or spec.cache is None or distiller.teacher is None:
+        return None
+    if distiller.reads_hidden_states:
+        raise TinykdError("teacher.cache keeps logits and tapped features; the hidden-state and attention terms "
+                          "need the teacher online: remove teacher.cache")  # fmt: skip
+    precision = str(distiller.teacher_dtype).replace("torch.", "") if distiller.teacher_dtype else "fp32"
+    cache = TeacherCache.open(spec.cache, distiller.teacher, data.train, recipe.seed, distiller.teacher_tap_paths(),
+                              data.num_classes, spec.cache_format, spec.cache_topk, precision)  # fmt: skip
+    distiller.teacher_cache = cache
+    return cache
 
 
 def measure_input(data: DataBundle, probe_inputs: Any, length: int) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from tinykd.pipeline import (
     build_teacher,
     measure_input,
     needs_teacher,
+    open_teacher_cache,
     probe_batch,
     training_set,
 )
@@ -33,7 +34,7 @@ from tinykd.recipes.schema import ModelSpec
 from tinykd.report import format_table, rows_markdown
 from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
 
-__all__ = ["RunResult", "run", "run_generations"]
+__all__ = ["RunResult", "fill_teacher_cache", "run", "run_generations"]
 
 
 def run(
@@ -90,6 +91,7 @@ def run(
     if text and engine.is_main and not (run_dir / "tokenizer").is_dir():
         data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))  # the run's checkpoints name it
 
+    cache = open_teacher_cache(recipe, data, distiller)
     train_set = training_set(data, distiller)
     train_loader = engine.loader(train_set, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
@@ -114,6 +116,11 @@ def run(
         command = "distill" if teacher is not None else "train"
         stop.args = (f"{stop}; resume with: tinykd {command} --resume {run_dir}",)
         raise
+    finally:
+        if cache is not None:  # what the teacher computed is kept, even when the run stops
+            cache.flush()
+    if cache is not None and engine.is_main:
+        print(f"tinykd: {cache.summary()}")
 
     # The report: test accuracy of the best student (and of the teacher), then the measurements.
     if isinstance(teacher, TeacherEnsemble):
@@ -149,6 +156,10 @@ def run(
         metrics["skipped_files"] = {"count": len(data.skipped), "files": data.skipped[:1000]}
     if fit.xla is not None:
         metrics["xla"] = fit.xla
+    if cache is not None:
+        metrics["teacher_cache"] = {"folder": str(cache.folder), "batches_read": cache.served,
+                                    "batches_computed": cache.computed, "bytes": cache.size_bytes(),
+                                    "format": cache.format}  # fmt: skip
     if text:
         metrics["sequence_length"] = recipe.measure.sequence_length
     if engine.is_main:
@@ -160,6 +171,50 @@ def run(
         print(format_table(rows, title=f"{recipe.name}: test set"))
         print(f"run folder: {run_dir}")
     return RunResult(run_dir, metrics, engine.accelerator.unwrap_model(student))
+
+
+def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str, Any]:
+    """Fill the recipe's `teacher.cache` ahead of training: the teacher's outputs for every batch of every epoch
+    the run will see (the same sampler, seed and augmentation), so the runs that follow never run the teacher."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if recipe.teacher is None or recipe.teacher.cache is None:
+        raise TinykdError("tinykd cache-teacher needs a recipe with a teacher and teacher.cache (a folder)")
+    if not needs_teacher(recipe):
+        raise TinykdError("tinykd cache-teacher: no loss term reads the teacher, so there is nothing to cache")
+    start = time.perf_counter()
+    engine = Engine(recipe.runtime)
+    engine.seed(recipe.seed)
+    data = build_data(recipe, static_shapes=engine.device.type == "xla")
+    teacher = build_teacher(recipe, data, for_init=True)
+    student = build_student(recipe, data, teacher)
+    precisions = [resolve_precision(spec.precision, engine.device.type) for spec in recipe.teacher_specs]
+    distiller = build_distiller(recipe, student, teacher, probe_batch(data), precisions, len(data.train))
+    cache = open_teacher_cache(recipe, data, distiller)
+    assert cache is not None
+    before = len(cache)
+    loader = engine.loader(training_set(data, distiller), recipe.data.batch_size, True, recipe.data.num_workers,
+                           recipe.seed)  # fmt: skip
+    sampler = loader.sampler
+    steps = min(len(loader), recipe.train.max_steps_per_epoch or len(loader))
+    distiller.to(engine.device)
+    prepared = engine.accelerator.prepare(loader)
+    for epoch in range(1, recipe.train.epochs + 1):
+        sampler.epoch, sampler.start = epoch - 1, 0  # type: ignore[attr-defined]
+        for i, (inputs, _) in enumerate(prepared):
+            if i >= steps:
+                break
+            if inputs.teacher is None:
+                distiller.fill_cache(inputs)
+        cache.flush()
+    seconds = time.perf_counter() - start
+    stats = {"folder": str(cache.folder), "epochs": recipe.train.epochs, "batches_added": len(cache) - before,
+             "batches": len(cache), "bytes": cache.size_bytes(), "seconds": round(seconds, 2),
+             "format": cache.format}  # fmt: skip
+    if engine.is_main:
+        per_epoch = stats["bytes"] / max(recipe.train.epochs, 1) / 2**20
+        print(f"tinykd: {cache.summary()}; filled in {seconds:.1f} s, {per_epoch:.2f} MiB per epoch")
+    return stats
 
 
 def run_generations(recipe: Recipe | str | Path | dict[str, Any], generations: int, out: str | Path | None = None,

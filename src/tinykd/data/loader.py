@@ -38,6 +38,12 @@ class BatchDataset(Dataset):
         """The size of each sample (tokens, for text), for length bucketing; None: all alike, no bucketing."""
         return None
 
+    def content_digest(self) -> str | None:
+        """A digest of everything a batch is made from (samples, labels, augmentation, its seed): two datasets with
+        the same digest give the same batch for the same indices. None: this dataset cannot say (a teacher cache
+        then refuses it)."""
+        return None
+
     def __getitems__(self, indices: list[int]) -> Batch:
         return self.get_batch(indices)
 
@@ -64,6 +70,25 @@ def dataset_lengths(dataset: Dataset) -> list[int] | None:
     return dataset.sample_lengths() if isinstance(dataset, BatchDataset) else None
 
 
+def dataset_digest(dataset: Dataset) -> str | None:
+    """`content_digest()` of a `BatchDataset`; None for any other dataset (its batches cannot be vouched for)."""
+    return dataset.content_digest() if isinstance(dataset, BatchDataset) else None
+
+
+def tensor_digest(*parts: object) -> str:
+    """sha256 over tensors and arrays (their bytes, dtype and shape) and other values (their repr)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous().numpy()
+        if hasattr(part, "tobytes") and hasattr(part, "dtype"):
+            h.update(f"{part.dtype}{tuple(part.shape)}".encode())  # type: ignore[attr-defined]
+            h.update(part.tobytes())  # type: ignore[attr-defined]
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
+
+
 def fetch_batch(dataset: Dataset, indices: Sequence[int]) -> Batch:
     """A batch from any dataset: in one call from a `BatchDataset`, else sample by sample, collated."""
     if isinstance(dataset, BatchDataset):
@@ -85,16 +110,28 @@ class BatchSubset(BatchDataset):
     def get_batch(self, indices: Sequence[int]) -> Batch:
         return fetch_batch(self.dataset, [self.indices[i] for i in indices])
 
+    def content_digest(self) -> str | None:
+        inner = dataset_digest(self.dataset)
+        if inner is None:
+            return None
+        h = hashlib.sha256(inner.encode())
+        h.update(torch.as_tensor(self.indices, dtype=torch.int64).numpy().astype("<i8", copy=False).tobytes())
+        return h.hexdigest()
+
     def sample_lengths(self) -> list[int] | None:
         lengths = dataset_lengths(self.dataset)
         return None if lengths is None else [lengths[i] for i in self.indices]
 
 
 class Indexed(NamedTuple):
-    """A batch's inputs with each sample's position in its dataset: for terms that keep a per-sample memory."""
+    """A batch's inputs with each sample's position in its dataset (for terms that keep a per-sample memory), and,
+    from a teacher cache, the teacher's outputs for this very batch (`teacher`, None when not cached yet) and the
+    batch's key in the cache (`key`)."""
 
     inputs: Any
     index: torch.Tensor
+    teacher: dict[str, torch.Tensor] | None = None
+    key: int | None = None
 
 
 class WithIndex(BatchDataset):
@@ -112,6 +149,9 @@ class WithIndex(BatchDataset):
 
     def sample_lengths(self) -> list[int] | None:
         return dataset_lengths(self.dataset)
+
+    def content_digest(self) -> str | None:
+        return dataset_digest(self.dataset)
 
 
 class PadToMultiple(BatchDataset):

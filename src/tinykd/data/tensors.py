@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tinykd.data.loader import Batch, BatchDataset
+from tinykd.data.loader import Batch, BatchDataset, tensor_digest
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class TensorImageDataset(BatchDataset):
         if self.augment is not None:
             images = self.augment(images, generator=self.batch_generator(index))
         return Batch((images - self.mean) / self.std, self.labels[index])
+
+    def content_digest(self) -> str:
+        return tensor_digest(self.images, self.labels, self.mean, self.std, self.augment, self.seed)
 
     def batch_generator(self, index: torch.Tensor) -> torch.Generator:
         """A generator seeded by blake2b(seed, indices as little-endian int64): the same batch, the same draws."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinykd.data.loader import Batch, BatchDataset, seeded_generator
+from tinykd.data.loader import Batch, BatchDataset, seeded_generator, tensor_digest
 from tinykd.errors import TinykdError, close_matches
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -430,6 +430,11 @@ class TextDataset(BatchDataset):
         if token_types is not None:
             inputs["token_type_ids"] = token_types
         return TASKS[self.task].targets(self, inputs, index)
+
+    def content_digest(self) -> str:
+        e = self.encoded
+        return tensor_digest(e.ids, e.offsets, e.type_ids, self.labels, self.task, self.max_length, self.static_shapes,
+                             self.mlm_probability, self.pad_id, self.special_ids, self.seed)  # fmt: skip
 
     def special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where the special tokens ([CLS], [SEP], [PAD]...) are: never chosen for masking."""

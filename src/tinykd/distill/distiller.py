@@ -89,6 +89,7 @@ class Distiller(nn.Module):
                 term.bind(student, teacher)
             except ValueError as exc:
                 raise TinykdError(f"loss term '{name}': {exc}") from None
+        self.teacher_cache: Any = None  # a TeacherCache, set by the run: it serves and keeps the teacher's outputs
         self.needs_index = any(term.needs_index for term in self.terms.values())
         if self.needs_index:
             if not num_samples:
@@ -178,14 +179,37 @@ class Distiller(nn.Module):
             self.student.train(was_training)
 
     def forward(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        index = None
+        index, cached, key = None, None, None
         if isinstance(inputs, Indexed):
-            inputs, index = inputs
-        teacher = self._teacher_outputs(inputs)
+            inputs, index, cached, key = inputs
+        if cached is not None:  # from the teacher cache: the teacher does not run
+            teacher = Outputs(cached["logits"], {p: cached[f"tap.{p}"] for p in self.teacher_tap_paths()},
+                              mask=_mask(inputs))  # fmt: skip
+        else:
+            teacher = self._teacher_outputs(inputs)
+            if self.teacher_cache is not None and key is not None and teacher is not None:
+                self.teacher_cache.add(key, teacher.logits, teacher.features)
         student = self._student_outputs(inputs)
         student.index = index
         losses = {k: self.weights[k] * term(student, teacher, targets) for k, term in self.terms.items()}
         return student.logits, losses
+
+    @property
+    def reads_hidden_states(self) -> bool:
+        """Whether some term reads hidden states or attention probabilities (transformer terms)."""
+        return self._hidden_states or bool(self._attentions)
+
+    def teacher_tap_paths(self) -> list[str]:
+        """The teacher's module paths the terms read: what a teacher cache stores beside the logits."""
+        return [p for t in self.terms.values() for p in t.teacher_taps()]
+
+    @torch.no_grad()
+    def fill_cache(self, inputs: Indexed) -> None:
+        """Run the teacher on one batch and add its outputs to the teacher cache (`tinykd cache-teacher`)."""
+        assert self.teacher_cache is not None and inputs.key is not None
+        teacher = self._teacher_outputs(inputs.inputs)
+        assert teacher is not None
+        self.teacher_cache.add(inputs.key, teacher.logits, teacher.features)
 
     def _student_outputs(self, inputs: Any) -> Outputs:
         out = forward_outputs(self.student, inputs, self._hidden_states, bool(self._attentions), "student")

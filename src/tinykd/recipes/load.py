@@ -32,7 +32,7 @@ from tinykd.recipes.safe_yaml import (
 from tinykd.recipes.schema import Recipe, section_fields
 
 PATH_FIELDS = (("teacher", "checkpoint"), ("student", "checkpoint"), ("model", "checkpoint"), ("data", "root"),
-               ("data", "train"), ("data", "test"))  # fmt: skip
+               ("data", "train"), ("data", "test"), ("teacher", "cache"))  # fmt: skip
 
 def builtin_recipes() -> dict[str, Path]:
     """Built-in recipes shipped inside the package: {name: path}."""

@@ -27,6 +27,12 @@ class ModelSpec(Section):
         "fp32", description="teacher only: the number format it runs in (frozen, so bf16 costs little accuracy); "
         "auto: bf16 where the hardware runs it natively, else fp32"
     )  # fmt: skip
+    cache: str | None = Field(None, description="teacher only: a folder of the teacher's outputs per training "
+                              "batch; filled as the run goes (or by tinykd cache-teacher), read by later runs")
+    cache_format: Literal["fp32", "fp16", "topk"] = Field(
+        "fp32", description="teacher cache: fp32 (exact), fp16, or topk (the k largest probabilities, FKD)"
+    )
+    cache_topk: int = Field(10, ge=1, description="teacher cache, format topk: how many probabilities per sample")
     init_from_teacher: list[int] | Literal["every-other"] | None = Field(
         None, description="student only (hf: models): start as a copy of the teacher keeping these layers, "
         "DistilBERT-style; the student's name and kwargs are then not used"
@@ -184,6 +190,10 @@ class Recipe(Section):
             raise ValueError("student.init_from_teacher copies layers of one teacher; add a 'teacher' section")
         if any(t.init_from_teacher is not None for t in self.teacher_specs):
             raise ValueError("init_from_teacher is for the student, not the teacher")
+        if self.trained.cache is not None:
+            raise ValueError("cache is for the teacher (teacher.cache: its outputs), not the model being trained")
+        if self.teachers is not None and any(t.cache is not None for t in self.teachers):
+            raise ValueError("a teacher cache is for one teacher ('teacher'), not for 'teachers'")
         return self
 
     @property

@@ -1,0 +1,145 @@
+"""The teacher cache: exact (a student from an fp32 cache equals the online run bit for bit), refused when stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import tinykd
+from tinykd.distill.cache import TeacherCache, _logits_from_topk, batch_key
+from tinykd.models.checkpoint import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, TINYKD_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def _recipe(folder: Path, cache: str | None, **teacher: Any) -> Path:
+    recipe = {
+        "name": "cache", "seed": 2,
+        "data": {"name": "digits", "batch_size": 32, "val_size": 0.15, "augment": True},
+        "teacher": {"name": "cnn_small", "checkpoint": "teacher.safetensors", **teacher},
+        "student": {"name": "cnn_tiny"},
+        "loss_terms": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5},
+                       "hint": {"type": "fitnet", "weight": 0.1, "student": "stage2", "teacher": "stage2"}},
+        "train": {"epochs": 2, "max_steps_per_epoch": 6, "log_every": 3},
+        "runtime": {"threads": 1}, "measure": {"enabled": False},
+    }  # fmt: skip
+    if cache is not None:
+        recipe["teacher"]["cache"] = cache
+    path = folder / f"r-{cache or 'online'}-{len(teacher)}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cache")
+    torch.manual_seed(0)
+    teacher = tinykd.create_model("cnn_small", num_classes=10, in_channels=1)
+    save_model(teacher, folder / "teacher.safetensors", {"model": "cnn_small", "num_classes": 10, "in_channels": 1})
+    return folder
+
+
+def _student(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / "last.safetensors"))
+
+
+def _losses(run: Path) -> list[Any]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("loss")) for r in records if r["event"] == "train"]
+
+
+def test_a_student_from_an_fp32_cache_equals_the_online_run_bit_for_bit(folder: Path) -> None:
+    online = cli("distill", str(_recipe(folder, None)), "--out", "online", cwd=folder)
+    assert online.returncode == 0, online.stderr
+    filling = cli("distill", str(_recipe(folder, "cache32")), "--out", "fill", cwd=folder)
+    assert filling.returncode == 0, filling.stderr
+    assert "0 batches read, 12 computed by the teacher and added" in filling.stdout
+    cached = cli("distill", str(_recipe(folder, "cache32")), "--out", "cached", cwd=folder)
+    assert cached.returncode == 0, cached.stderr
+    assert "12 batches read, 0 computed" in cached.stdout  # the teacher never ran in training
+    want = _student(folder / "online")
+    for run in ("fill", "cached"):
+        got = _student(folder / run)
+        assert all(torch.equal(got[k], want[k]) for k in want), run
+        assert _losses(folder / run) == _losses(folder / "online")
+    report = json.loads((folder / "cached" / "report.json").read_text())
+    assert report["teacher_cache"]["batches_read"] == 12 and report["teacher_cache"]["batches_computed"] == 0
+    shards = list((folder / "cache32").glob("shard-*.safetensors"))
+    stored = load_file(str(shards[0]))
+    assert {"keys", "logits", "tap.stage2"} <= set(stored) and stored["logits"].dtype == torch.float32
+
+
+def test_cache_teacher_fills_ahead_and_a_stale_cache_is_refused_in_one_line(folder: Path) -> None:
+    filled = cli("cache-teacher", str(_recipe(folder, "ahead")), cwd=folder)
+    assert filled.returncode == 0, filled.stderr
+    assert "12 computed" in filled.stdout and "MiB per epoch" in filled.stdout
+    again = cli("distill", str(_recipe(folder, "ahead")), "--out", "from-ahead", cwd=folder)
+    assert again.returncode == 0 and "12 batches read, 0 computed" in again.stdout, again.stderr
+    other_seed = cli("distill", str(_recipe(folder, "ahead")), "--set", "seed=3", "--out", "x", cwd=folder)
+    assert other_seed.returncode == 2 and len(other_seed.stderr.strip().splitlines()) == 1
+    assert "was filled for another seed (2, this run: 3)" in other_seed.stderr
+    no_aug = cli("distill", str(_recipe(folder, "ahead")), "--set", "data.augment=false", "--out", "y", cwd=folder)
+    assert no_aug.returncode == 2 and "another training set" in no_aug.stderr
+    bf16 = cli("distill", str(_recipe(folder, "ahead", precision="bf16")), "--out", "z", cwd=folder)
+    assert bf16.returncode == 2 and "another teacher number format" in bf16.stderr
+    torch.manual_seed(1)
+    other = tinykd.create_model("cnn_small", num_classes=10, in_channels=1)
+    save_model(other, folder / "other.safetensors", {"model": "cnn_small", "num_classes": 10, "in_channels": 1})
+    other_teacher = f"teacher.checkpoint={folder / 'other.safetensors'}"
+    swapped = cli("distill", str(_recipe(folder, "ahead")), "--set", other_teacher, "--out", "w", cwd=folder)
+    assert swapped.returncode == 2 and "another teacher's weights" in swapped.stderr
+    (folder / "junk").mkdir()
+    (folder / "junk" / "a.txt").write_text("x")
+    junk = cli("distill", str(_recipe(folder, "junk")), "--out", "v", cwd=folder)
+    assert junk.returncode == 2 and "not empty and has no manifest.json" in junk.stderr
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "topk"])
+def test_compressed_caches_train_close_to_the_online_run(folder: Path, fmt: str) -> None:
+    recipe = _recipe(folder, f"cache-{fmt}", cache_format=fmt, cache_topk=3)
+    first = cli("distill", str(recipe), "--out", f"{fmt}-1", cwd=folder)
+    second = cli("distill", str(recipe), "--out", f"{fmt}-2", cwd=folder)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "12 batches read, 0 computed" in second.stdout
+    size = sum(p.stat().st_size for p in (folder / f"cache-{fmt}").glob("shard-*"))
+    full = sum(p.stat().st_size for p in (folder / "cache32").glob("shard-*"))
+    assert size < full
+    if (folder / "online").is_dir():  # the first step reads the exact teacher, later ones the stored values
+        online, compressed = _losses(folder / "online"), _losses(folder / f"{fmt}-2")
+        assert all(abs(a[1] - b[1]) < 0.5 for a, b in zip(online, compressed, strict=True))
+
+
+def test_topk_logits_keep_the_top_probabilities_and_spread_the_rest() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0, 2.0]])
+    p = torch.softmax(logits, -1)
+    top_p, top_i = p.topk(2, -1)
+    rebuilt = torch.softmax(_logits_from_topk(top_p, top_i, 5), -1)
+    assert torch.allclose(rebuilt[0, [0, 4]], p[0, [0, 4]], atol=1e-6)
+    rest = (1 - top_p.sum()) / 3
+    assert torch.allclose(rebuilt[0, [1, 2, 3]], rest.expand(3), atol=1e-6)
+
+
+def test_batch_keys_depend_on_the_indices_and_their_order() -> None:
+    assert batch_key([1, 2, 3]) == batch_key(torch.tensor([1, 2, 3]))
+    assert batch_key([1, 2, 3]) != batch_key([3, 2, 1]) and batch_key([1, 2]) != batch_key([1, 2, 3])
+    assert TeacherCache  # the class the runs use
