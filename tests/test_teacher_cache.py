@@ -41,7 +41,8 @@ def _recipe(folder: Path, cache: str | None, **teacher: Any) -> Path:
         "loss_terms": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5},
                        "hint": {"type": "fitnet", "weight": 0.1, "student": "stage2", "teacher": "stage2"}},
         "train": {"epochs": 2, "max_steps_per_epoch": 6, "log_every": 3},
-        "runtime": {"threads": 1}, "measure": {"enabled": False},
+        # channels_last: the teacher must see its inputs as in training when a cache is filled ahead
+        "runtime": {"threads": 1, "channels_last": True}, "measure": {"enabled": False},
     }  # fmt: skip
     if cache is not None:
         recipe["teacher"]["cache"] = cache
@@ -95,6 +96,9 @@ def test_cache_teacher_fills_ahead_and_a_stale_cache_is_refused_in_one_line(fold
     assert "12 computed" in filled.stdout and "MiB per epoch" in filled.stdout
     again = cli("distill", str(_recipe(folder, "ahead")), "--out", "from-ahead", cwd=folder)
     assert again.returncode == 0 and "12 batches read, 0 computed" in again.stdout, again.stderr
+    if (folder / "online").is_dir():  # filled ahead by another command, still the online run's student exactly
+        want, got = _student(folder / "online"), _student(folder / "from-ahead")
+        assert all(torch.equal(got[k], want[k]) for k in want)
     other_seed = cli("distill", str(_recipe(folder, "ahead")), "--set", "seed=3", "--out", "x", cwd=folder)
     assert other_seed.returncode == 2 and len(other_seed.stderr.strip().splitlines()) == 1
     assert "was filled for another seed (2, this run: 3)" in other_seed.stderr

@@ -79,7 +79,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def teacher_run(workdir: Path) -> Path:
     """A tiny BERT classifier trained from scratch, with a WordPiece trained on the training texts."""
     path = recipe(workdir, "teacher", model={"name": "hf:bert", "kwargs": {"config": TINY}},
-                  train={"epochs": 3})  # fmt: skip
+                  train={"epochs": 6})  # fmt: skip
     proc = run_cli(workdir, "train", str(path), "--out", "teacher")
     assert "on cpu, 1 process, fp32;" in proc.stdout and "train texts" in proc.stdout
     return workdir / "teacher"

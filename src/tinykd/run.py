@@ -195,18 +195,13 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
     before = len(cache)
     loader = engine.loader(training_set(data, distiller), recipe.data.batch_size, True, recipe.data.num_workers,
                            recipe.seed)  # fmt: skip
-    sampler = loader.sampler
-    steps = min(len(loader), recipe.train.max_steps_per_epoch or len(loader))
-    distiller.to(engine.device)
-    prepared = engine.accelerator.prepare(loader)
-    for epoch in range(1, recipe.train.epochs + 1):
-        sampler.epoch, sampler.start = epoch - 1, 0  # type: ignore[attr-defined]
-        for i, (inputs, _) in enumerate(prepared):
-            if i >= steps:
-                break
-            if inputs.teacher is None:
-                distiller.fill_cache(inputs)
-        cache.flush()
+
+    def fill(inputs: Any) -> None:
+        if inputs.teacher is None:  # not cached yet
+            distiller.fill_cache(inputs)
+
+    engine.replay(distiller, loader, recipe.train, fill)  # the batches, device, memory format and autocast of fit
+    cache.flush()
     seconds = time.perf_counter() - start
     stats = {"folder": str(cache.folder), "epochs": recipe.train.epochs, "batches_added": len(cache) - before,
              "batches": len(cache), "bytes": cache.size_bytes(), "seconds": round(seconds, 2),

@@ -167,7 +167,7 @@ class TeacherCache:
         else:
             store["logits"] = logits.half() if self.format == "fp16" else logits
         for path, value in features.items():
-            value = value.detach().float().cpu()
+            value = value.detach().float().cpu().contiguous()  # channels_last maps are stored dense
             store[f"tap.{path}"] = value if self.format == "fp32" else value.half()
         self._pending.append((key, store))
         self._rows[key] = ({k: v[None] for k, v in store.items()}, 0)

@@ -85,9 +85,42 @@ class Engine:
         return self.accelerator.is_main_process
 
     def _to_memory_format(self, x: Any) -> Any:
-        if self.runtime.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
-            return x.contiguous(memory_format=torch.channels_last)
+        """Image batches (4-D tensors, also inside tuples and dicts) in channels_last when the runtime asks."""
+        if not self.runtime.channels_last:
+            return x
+        if isinstance(x, torch.Tensor):
+            return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+        if isinstance(x, tuple):
+            items = [self._to_memory_format(v) for v in x]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+        if isinstance(x, dict):
+            return {k: self._to_memory_format(v) for k, v in x.items()}
         return x
+
+    @torch.no_grad()
+    def replay(self, task: nn.Module, train_loader: DataLoader, spec: TrainSpec, fn: Callable[[Any], None]) -> int:
+        """Call `fn(inputs)` on every training batch of every epoch that `fit` would train on, in the same order,
+        on the same device, memory format and autocast, without training: to precompute a frozen model's outputs
+        for exactly those batches. Returns the number of batches."""
+        acc = self.accelerator
+        if self.runtime.channels_last:
+            task.to(memory_format=torch.channels_last)
+        task.to(self.device)
+        sampler = train_loader.sampler if isinstance(getattr(train_loader, "sampler", None), EpochShuffle) else None
+        loader = acc.prepare(train_loader)
+        steps = min(len(loader), spec.max_steps_per_epoch or len(loader))
+        count = 0
+        for epoch in range(1, spec.epochs + 1):
+            if sampler is not None:
+                sampler.epoch, sampler.start = epoch - 1, 0
+            for i, (inputs, _) in enumerate(loader):
+                if i >= steps:
+                    break
+                with acc.autocast():
+                    fn(self._to_memory_format(inputs))
+                step_boundary(self.device)
+                count += 1
+        return count
 
     def fit(
         self,
