@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,14 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tinykd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m tinykd ARGS` in a subprocess, offline, one thread (the same maths in every run), from `cwd`."""
+    env = dict(os.environ, TINYKD_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +12,9 @@ import yaml
 from safetensors.torch import load_file
 
 import tinykd
+from conftest import run_tinykd as cli
 from tinykd.distill.cache import TeacherCache, _logits_from_topk, batch_key
 from tinykd.models.checkpoint import save_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, TINYKD_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
 
 
 def _recipe(folder: Path, cache: str | None, **teacher: Any) -> Path:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +10,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_tinykd as cli
 from tinykd import Distiller, create_model
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.errors import TinykdError
 from tinykd.losses import build_loss_term, kd_loss
 from tinykd.models.checkpoint import save_model
 from tinykd.recipes import load_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _teachers() -> list[torch.nn.Module]:
@@ -78,15 +74,6 @@ def test_a_recipe_takes_teacher_or_teachers_not_both(tmp_path: Path) -> None:
 # --- through the command line -------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, TINYKD_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
 
 
 def _recipe(**extra: Any) -> dict[str, Any]:

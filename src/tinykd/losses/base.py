@@ -185,6 +185,32 @@ def same_sequences(student: torch.Tensor, teacher: torch.Tensor) -> None:
 # --- helpers shared by the embedding terms (rkd, pkt, crd) ------------------------------------------------------
 
 
+class EmbeddingTerm(LossTerm):
+    """A term on one feature of each model, by module path: by default the embedding each classifier sees."""
+
+    def __init__(self, student: str | None = None, teacher: str | None = None) -> None:
+        super().__init__()
+        self.student_path, self.teacher_path = student, teacher
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        self.student_path = embedding_tap(student, self.student_path, "student")
+        self.teacher_path = embedding_tap(teacher, self.teacher_path, "teacher")
+
+    def student_taps(self) -> list[str]:
+        return [self.student_path]  # type: ignore[list-item]
+
+    def teacher_taps(self) -> list[str]:
+        return [self.teacher_path]  # type: ignore[list-item]
+
+    def embeddings(self, student: Outputs, teacher: Outputs | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two tapped features, each (B, ...)."""
+        assert teacher is not None
+        return student.features[self.student_path], teacher.features[self.teacher_path]  # type: ignore[index]
+
+    def paths_repr(self) -> str:
+        return f"student={self.student_path!r}, teacher={self.teacher_path!r}"
+
+
 def embedding_tap(model: nn.Module, path: str | None, role: str) -> str:
     """The tap a relational term reads: `path` as given, or, when None, the input of the model's last
     `nn.Linear`, its classifier: the pooled embedding (RepDistiller's and mdistiller's `feat[-1]`/`pooled_feat`)."""

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tinykd.losses.base import LossTerm, Outputs, embedding_tap, flat, register_loss
+from tinykd.losses.base import EmbeddingTerm, Outputs, flat, register_loss
 
 EPS = 1e-7  # the authors' ContrastLoss epsilon
 
@@ -52,27 +52,22 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_loss("crd")
-class ContrastiveRD(LossTerm):
+class ContrastiveRD(EmbeddingTerm):
     """NCE between projected student and teacher embeddings, negatives from momentum memory banks."""
 
     needs_index = True
 
     def __init__(self, student: str | None = None, teacher: str | None = None, feat_dim: int = 128,
                  negatives: int = 16384, temperature: float = 0.07, momentum: float = 0.5) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__(student, teacher)
         if feat_dim < 1 or negatives < 1:
             raise ValueError(f"feat_dim and negatives must be >= 1, got {feat_dim} and {negatives}")
         if temperature <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"temperature must be > 0 and momentum in [0, 1), got {temperature} and {momentum}")
-        self.student_path, self.teacher_path = student, teacher
         self.feat_dim, self.negatives, self.temperature, self.momentum = feat_dim, negatives, temperature, momentum
         self.num_samples = 0  # the training set's size, from bind_dataset
         self.embed_student: nn.Module | None = None
         self.embed_teacher: nn.Module | None = None
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_path = embedding_tap(student, self.student_path, "student")
-        self.teacher_path = embedding_tap(teacher, self.teacher_path, "teacher")
 
     def bind_dataset(self, num_samples: int) -> None:
         if num_samples <= self.negatives:
@@ -80,18 +75,11 @@ class ContrastiveRD(LossTerm):
                              f"samples, and it has {num_samples}; lower negatives")  # fmt: skip
         self.num_samples = num_samples
 
-    def student_taps(self) -> list[str]:
-        return [self.student_path]
-
-    def teacher_taps(self) -> list[str]:
-        return [self.teacher_path]
-
     def build(self, student: Outputs, teacher: Outputs | None) -> None:
-        assert teacher is not None
         if not self.num_samples:
             raise ValueError("crd needs the size of the training set (bind_dataset) before the probe batch")
-        d_s = flat(student.features[self.student_path]).shape[1]
-        d_t = flat(teacher.features[self.teacher_path]).shape[1]
+        s, t = self.embeddings(student, teacher)
+        d_s, d_t = flat(s).shape[1], flat(t).shape[1]
         self.embed_student, self.embed_teacher = nn.Linear(d_s, self.feat_dim), nn.Linear(d_t, self.feat_dim)
         stdv = 1.0 / math.sqrt(self.feat_dim / 3)  # the authors' initialization of the banks
         for name in ("bank_student", "bank_teacher"):
@@ -103,8 +91,9 @@ class ContrastiveRD(LossTerm):
         index = student.index
         if index is None:
             raise ValueError("crd needs the training-set index of every sample; the batch carries none")
-        v_s = F.normalize(self.embed_student(flat(student.features[self.student_path])), dim=1)
-        v_t = F.normalize(self.embed_teacher(flat(teacher.features[self.teacher_path])), dim=1)
+        s, t = self.embeddings(student, teacher)
+        v_s = F.normalize(self.embed_student(flat(s)), dim=1)
+        v_t = F.normalize(self.embed_teacher(flat(t)), dim=1)
         batch = len(index)
         draw = torch.randint(0, self.num_samples - 1, (batch, self.negatives), device=index.device)
         draw = draw + (draw >= index[:, None]).long()  # uniform over the other samples
@@ -131,4 +120,4 @@ class ContrastiveRD(LossTerm):
 
     def extra_repr(self) -> str:
         return f"feat_dim={self.feat_dim}, negatives={self.negatives}, temperature={self.temperature}, " \
-               f"momentum={self.momentum}, student={self.student_path!r}, teacher={self.teacher_path!r}"  # fmt: skip
+               f"momentum={self.momentum}, {self.paths_repr()}"  # fmt: skip

@@ -13,9 +13,8 @@ is the recipe's `weight` here), on the embedding the classifier sees unless modu
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from tinykd.losses.base import LossTerm, Outputs, embedding_tap, flat, register_loss
+from tinykd.losses.base import EmbeddingTerm, Outputs, flat, register_loss
 
 
 def _conditional(e: torch.Tensor, eps: float) -> torch.Tensor:
@@ -32,28 +31,17 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) ->
 
 
 @register_loss("pkt")
-class ProbabilisticKT(LossTerm):
+class ProbabilisticKT(EmbeddingTerm):
     """KL between the teacher's and the student's cosine-kernel distributions over the batch."""
 
     def __init__(self, student: str | None = None, teacher: str | None = None, eps: float = 1e-7) -> None:
-        super().__init__()
+        super().__init__(student, teacher)
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
-        self.student_path, self.teacher_path, self.eps = student, teacher, eps
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_path = embedding_tap(student, self.student_path, "student")
-        self.teacher_path = embedding_tap(teacher, self.teacher_path, "teacher")
-
-    def student_taps(self) -> list[str]:
-        return [self.student_path]
-
-    def teacher_taps(self) -> list[str]:
-        return [self.teacher_path]
+        self.eps = eps
 
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
-        return pkt_loss(student.features[self.student_path], teacher.features[self.teacher_path], self.eps)
+        return pkt_loss(*self.embeddings(student, teacher), self.eps)
 
     def extra_repr(self) -> str:
-        return f"student={self.student_path!r}, teacher={self.teacher_path!r}"
+        return self.paths_repr()

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tinykd.losses.base import LossTerm, Outputs, embedding_tap, flat, register_loss
+from tinykd.losses.base import EmbeddingTerm, Outputs, flat, register_loss
 
 
 def pairwise_distances(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -56,34 +55,20 @@ def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, distance: float = 25.
 
 
 @register_loss("rkd")
-class RelationalKD(LossTerm):
+class RelationalKD(EmbeddingTerm):
     """`distance` x distance-wise + `angle` x angle-wise relations of the batch's embeddings."""
 
     def __init__(self, student: str | None = None, teacher: str | None = None, distance: float = 25.0,
                  angle: float = 50.0, squared: bool = False, eps: float = 1e-12) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__(student, teacher)
         if distance < 0 or angle < 0 or distance + angle == 0:
             raise ValueError(f"distance and angle must be >= 0 and not both 0, got {distance} and {angle}")
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
-        self.student_path, self.teacher_path = student, teacher
         self.distance, self.angle, self.squared, self.eps = distance, angle, squared, eps
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_path = embedding_tap(student, self.student_path, "student")
-        self.teacher_path = embedding_tap(teacher, self.teacher_path, "teacher")
-
-    def student_taps(self) -> list[str]:
-        return [self.student_path]
-
-    def teacher_taps(self) -> list[str]:
-        return [self.teacher_path]
-
     def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
-        return rkd_loss(student.features[self.student_path], teacher.features[self.teacher_path], self.distance,
-                        self.angle, self.squared, self.eps)  # fmt: skip
+        return rkd_loss(*self.embeddings(student, teacher), self.distance, self.angle, self.squared, self.eps)
 
     def extra_repr(self) -> str:
-        return f"distance={self.distance}, angle={self.angle}, student={self.student_path!r}, " \
-               f"teacher={self.teacher_path!r}"  # fmt: skip
+        return f"distance={self.distance}, angle={self.angle}, {self.paths_repr()}"
