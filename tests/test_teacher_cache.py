@@ -132,3 +132,20 @@ def test_batch_keys_depend_on_the_indices_and_their_order() -> None:
     assert batch_key([1, 2, 3]) == batch_key(torch.tensor([1, 2, 3]))
     assert batch_key([1, 2, 3]) != batch_key([3, 2, 1]) and batch_key([1, 2]) != batch_key([1, 2, 3])
     assert TeacherCache  # the class the runs use
+
+
+def test_a_run_reads_the_shards_a_filler_beside_it_writes(tmp_path: Path) -> None:
+    from tinykd.data import TensorImageDataset
+
+    torch.manual_seed(0)
+    teacher = tinykd.create_model("cnn_tiny", num_classes=10, in_channels=1)
+    data = TensorImageDataset(torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64) % 10,
+                              (0.5,), (0.5,))  # fmt: skip
+    reader = TeacherCache.open(tmp_path / "c", teacher, data, 0, [], 10)
+    filler = TeacherCache.open(tmp_path / "c", teacher, data, 0, [], 10)  # another process, the same cache
+    logits = torch.randn(8, 10)
+    filler.add(batch_key(range(8)), logits, {})
+    assert reader.lookup(batch_key(range(8))) is None
+    filler.flush()
+    assert reader.refresh() == 1 and torch.equal(reader.lookup(batch_key(range(8)))["logits"], logits)
+    assert reader.refresh() == 0

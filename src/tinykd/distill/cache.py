@@ -71,6 +71,7 @@ class TeacherCache:
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.served = self.computed = 0
         self._shards = 0
+        self._loaded: set[str] = set()
 
     # --- opening ---------------------------------------------------------------------------------------------
 
@@ -125,6 +126,9 @@ class TeacherCache:
 
     def _load(self) -> None:
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            if shard.name in self._loaded:
+                continue
+            self._loaded.add(shard.name)
             try:
                 tensors = load_file(str(shard))
             except Exception as exc:  # a half-written shard from a killed run: its batches are simply missing
@@ -135,6 +139,13 @@ class TeacherCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def refresh(self) -> int:
+        """Read the shards written since the cache was opened (by `tinykd cache-teacher` running beside this run,
+        filling later epochs ahead); returns how many batches it added. Called at every epoch start."""
+        before = len(self._rows)
+        self._load()
+        return len(self._rows) - before
 
     # --- reading ---------------------------------------------------------------------------------------------
 

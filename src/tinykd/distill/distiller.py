@@ -150,6 +150,8 @@ class Distiller(nn.Module):
         """The engine calls this at the start of every epoch (from 1); the terms that follow training hear it."""
         for term in self.terms.values():
             term.set_epoch(epoch)
+        if self.teacher_cache is not None:  # batches a filler beside this run has written since
+            self.teacher_cache.refresh()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The student's parameters and those of the terms' adapters: what the optimizer gets."""
