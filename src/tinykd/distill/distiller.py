@@ -27,15 +27,7 @@ from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
-from tinykd.models.outputs import attention_dropout, eager_attention, forward_outputs
-
-
-def _cast_floats(inputs: Any, dtype: torch.dtype) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(dtype) if inputs.is_floating_point() else inputs
-    if isinstance(inputs, Mapping):
-        return {k: _cast_floats(v, dtype) for k, v in inputs.items()}
-    return inputs
+from tinykd.models.outputs import attention_dropout, cast_floats, eager_attention, forward_outputs
 
 
 def _mask(inputs: Any) -> torch.Tensor | None:
@@ -222,7 +214,7 @@ class Distiller(nn.Module):
             return None
         with torch.no_grad():
             if self.teacher_dtype is not None:
-                inputs = _cast_floats(inputs, self.teacher_dtype)
+                inputs = cast_floats(inputs, self.teacher_dtype)
             out = forward_outputs(self.teacher, inputs, self._hidden_states, bool(self._attentions), "teacher")
         features = self._teacher_taps.pop()  # type: ignore[union-attr]
         logits, hidden, attentions = out.logits, out.hidden_states, out.attentions

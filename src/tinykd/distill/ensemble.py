@@ -12,23 +12,13 @@ ensemble stays frozen, in eval mode, outside the student's DistributedDataParall
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from tinykd.models.outputs import call_model
-
-
-def _cast(inputs: Any, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return inputs
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(dtype) if inputs.is_floating_point() else inputs
-    if isinstance(inputs, Mapping):
-        return {k: _cast(v, dtype) for k, v in inputs.items()}
-    return inputs
+from tinykd.models.outputs import call_model, cast_floats
 
 
 class TeacherEnsemble(nn.Module):
@@ -70,7 +60,7 @@ class TeacherEnsemble(nn.Module):
         inputs = kwargs if kwargs else args[0]
         total: torch.Tensor | None = None
         for teacher, weight, dtype in zip(self.teachers, self.weights, self.dtypes, strict=True):
-            logits = call_model(teacher, _cast(inputs, dtype)).float() * weight
+            logits = call_model(teacher, cast_floats(inputs, dtype)).float() * weight
             total = logits if total is None else total + logits
         assert total is not None
         return total

@@ -40,6 +40,17 @@ def _logits(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
+def cast_floats(inputs: Any, dtype: torch.dtype | None) -> Any:
+    """The floating-point tensors of `inputs` (a tensor or a dict) in `dtype` (None: as they are); ids stay ints."""
+    if dtype is None:
+        return inputs
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(dtype) if inputs.is_floating_point() else inputs
+    if isinstance(inputs, Mapping):
+        return {k: cast_floats(v, dtype) for k, v in inputs.items()}
+    return inputs
+
+
 def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     """Run a model on a tensor or a dict of tensors and return its logits (plain, tuple or `.logits`)."""
     return _logits(model(**inputs) if isinstance(inputs, Mapping) else model(inputs))
