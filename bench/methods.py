@@ -10,10 +10,12 @@ over 20 of 240 epochs; over a few epochs that is less than one, so none), and CR
 and a second one (`--second-teacher`, e.g. a resnet8x4 trained with another seed); `born-again` is generation 2
 of `tinykd distill --generations 2` on the KD recipe.
 
-Every single-teacher method reads the teacher from a teacher cache (`teacher.cache`, fp32: exact, so its numbers
-are those of online distillation). A cache is keyed on the seed and on the taps, so each seed fills one cache
-for the logit methods (kd, mse, dkd) and one per set of taps, and the methods that share it never run the teacher
-again. Finished runs are reused: run the same command again to continue.
+The logit methods (kd, mse, dkd) read the teacher from one fp32 teacher cache per seed, and the embedding
+methods (rkd, pkt, crd) from another (the teacher's penultimate features, 1 KiB per image): fp32 caches are
+exact, so their numbers are those of online distillation, and each cache is filled by `fill_teacher_cache`
+before the first run that reads it, so every cached run's img/s is that of reading the cache. FitNet and AT
+read whole feature maps (layer2 of the teacher alone is about 27 GB for 5 epochs), so they run the teacher
+online and their img/s includes it. Finished runs and caches are reused: run the same command to continue.
 
     python bench/methods.py                                   # all methods, seeds 0 1 2
     python bench/methods.py --methods ce kd dkd --seeds 0 --set train.epochs=2
@@ -31,9 +33,10 @@ from typing import Any
 
 from tinykd.demo import DISTILL_RECIPE, SCRATCH_RECIPE, shipped_teacher
 from tinykd.recipes import load_recipe
-from tinykd.run import run, run_generations
+from tinykd.run import fill_teacher_cache, run, run_generations
 
 CE = {"ce": {"weight": 1.0}}
+CACHED = {"kd": "logits", "mse": "logits", "dkd": "logits", "rkd": "embedding", "pkt": "embedding", "crd": "embedding"}
 METHODS: dict[str, dict[str, Any]] = {
     "ce": {},
     "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
@@ -84,7 +87,8 @@ def main() -> None:
                      f"{', '.join(f'{100 * a:.2f}' for a in acc)} | "
                      f"{statistics.mean(r['img_per_s'] for r in rows):.0f} |")  # fmt: skip
     lines += ["", "Notes: DKD warm-up 0 epochs (mdistiller: 20 of 240); CRD 4096 negatives (paper: 16384); "
-              "img/s of cached methods excludes the time to fill the cache (reported by tinykd cache-teacher)."]
+              "img/s of kd, mse, dkd, rkd, pkt and crd is read from a teacher cache and excludes the time to fill it; "
+              "fitnet, at and multi-teacher run their teachers online."]
     text = "\n".join(lines)
     print(text)
     (out / "methods.md").write_text(text + "\n")
@@ -106,10 +110,11 @@ def _run_method(method: str, seed: int, args: argparse.Namespace, folder: Path) 
         spec = recipe.teacher.model_dump()  # type: ignore[union-attr]
         update["teachers"] = [{**spec, "checkpoint": args.teacher}, {**spec, "checkpoint": args.second_teacher}]
         update["teacher"] = None
-    elif method != "born-again":  # a cache per seed and set of taps, shared by the methods that read the same
-        taps = "-".join(sorted(k for k in METHODS[method] if k not in ("ce", "kd", "mse", "dkd"))) or "logits"
-        update["teacher"] = {**recipe.teacher.model_dump(), "cache": str(args.out) + f"/cache-{taps}-{seed}"}  # type: ignore[union-attr]
+    elif method in CACHED:  # a cache per seed and kind of teacher output, shared by the methods that read it
+        update["teacher"] = {**recipe.teacher.model_dump(), "cache": str(args.out) + f"/cache-{CACHED[method]}-{seed}"}  # type: ignore[union-attr]
     recipe = load_recipe({**recipe.model_dump(mode="json"), **update})
+    if method in CACHED:
+        fill_teacher_cache(recipe)  # a full cache is only checked, so the run below never runs the teacher
     if method == "born-again":
         return run_generations(recipe, 2, folder)[-1].metrics
     return run(recipe, folder, mode="distill").metrics
