@@ -47,7 +47,9 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
                            label_column=d.label_column, task=d.task, max_length=d.max_length,
                            tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,
-                           mlm_probability=d.mlm_probability, static_shapes=static_shapes)  # fmt: skip
+                           mlm_probability=d.mlm_probability, static_shapes=static_shapes,
+                           source_column=d.source_column, target_column=d.target_column,
+                           packing=d.packing)  # fmt: skip
     return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size,
                           d.bad_images, text=text)  # fmt: skip
 
@@ -99,6 +101,9 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
         if data.tokenizer is not None:
             kwargs.setdefault("vocab_size", len(data.tokenizer))
             kwargs.setdefault("pad_token_id", data.tokenizer.pad_token_id)
+            _check_same_tokenizer(name, data, role)
+            if data.task in ("causal-lm", "seq2seq"):
+                kwargs.setdefault("token_ids", generation_token_ids(data))
         if spec.checkpoint:
             file = resolve_checkpoint(spec.checkpoint)
             saved = read_meta(file) if file.suffix == ".safetensors" else {}
@@ -108,7 +113,64 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
     model = create_model(name, **kwargs)
     if spec.checkpoint:
         load_weights(model, spec.checkpoint, name)
+    if data.task == "seq2seq":
+        _align_decoder_start(model, data, role)
     return model
+
+
+def _text_datasets(data: DataBundle) -> list[Any]:
+    """The tokenized datasets under the bundle's splits (the validation split shares the training one)."""
+    found = []
+    for split in (data.train, data.val, data.test):
+        while split is not None and not hasattr(split, "decoder_start_id") and hasattr(split, "dataset"):
+            split = split.dataset
+        if split is not None and hasattr(split, "decoder_start_id") and split not in found:
+            found.append(split)
+    return found
+
+
+def generation_token_ids(data: DataBundle) -> dict[str, int]:
+    """The tokenizer's begin, end and decoder-start ids, for a generative model built from a config here."""
+    tok = data.tokenizer
+    ids = {"bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id,
+           "eos_token_id": tok.eos_token_id}  # fmt: skip
+    datasets = _text_datasets(data)
+    if data.task == "seq2seq" and datasets:
+        ids["decoder_start_token_id"] = datasets[0].decoder_start_id
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _align_decoder_start(model: nn.Module, data: DataBundle, role: str) -> None:
+    """The decoder's first input is the model's `decoder_start_token_id` (as in its generate()): the data
+    takes it from the first model that has one; a second model that disagrees is one line."""
+    config = getattr(model, "config", None)
+    start = getattr(config, "decoder_start_token_id", None)
+    datasets = _text_datasets(data)
+    if start is None or not datasets:
+        return
+    current = datasets[0].decoder_start_id
+    if data.decoder_start_from is not None and start != current:
+        raise TinykdError(f"the {role} starts its decoder with token {start}, the {data.decoder_start_from} with "
+                          f"{current}: teacher and student must share decoder_start_token_id (set it in the "
+                          "config)")  # fmt: skip
+    for dataset in datasets:
+        dataset.decoder_start_id = int(start)
+    data.decoder_start_from = role
+
+
+def _check_same_tokenizer(name: str, data: DataBundle, role: str) -> None:
+    """A saved Hugging Face model with a tokenizer of its own must use the data's (the teacher's) vocabulary:
+    the same ids must mean the same tokens, or the distillation compares unrelated distributions."""
+    folder = Path(name[3:]).expanduser()
+    if not _has_tokenizer(folder):
+        return
+    from tinykd.data.text import load_tokenizer
+
+    own = load_tokenizer(str(folder))
+    if own.get_vocab() != data.tokenizer.get_vocab():
+        raise TinykdError(f"the {role} hf:{folder} has its own tokenizer ({len(own)} tokens) that differs from the "
+                          f"data's ({len(data.tokenizer)} tokens, the teacher's or data.tokenizer): teacher and "
+                          "student must share one; set data.tokenizer to the one both were trained with")  # fmt: skip
 
 
 def build_loss_terms(recipe: Recipe) -> dict[str, tuple[LossTerm, float]]:
@@ -217,4 +279,7 @@ def measure_input(data: DataBundle, probe_inputs: Any, length: int) -> dict[str,
     of a text model depends on the sequence length, so reports state it and time a fixed one."""
     ids = probe_inputs["input_ids"][0][probe_inputs["attention_mask"][0].bool()]
     ids = ids.repeat(-(-length // len(ids)))[:length]
-    return {"input_ids": ids[None].clone(), "attention_mask": torch.ones(1, length, dtype=torch.long)}
+    inputs = {"input_ids": ids[None].clone(), "attention_mask": torch.ones(1, length, dtype=torch.long)}
+    if "decoder_input_ids" in probe_inputs:  # an encoder-decoder: a decoder sequence of the same length
+        inputs.update(decoder_input_ids=ids[None].clone(), decoder_attention_mask=inputs["attention_mask"].clone())
+    return inputs

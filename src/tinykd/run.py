@@ -15,6 +15,7 @@ from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
 from tinykd.errors import RunInterrupted, TinykdError
+from tinykd.generation import perplexity, seq2seq_scores
 from tinykd.measure import measure_model
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
@@ -136,7 +137,15 @@ def run(
     for role, model in models.items():
         name = meta["model"] if role != "teacher" else " + ".join(spec.name for spec in recipe.teacher_specs)
         row: dict[str, Any] = {"role": role, "model": name}
-        row["test_accuracy"] = engine.evaluate(model, test_loader)["accuracy"]
+        scores = engine.evaluate(model, test_loader)
+        row["test_accuracy"] = scores["accuracy"]
+        if data.task in ("causal-lm", "seq2seq"):  # accuracy is per predicted token; perplexity of the same tokens
+            row["test_perplexity"] = perplexity(scores["loss"])
+        if data.task == "seq2seq" and recipe.measure.generate_samples and engine.is_main \
+                and engine.device.type != "xla":  # fmt: skip  # decoding is host-driven, a graph per length
+            generated = seq2seq_scores(engine.accelerator.unwrap_model(model), data.test,
+                                       recipe.measure.generate_samples, recipe.data.eval_batch_size)  # fmt: skip
+            row.update(test_exact_match=generated["exact_match"], test_rouge_l=generated["rouge_l"])
         if recipe.measure.enabled and engine.is_main:
             stats = measure_model(engine.accelerator.unwrap_model(model), example,
                                   recipe.measure.latency_repeats, recipe.measure.throughput_batch,

@@ -41,7 +41,7 @@ class RawSplits:
     image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable: "path (reason)"
     tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
-    task: str = "classification"  # text: classification or masked-lm (see text.TASKS)
+    task: str = "classification"  # text: classification, masked-lm, causal-lm, seq2seq (text.TASKS)
     max_length: int | None = None  # text: tokens per sequence, at most
 
 
@@ -57,8 +57,9 @@ class DataBundle:
     image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable (data.bad_images: skip)
     tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
-    task: str = "classification"  # text: classification or masked-lm (see text.TASKS)
+    task: str = "classification"  # text: classification, masked-lm, causal-lm, seq2seq (text.TASKS)
     max_length: int | None = None  # text: tokens per sequence, at most
+    decoder_start_from: str | None = None  # seq2seq: the model whose decoder_start_token_id the data uses
 
     @property
     def num_classes(self) -> int:

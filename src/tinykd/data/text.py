@@ -4,7 +4,9 @@ A split is read (csv, tsv, jsonl/json, parquet, or a hub dataset), its columns a
 one line naming the file and the column, before any training), every text is tokenized once up front, and the
 token ids are kept as one flat int32 array with offsets. `TextDataset.get_batch` then pads a batch to its longest
 sequence (or to `max_length` for XLA's one compiled shape) and, for masked-lm, masks it as BERT does, with draws
-that are a pure function of (seed, batch indices): a resumed run sees the same masks.
+that are a pure function of (seed, batch indices): a resumed run sees the same masks. The generative tasks:
+causal-lm predicts each next token (texts one per sample, or packed into blocks of `max_length`), seq2seq
+reads a source and a target column and predicts the target through the decoder (teacher forcing).
 
 Where the files are (SST-2's folder, its download) is `datasets.py`'s business; this module only reads.
 """
@@ -29,6 +31,7 @@ from tinykd.errors import TinykdError, close_matches
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+IGNORE_INDEX = -100  # a target that counts in no loss (PyTorch's and Hugging Face's convention)
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -48,6 +51,9 @@ class TextOptions:
     lowercase: bool = True  # for the trained WordPiece
     mlm_probability: float = 0.15
     static_shapes: bool = False  # pad every batch to max_length (XLA: one compiled shape)
+    source_column: str | None = None  # seq2seq: None: the first of TEXT_COLUMNS present
+    target_column: str = "target"  # seq2seq
+    packing: bool = False  # causal-lm: the texts joined end to end and cut into blocks of max_length
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class TextTask:
     needs_labels: bool
     needs_mask_token: bool
     targets: Callable[[TextDataset, dict[str, torch.Tensor], torch.Tensor], Batch]
+    generative: bool = False  # predicts tokens that generate() continues: needs an end-of-sequence token
 
 
 def _classification(dataset: TextDataset, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
@@ -76,10 +83,36 @@ def _masked_lm(dataset: TextDataset, inputs: dict[str, torch.Tensor], index: tor
     return Batch({**inputs, "input_ids": masked}, targets)
 
 
-# Task name -> what it needs. causal-lm and seq2seq add entries here (and a target maker).
+def _causal_lm(dataset: TextDataset, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
+    """Next-token targets: position t predicts token t + 1; the last position and padding predict nothing.
+
+    The shift is made here, not inside the model (Hugging Face shifts `labels` itself), so that the logits and
+    the targets line up position for position for every term, the evaluation and the teacher cache."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[:, :-1] = torch.where(mask[:, 1:].bool(), ids[:, 1:], IGNORE_INDEX)
+    return Batch(inputs, targets)
+
+
+def _seq2seq(dataset: TextDataset, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
+    """The decoder reads the target shifted right (its start token first) and predicts the target; padding -100."""
+    assert dataset.decoder is not None
+    labels, decoder_mask = pad_samples(dataset.decoder, index, dataset.max_length if dataset.static_shapes else None,
+                                dataset.pad_id)  # fmt: skip
+    decoder_ids = torch.full_like(labels, dataset.pad_id)
+    decoder_ids[:, 0] = dataset.decoder_start_id
+    decoder_ids[:, 1:] = labels[:, :-1]
+    decoder_ids = torch.where(decoder_mask.bool(), decoder_ids, dataset.pad_id)  # start, t1 .. t(n-1), padding
+    decoder_inputs = {"decoder_input_ids": decoder_ids, "decoder_attention_mask": decoder_mask}
+    return Batch({**inputs, **decoder_inputs}, torch.where(decoder_mask.bool(), labels, IGNORE_INDEX))
+
+
+# Task name -> what it needs from the table and how a batch's targets are made.
 TASKS: dict[str, TextTask] = {
     "classification": TextTask(needs_labels=True, needs_mask_token=False, targets=_classification),
     "masked-lm": TextTask(needs_labels=False, needs_mask_token=True, targets=_masked_lm),
+    "causal-lm": TextTask(needs_labels=False, needs_mask_token=False, targets=_causal_lm, generative=True),
+    "seq2seq": TextTask(needs_labels=False, needs_mask_token=False, targets=_seq2seq, generative=True),
 }
 
 
@@ -212,17 +245,17 @@ def _columns(table: Any) -> str:
     return ", ".join(table.column_names) or "none"
 
 
-def text_column(table: Any, wanted: str | None, source: str) -> str:
+def text_column(table: Any, wanted: str | None, source: str, setting: str = "data.text_column") -> str:
     """The text column: the one asked for, else the first of TEXT_COLUMNS that the table has."""
     if wanted is not None:
         if wanted not in table.column_names:
-            raise TinykdError(f"{source} has no column '{wanted}' (data.text_column)"
+            raise TinykdError(f"{source} has no column '{wanted}' ({setting})"
                               f"{close_matches(wanted, table.column_names)}; columns: {_columns(table)}")  # fmt: skip
         return wanted
     found = next((c for c in TEXT_COLUMNS if c in table.column_names), None)
     if found is None:
         raise TinykdError(f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}); columns: "
-                          f"{_columns(table)}; set data.text_column")  # fmt: skip
+                          f"{_columns(table)}; set {setting}")  # fmt: skip
     return found
 
 
@@ -308,8 +341,11 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int = 8000, lowercase: boo
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     tokenizer.decoder = decoders.WordPiece()
+    # [CLS] and [SEP] also serve as begin and end of sequence: a causal LM learns to end a text with [SEP], and
+    # generate() stops there
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   bos_token="[CLS]", eos_token="[SEP]",
                                    model_max_length=max_length,
                                    model_input_names=["input_ids", "token_type_ids", "attention_mask"])  # fmt: skip
 
@@ -379,6 +415,49 @@ def encode(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length
     return Encoded(ids, offsets, types)
 
 
+def with_eos(encoded: Encoded, eos_id: int, max_length: int) -> Encoded:
+    """Every sample ending in `eos_id` (within `max_length` tokens): a generative model learns where a text ends.
+    Tokenizers that add it themselves (the trained WordPiece's [SEP]) leave nothing to do."""
+    lengths = np.diff(encoded.offsets)
+    last = encoded.ids[np.maximum(encoded.offsets[1:] - 1, 0)]
+    if len(encoded) and ((lengths > 0) & (last == eos_id)).all():
+        return encoded
+    pieces = []
+    for start, end in zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist(), strict=True):
+        row = encoded.ids[start:end]
+        if not len(row) or row[-1] != eos_id:
+            row = np.append(row[: max_length - 1], np.int32(eos_id))
+        pieces.append(row)
+    new_lengths = np.fromiter((len(r) for r in pieces), dtype=np.int64, count=len(pieces))
+    offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64)
+    ids = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    return Encoded(ids, offsets)
+
+
+def packed(encoded: Encoded, block: int) -> Encoded:
+    """The samples joined end to end and cut into blocks of `block` tokens (the last may be shorter): no padding,
+    and texts shorter than a block share one (GPT-2's pre-training layout)."""
+    total = len(encoded.ids)
+    offsets = np.append(np.arange(0, total, block, dtype=np.int64), np.int64(total))
+    if total == 0:
+        offsets = np.zeros(1, np.int64)
+    return Encoded(encoded.ids.copy(), offsets)
+
+
+def pad_samples(encoded: Encoded, index: torch.Tensor, width: int | None,
+                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The samples `index` right-padded to `width` (None: the longest of them): (ids, attention mask)."""
+    offsets, ids = encoded.offsets, encoded.ids
+    starts, ends = offsets[index.numpy()], offsets[index.numpy() + 1]
+    width = width or max(1, int((ends - starts).max(initial=0)))
+    out = torch.full((len(index), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(index), width), dtype=torch.int64)
+    for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        out[row, : end - start] = torch.from_numpy(ids[start:end])
+        mask[row, : end - start] = 1
+    return out, mask
+
+
 # --- the dataset -------------------------------------------------------------------------------------------------
 
 
@@ -387,17 +466,24 @@ class TextDataset(BatchDataset):
 
     `get_batch(indices)` gives `Batch({"input_ids", "attention_mask"[, "token_type_ids"]}, targets)`, padded to the
     longest sample of the batch or, with `static_shapes`, to `max_length`. Targets: the labels (B,) for
-    classification; for masked-lm the ids to predict (B, T), -100 elsewhere. Masking draws from a generator
-    seeded by (seed, indices), as `TensorImageDataset`'s augmentation does: never from torch's global RNG.
+    classification; for masked-lm the ids to predict (B, T), -100 elsewhere; for causal-lm the next token at each
+    position; for seq2seq the target tokens (`decoder`, one per sample), with `decoder_input_ids` and
+    `decoder_attention_mask` added to the inputs. Masking draws from a generator seeded by (seed, indices), as
+    `TensorImageDataset`'s augmentation does: never from torch's global RNG.
     """
 
     def __init__(self, encoded: Encoded, tokenizer: Any, labels: np.ndarray | None = None,
                  task: str = "classification", max_length: int = 128, static_shapes: bool = False,
-                 mlm_probability: float = 0.15, classes: list[str] | None = None, seed: int = 0) -> None:  # fmt: skip
+                 mlm_probability: float = 0.15, classes: list[str] | None = None, seed: int = 0,
+                 decoder: Encoded | None = None) -> None:  # fmt: skip
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
         if TASKS[task].needs_labels and (labels is None or len(labels) != len(encoded)):
             raise ValueError(f"task {task!r} needs one label per sample")
+        if task == "seq2seq" and (decoder is None or len(decoder) != len(encoded)):
+            raise ValueError("task 'seq2seq' needs one target sequence per sample")
+        self.decoder = decoder
+        self.decoder_start_id = default_decoder_start(tokenizer)
         self.encoded, self.tokenizer, self.task = encoded, tokenizer, task
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
         self.max_length, self.static_shapes, self.mlm_probability = max_length, static_shapes, mlm_probability
@@ -415,26 +501,19 @@ class TextDataset(BatchDataset):
 
     def get_batch(self, indices: Sequence[int]) -> Batch:
         index = torch.as_tensor(indices, dtype=torch.int64)
-        offsets, ids, types = self.encoded.offsets, self.encoded.ids, self.encoded.type_ids
-        starts, ends = offsets[index.numpy()], offsets[index.numpy() + 1]
-        width = self.max_length if self.static_shapes else max(1, int((ends - starts).max(initial=0)))
-        input_ids = torch.full((len(index), width), self.pad_id, dtype=torch.int64)
-        attention = torch.zeros((len(index), width), dtype=torch.int64)
-        token_types = torch.zeros((len(index), width), dtype=torch.int64) if types is not None else None
-        for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            input_ids[row, : end - start] = torch.from_numpy(ids[start:end])
-            attention[row, : end - start] = 1
-            if token_types is not None and types is not None:
-                token_types[row, : end - start] = torch.from_numpy(types[start:end])
+        width = self.max_length if self.static_shapes else None
+        input_ids, attention = pad_samples(self.encoded, index, width, self.pad_id)
         inputs = {"input_ids": input_ids, "attention_mask": attention}
-        if token_types is not None:
-            inputs["token_type_ids"] = token_types
+        types = self.encoded.type_ids
+        if types is not None:
+            inputs["token_type_ids"] = pad_samples(Encoded(types, self.encoded.offsets), index, width, 0)[0]
         return TASKS[self.task].targets(self, inputs, index)
 
     def content_digest(self) -> str:
-        e = self.encoded
+        e, d = self.encoded, self.decoder
         return tensor_digest(e.ids, e.offsets, e.type_ids, self.labels, self.task, self.max_length, self.static_shapes,
-                             self.mlm_probability, self.pad_id, self.special_ids, self.seed)  # fmt: skip
+                             self.mlm_probability, self.pad_id, self.special_ids, self.seed,
+                             *((d.ids, d.offsets, self.decoder_start_id) if d is not None else ()))  # fmt: skip
 
     def special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where the special tokens ([CLS], [SEP], [PAD]...) are: never chosen for masking."""
@@ -451,6 +530,16 @@ class TextDataset(BatchDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_collator": None}  # loader workers make their own
+
+
+def default_decoder_start(tokenizer: Any) -> int:
+    """The token a decoder starts from when the model does not say: begin-of-sequence, else [CLS], else end,
+    else padding (T5's choice). A pretrained encoder-decoder's own `decoder_start_token_id` replaces it."""
+    for name in ("bos_token_id", "cls_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
 
 
 # --- splits ------------------------------------------------------------------------------------------------------
@@ -477,6 +566,9 @@ def check_options(options: TextOptions) -> None:
         raise TinykdError(f"data.vocab_size={options.vocab_size} is too small; give at least 100 (e.g. 8000)")
     if not 0 < options.mlm_probability < 1:
         raise TinykdError(f"data.mlm_probability={options.mlm_probability} must be between 0 and 1 (e.g. 0.15)")
+    if options.packing and options.task != "causal-lm":
+        raise TinykdError(f"data.packing joins texts into blocks for causal-lm; data.task is {options.task}: "
+                          "remove data.packing or set data.task: causal-lm")  # fmt: skip
 
 
 def text_splits(train: Any, test: Any, options: TextOptions, train_name: str, test_name: str,
@@ -484,26 +576,33 @@ def text_splits(train: Any, test: Any, options: TextOptions, train_name: str, te
     """Check both tables, make or load the tokenizer, tokenize both splits once.
 
     Classes are `classes` when given (SST-2's names, a hub dataset's ClassLabel), else "0", "1", ... up to the
-    largest training label; a test label outside them is an error. masked-lm reads no labels: classes are [].
+    largest training label; a test label outside them is an error. The other tasks read no labels: classes are
+    []. seq2seq reads `source_column` (default: the first of TEXT_COLUMNS) and `target_column`.
     """
     check_options(options)
     task = TASKS[options.task]
-    texts = {name: read_texts(table, text_column(table, options.text_column, name), name)
-             for name, table in ((train_name, train), (test_name, test))}  # fmt: skip
+    tables = ((train_name, train), (test_name, test))
+    wanted = options.source_column if options.task == "seq2seq" else options.text_column
+    setting = "data.source_column" if options.task == "seq2seq" else "data.text_column"
+    texts = {name: read_texts(table, text_column(table, wanted, name, setting), name, setting)
+             for name, table in tables}  # fmt: skip
     pairs: dict[str, list[str]] | None = None
     if options.text_pair_column is not None:
         pairs = {name: read_texts(table, options.text_pair_column, name, "data.text_pair_column")
-                 for name, table in ((train_name, train), (test_name, test))}  # fmt: skip
+                 for name, table in tables}  # fmt: skip
+    targets: dict[str, list[str]] | None = None
+    if options.task == "seq2seq":
+        targets = {name: read_texts(table, options.target_column, name, "data.target_column")
+                   for name, table in tables}  # fmt: skip
     labels: dict[str, np.ndarray | None] = {train_name: None, test_name: None}
     if task.needs_labels:
-        labels = {name: read_labels(table, options.label_column, name)
-                  for name, table in ((train_name, train), (test_name, test))}  # fmt: skip
+        labels = {name: read_labels(table, options.label_column, name) for name, table in tables}
         classes = _classes(labels[train_name], labels[test_name], classes, options.label_column, train_name,  # type: ignore[arg-type]
                            test_name)  # fmt: skip
     else:
         classes = []
     if options.tokenizer is None:
-        corpus = texts[train_name] + (pairs[train_name] if pairs else [])
+        corpus = texts[train_name] + (pairs[train_name] if pairs else []) + (targets[train_name] if targets else [])
         tokenizer = train_wordpiece(corpus, options.vocab_size, options.lowercase, options.max_length)
     else:
         tokenizer = load_tokenizer(options.tokenizer)
@@ -511,8 +610,19 @@ def text_splits(train: Any, test: Any, options: TextOptions, train_name: str, te
 
     def make(name: str) -> TextDataset:
         encoded = encode(tokenizer, texts[name], pairs[name] if pairs else None, options.max_length)
+        decoder = None
+        if task.generative:
+            encoded = with_eos(encoded, tokenizer.eos_token_id, options.max_length)
+        if options.task == "causal-lm" and options.packing:
+            encoded = packed(encoded, options.max_length)
+        if targets is not None:
+            decoder = with_eos(encode(tokenizer, targets[name], None, options.max_length), tokenizer.eos_token_id,
+                               options.max_length)  # fmt: skip
+        if not any(np.diff(encoded.offsets) > (1 if options.task == "causal-lm" else 0)):
+            raise TinykdError(f"{name}: every text is empty after tokenization; {options.task} needs text to "
+                              "predict")  # fmt: skip
         return TextDataset(encoded, tokenizer, labels[name], options.task, options.max_length, options.static_shapes,
-                           options.mlm_probability, classes)  # fmt: skip
+                           options.mlm_probability, classes, decoder=decoder)  # fmt: skip
 
     return TextSplits(make(train_name), make(test_name), classes, tokenizer)
 
@@ -537,6 +647,10 @@ def _classes(train: np.ndarray, test: np.ndarray, names: list[str] | None, colum
 
 def _check_tokenizer(tokenizer: Any, options: TextOptions, pairs: bool) -> None:
     name = _tokenizer_name(tokenizer)
+    if TASKS[options.task].generative and tokenizer.eos_token_id is None:
+        raise TinykdError(f"data.task={options.task} needs a tokenizer with an end-of-sequence token (to learn where "
+                          f"a text ends); {name} has none: set its eos_token, or leave data.tokenizer unset to train "
+                          "one")  # fmt: skip
     if TASKS[options.task].needs_mask_token and tokenizer.mask_token is None:
         raise TinykdError(f"data.task={options.task} needs a tokenizer with a mask token; {name} has none "
                           "(use a BERT-style tokenizer, or leave data.tokenizer unset to train one)")  # fmt: skip

@@ -31,8 +31,11 @@ from tinykd.models.outputs import attention_dropout, cast_floats, eager_attentio
 
 
 def _mask(inputs: Any) -> torch.Tensor | None:
-    """The padding mask of dict inputs (`attention_mask`: 1 for real tokens), or None."""
-    return inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    """The padding mask of the positions the logits are for (1 for real tokens), or None: the decoder's for an
+    encoder-decoder (its logits are the decoder's), else `attention_mask`."""
+    if not isinstance(inputs, Mapping):
+        return None
+    return inputs["decoder_attention_mask"] if "decoder_attention_mask" in inputs else inputs.get("attention_mask")
 
 
 class Distiller(nn.Module):
@@ -158,6 +161,13 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             student, teacher = self._student_outputs(example_inputs), self._teacher_outputs(example_inputs)
+            if teacher is not None and teacher.logits.ndim == 3 and student.logits.ndim == 3 \
+                    and teacher.logits.shape[-1] != student.logits.shape[-1]:  # fmt: skip
+                raise TinykdError(
+                    f"teacher and student must share a tokenizer: the teacher predicts {teacher.logits.shape[-1]} "
+                    f"tokens, the student {student.logits.shape[-1]}; build the student with the teacher's "
+                    "tokenizer (a config-built student takes the data's vocabulary: leave vocab_size out)"
+                )
             if teacher is not None and teacher.logits.shape != student.logits.shape:
                 raise TinykdError(
                     f"teacher outputs shape {tuple(teacher.logits.shape)} but student outputs "

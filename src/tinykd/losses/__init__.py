@@ -14,6 +14,7 @@ from tinykd.losses import (  # noqa: F401  (registers the built-in terms)
     minilm,
     pkt,
     rkd,
+    token_kd,
 )
 from tinykd.losses.base import LOSSES, LossTerm, Outputs, build_loss_term, register_loss
 from tinykd.losses.kd import kd_loss

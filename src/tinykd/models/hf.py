@@ -22,7 +22,9 @@ from torch import nn
 
 from tinykd.errors import TinykdError, close_matches
 
-TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM"}
+TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM",
+                "causal-lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}  # fmt: skip
+GENERATIVE = ("causal-lm", "seq2seq")
 
 # model_type -> the transformer stacks: (config key of the layer count, module path under `model.base_model`).
 # An encoder-decoder lists two stacks, e.g. "bart": (("encoder_layers", "encoder.layers"), ("decoder_layers", ...)).
@@ -33,6 +35,12 @@ LAYER_STACKS: dict[str, tuple[tuple[str, str], ...]] = {
     "electra": (("num_hidden_layers", "encoder.layer"),),
     "distilbert": (("n_layers", "transformer.layer"),),
     "gpt2": (("n_layer", "h"),),
+    "llama": (("num_hidden_layers", "layers"),),
+    "qwen2": (("num_hidden_layers", "layers"),),
+    "mistral": (("num_hidden_layers", "layers"),),
+    "bart": (("encoder_layers", "encoder.layers"), ("decoder_layers", "decoder.layers")),
+    "mbart": (("encoder_layers", "encoder.layers"), ("decoder_layers", "decoder.layers")),
+    "marian": (("encoder_layers", "encoder.layers"), ("decoder_layers", "decoder.layers")),
 }
 
 # Config keys that name a saved file's origin or that `AutoConfig.for_model` sets itself (`num_labels` comes
@@ -59,8 +67,12 @@ def _looks_like_path(name: str) -> bool:
 
 def create_hf_model(name: str, num_classes: int | None = None, task: str = "classification",
                     config: dict | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
-                    attn_implementation: str | None = None, revision: str | None = None) -> nn.Module:  # fmt: skip
-    """The model `hf:<name>` for `task`: a local directory, a transformers model type, or a hub id."""
+                    attn_implementation: str | None = None, revision: str | None = None,
+                    token_ids: dict[str, int] | None = None) -> nn.Module:  # fmt: skip
+    """The model `hf:<name>` for `task`: a local directory, a transformers model type, or a hub id.
+
+    `token_ids` (bos_token_id, eos_token_id, decoder_start_token_id: the tokenizer's) go into a config built
+    here, so that generate() starts and stops on tokens the tokenizer has; a saved model keeps its own."""
     if task not in TASK_CLASSES:
         raise TinykdError(f"unknown task '{task}' for hf:{name}; tasks: {', '.join(TASK_CLASSES)}")
     if task == "classification" and (num_classes is None or num_classes < 1):
@@ -82,7 +94,8 @@ def create_hf_model(name: str, num_classes: int | None = None, task: str = "clas
             base = transformers.AutoConfig.from_pretrained(path)
             if overrides:  # a new architecture from the saved one: no weights
                 base.update({**labels, **overrides})
-                return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides)
+                return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides,
+                                    token_ids=token_ids)  # fmt: skip
             _check_vocab(name, base, vocab_size)
             if labels and _has_classifier(base) and base.num_labels != num_classes:
                 warnings.warn(f"hf:{name} was saved with {base.num_labels} labels; a new {num_classes}-label head "
@@ -95,7 +108,8 @@ def create_hf_model(name: str, num_classes: int | None = None, task: str = "clas
             return _load_pretrained(auto, path, name, **labels, **extra)
         if name in transformers.CONFIG_MAPPING:
             base = transformers.AutoConfig.for_model(name, **{**labels, **overrides})
-            return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides)
+            return _from_config(auto, base, vocab_size, pad_token_id, extra, name, task, keep=overrides,
+                                token_ids=token_ids)  # fmt: skip
         if path.exists():
             raise TinykdError(f"hf:{name} is a file; give the directory that holds its config.json")
         if _looks_like_path(name):
@@ -145,13 +159,21 @@ def _short(keys: list[str], shown: int = 3) -> str:
 
 
 def _from_config(auto: Any, base: Any, vocab_size: int | None, pad_token_id: int | None, extra: dict[str, Any],
-                 name: str, task: str, keep: dict | None = None) -> nn.Module:  # fmt: skip
-    """A fresh model of `base`'s architecture; the tokenizer's vocab size and pad id unless the config sets them."""
+                 name: str, task: str, keep: dict | None = None,
+                 token_ids: dict[str, int] | None = None) -> nn.Module:  # fmt: skip
+    """A fresh model of `base`'s architecture; the tokenizer's vocab size and pad id (and, for generation, its
+    begin, end and decoder-start tokens) unless the config sets them."""
     keep = keep or {}
     if vocab_size is not None and "vocab_size" not in keep:
         base.vocab_size = vocab_size
     if pad_token_id is not None and "pad_token_id" not in keep:
         base.pad_token_id = pad_token_id
+    for key, value in (token_ids or {}).items():
+        if key not in keep and value is not None:
+            setattr(base, key, value)
+            if key == "eos_token_id" and "forced_eos_token_id" not in keep and \
+                    getattr(base, "forced_eos_token_id", None) is not None:  # fmt: skip
+                base.forced_eos_token_id = value  # BART's config forces its own </s> id
     try:
         return auto.from_config(base, **extra)
     except ValueError as exc:

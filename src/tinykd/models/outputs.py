@@ -72,8 +72,10 @@ def forward_outputs(model: nn.Module, inputs: Any, hidden_states: bool = False, 
     flags = {"output_hidden_states": True} if hidden_states else {}
     flags.update({"output_attentions": True} if attentions else {})
     out = model(**inputs, **flags)
-    got = ModelOutputs(_logits(out), getattr(out, "hidden_states", None) if hidden_states else None,
-                       getattr(out, "attentions", None) if attentions else None)  # fmt: skip
+    # an encoder-decoder's logits are the decoder's: its hidden states and self-attentions are the ones that line up
+    prefix = "decoder_" if hasattr(out, "decoder_hidden_states") else ""
+    got = ModelOutputs(_logits(out), getattr(out, f"{prefix}hidden_states", None) if hidden_states else None,
+                       getattr(out, f"{prefix}attentions", None) if attentions else None)  # fmt: skip
     # transformers gives an empty tuple, not None, for attentions its sdpa/flash kernels never computed
     missing = [w for w, value in (("hidden states", got.hidden_states), ("attention probabilities", got.attentions))
                if w in asked and not value]  # fmt: skip

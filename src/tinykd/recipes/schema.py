@@ -67,7 +67,10 @@ class DataSpec(Section):
     text_column: str | None = Field(None, description="text: default the first of text, sentence, content, review")
     text_pair_column: str | None = Field(None, description="text: a second text per sample (sentence pairs)")
     label_column: str = "label"
-    task: Literal["classification", "masked-lm"] = "classification"
+    task: Literal["classification", "masked-lm", "causal-lm", "seq2seq"] = "classification"
+    source_column: str | None = Field(None, description="seq2seq: the input texts; default as text_column's")
+    target_column: str = Field("target", description="seq2seq: the texts the decoder learns to write")
+    packing: bool = Field(False, description="causal-lm: texts joined end to end and cut into max_length blocks")
     max_length: int = Field(128, gt=1, le=8192, description="text: tokens per sequence, at most")
     tokenizer: str | None = Field(
         None, description="text: a tokenizer directory or hub id; default the teacher's, else one trained here"
@@ -144,6 +147,9 @@ class MeasureSpec(Section):
     latency_repeats: int = Field(200, gt=0, le=100000)
     throughput_batch: int = Field(64, gt=0, le=65536)
     sequence_length: int = Field(64, gt=0, le=8192, description="text models: tokens per timed sequence")
+    generate_samples: int = Field(200, ge=0, le=1_000_000, description="seq2seq: test sources decoded greedily "
+                                  "for exact match and ROUGE-L (0: none)")  # fmt: skip
+    new_tokens: int = Field(32, gt=0, le=8192, description="generative models: new tokens per timed generation")
     threads: int | None = Field(None, gt=0, le=1024)
 
 
