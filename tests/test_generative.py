@@ -33,9 +33,10 @@ from tinykd.losses import Outputs, build_loss_term
 from tinykd.losses.token_kd import token_kl
 from tinykd.models.hf import save_hf_directory, student_from_teacher
 from tinykd.recipes import load_recipe
-from tinykd.run import run
+from tinykd.run import generate_teacher_data, run
 
-WORDS = "the a good bad movie film plot actor great awful fun dull story music scene".split()
+WORDS = ["the", "a", "good", "bad", "movie", "film", "plot", "actor", "great", "awful", "fun", "dull", "story",
+         "music", "scene"]  # fmt: skip
 
 
 def write_pairs(folder: Path, n_train: int = 240, n_test: int = 40, seed: int = 0) -> tuple[Path, Path]:
@@ -98,7 +99,7 @@ def test_every_text_ends_with_the_end_token_within_max_length() -> None:
     encoded = Encoded(np.array([5, 6, 7, 8, 9, 10, 9], np.int32), np.array([0, 3, 6, 7]))
     out = with_eos(encoded, 9, max_length=3)
     rows = [out.ids[a:b].tolist() for a, b in zip(out.offsets[:-1], out.offsets[1:], strict=True)]
-    assert rows == [[5, 6, 9], [8, 9, 10, 9][:2] + [9], [9]]
+    assert rows == [[5, 6, 9], [8, 9, 9], [9]]
     ending = Encoded(np.array([5, 9, 6, 9], np.int32), np.array([0, 2, 4]))
     assert with_eos(ending, 9, 8) is ending  # the tokenizer added it already: nothing copied
 
@@ -167,7 +168,8 @@ LLAMA = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_la
              num_key_value_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3)  # fmt: skip
 BART = dict(vocab_size=100, d_model=32, encoder_layers=4, decoder_layers=4, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0, decoder_start_token_id=2, forced_eos_token_id=3)  # fmt: skip
+            bos_token_id=2, eos_token_id=3, pad_token_id=0, decoder_start_token_id=2,
+            forced_eos_token_id=3)  # fmt: skip
 
 
 def _block_out(block: torch.nn.Module, hidden: torch.Tensor, **kwargs: object) -> torch.Tensor:
@@ -179,9 +181,9 @@ def _block_out(block: torch.nn.Module, hidden: torch.Tensor, **kwargs: object) -
 def test_layer_copied_decoders_reproduce_the_teachers_kept_blocks() -> None:
     torch.manual_seed(0)
     hidden = torch.randn(1, 5, 32)
+    bart = BartForConditionalGeneration(BartConfig(**BART))
     for teacher, blocks in ((GPT2LMHeadModel(GPT2Config(**GPT2)), lambda m: m.transformer.h),
-                            (BartForConditionalGeneration(BartConfig(**BART)), lambda m: m.model.decoder.layers),
-                            (BartForConditionalGeneration(BartConfig(**BART)), lambda m: m.model.encoder.layers)):  # fmt: skip
+                            (bart, lambda m: m.model.decoder.layers), (bart, lambda m: m.model.encoder.layers)):
         teacher.eval()
         student = student_from_teacher(teacher, [1, 3]).eval()
         assert len(blocks(student)) == 2
@@ -254,13 +256,25 @@ def _recipe(folder: Path, task: str, **sections: object) -> dict:
             "measure": {"enabled": False, "generate_samples": 8}, **sections}  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained teacher run per task (3 epochs: enough to write non-empty text)."""
+    folder = tmp_path_factory.mktemp("teachers")
+    runs = {}
+    for task in MODELS:
+        recipe = _recipe(folder, task, model=MODELS[task], loss_terms={"ce": {"weight": 1.0}})
+        recipe["train"]["epochs"] = 3
+        runs[task] = run(load_recipe(recipe), folder / task, mode="train").run_dir
+    return runs
+
+
 @pytest.mark.parametrize("task", ["causal-lm", "seq2seq"])
-def test_a_teacher_trains_and_a_half_depth_student_distils_and_generates(task: str, tmp_path: Path) -> None:
-    teacher = run(load_recipe(_recipe(tmp_path, task, model=MODELS[task], loss_terms={"ce": {"weight": 1.0}})),
-                  tmp_path / "teacher", mode="train")  # fmt: skip
-    row = teacher.metrics["models"][0]
+def test_a_teacher_trains_and_a_half_depth_student_distils_and_generates(
+    task: str, tmp_path: Path, teachers: dict[str, Path]
+) -> None:
+    row = json.loads((teachers[task] / "report.json").read_text())["models"][0]
     assert 1.0 < row["test_perplexity"] < 100.0  # 100 tokens: a model that learned nothing is near 100
-    recipe = _recipe(tmp_path, task, teacher={**MODELS[task], "checkpoint": str(tmp_path / "teacher")},
+    recipe = _recipe(tmp_path, task, teacher={**MODELS[task], "checkpoint": str(teachers[task])},
                      student={"name": MODELS[task]["name"], "init_from_teacher": "every-other"},
                      loss_terms={"ce": {"weight": 0.5}, "token_kd": {"weight": 0.5, "temperature": 2.0},
                                  "cosine": {"weight": 0.1}})  # fmt: skip
@@ -283,14 +297,45 @@ def test_a_teacher_trains_and_a_half_depth_student_distils_and_generates(task: s
     assert out.shape[0] == 1 and out.shape[1] > (enc["input_ids"].shape[1] if task == "causal-lm" else 1)
 
 
-def test_a_student_with_another_tokenizer_is_one_line(tmp_path: Path) -> None:
-    teacher = run(load_recipe(_recipe(tmp_path, "causal-lm", model=MODELS["causal-lm"],
-                                      loss_terms={"ce": {"weight": 1.0}})), tmp_path / "teacher", mode="train")  # fmt: skip
+@pytest.mark.parametrize("task", ["causal-lm", "seq2seq"])
+def test_generate_writes_the_teachers_outputs_as_a_training_set(task: str, tmp_path: Path,
+                                                                teachers: dict[str, Path]) -> None:  # fmt: skip
+    recipe = load_recipe(_recipe(tmp_path, task, teacher={**MODELS[task], "checkpoint": str(teachers[task])},
+                                 student=MODELS[task], loss_terms={"ce": {"weight": 1.0}}))  # fmt: skip
+    stats = generate_teacher_data(recipe, tmp_path / "seqkd.jsonl", limit=12, prompt_tokens=3, max_new_tokens=10)
+    rows = [json.loads(x) for x in (tmp_path / "seqkd.jsonl").read_text().splitlines()]
+    assert stats["rows"] == len(rows) == 12
+    train = list(csv.DictReader((tmp_path / "data" / "train.csv").open()))[:12]
+    model = (AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM).from_pretrained(
+        teachers[task] / "model").eval()  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(teachers[task] / "model")
+    for source, row in zip(train[:3], rows[:3], strict=True):
+        if task == "seq2seq":
+            assert set(row) == {"text", "target"} and row["text"] == source["text"]
+            enc = tok([source["text"]], return_tensors="pt", return_token_type_ids=False)
+            expected = model.generate(**enc, max_new_tokens=10, do_sample=False)
+        else:
+            assert set(row) == {"text"}
+            prompt = tok([source["text"]], return_token_type_ids=False)["input_ids"][0][:3]  # [CLS] + 2 words
+            assert row["text"].startswith(tok.decode(prompt, skip_special_tokens=True))
+            expected = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
+        assert row["target" if task == "seq2seq" else "text"] == " ".join(
+            tok.decode(expected[0], skip_special_tokens=True).split())  # fmt: skip
+    # a student recipe trains on the file
+    student = _recipe(tmp_path, task, model=MODELS[task], loss_terms={"ce": {"weight": 1.0}})
+    student["data"]["train"] = str(tmp_path / "seqkd.jsonl")
+    student["data"].update(val_size=2, batch_size=4)
+    assert run(load_recipe(student), tmp_path / "on-teacher-outputs", mode="train").metrics["models"]
+    with pytest.raises(TinykdError, match=r"\.jsonl or \.csv"):
+        generate_teacher_data(recipe, tmp_path / "out.txt")
+
+
+def test_a_student_with_another_tokenizer_is_one_line(tmp_path: Path, teachers: dict[str, Path]) -> None:
     other = train_wordpiece(["completely different words here", "zebra yak"] * 3, vocab_size=100)
     torch.manual_seed(0)
     student = GPT2LMHeadModel(GPT2Config(**{**GPT2, "vocab_size": len(other)}))
     save_hf_directory(student, tmp_path / "other", other)
-    recipe = _recipe(tmp_path, "causal-lm", teacher={**MODELS["causal-lm"], "checkpoint": str(teacher.run_dir)},
+    recipe = _recipe(tmp_path, "causal-lm", teacher={**MODELS["causal-lm"], "checkpoint": str(teachers["causal-lm"])},
                      student={"name": f"hf:{tmp_path / 'other'}"}, loss_terms={"token_kd": {"weight": 1.0}})
     with pytest.raises(TinykdError, match="must share") as exc:
         run(load_recipe(recipe), tmp_path / "bad", mode="distill")

@@ -93,6 +93,23 @@ def cache_teacher(recipe: RecipeArgument = None, set_: SetOption = None) -> None
     fill_teacher_cache(load_recipe(recipe, set_))
 
 
+@app.command()
+def generate(
+    recipe: Annotated[str, typer.Argument(help="A recipe with a trained generative teacher (causal-lm or seq2seq).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The table to write: .jsonl or .csv.")],
+    set_: SetOption = None,
+    num_beams: Annotated[int, typer.Option(help="1: greedy; more: beam search (Kim & Rush used 5).")] = 1,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Most tokens written per text [data.max_length].")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N training texts.")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="causal-lm: the teacher continues each text's first N.")] = 8,
+) -> None:
+    """Sequence-level KD: write the teacher's outputs for the training texts as a table a student trains on."""
+    from tinykd.recipes import load_recipe
+    from tinykd.run import generate_teacher_data
+
+    generate_teacher_data(load_recipe(recipe, set_), out, num_beams, max_new_tokens, limit, prompt_tokens)
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="A .safetensors checkpoint or a run folder.")],

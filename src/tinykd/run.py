@@ -22,6 +22,7 @@ from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
 from tinykd.pipeline import (
     build_data,
     build_distiller,
+    build_model,
     build_student,
     build_teacher,
     measure_input,
@@ -218,6 +219,47 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
     if engine.is_main:
         per_epoch = stats["bytes"] / max(recipe.train.epochs, 1) / 2**20
         print(f"tinykd: {cache.summary()}; filled in {seconds:.1f} s, {per_epoch:.2f} MiB per epoch")
+    return stats
+
+
+def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str | Path, num_beams: int = 1,
+                          max_new_tokens: int | None = None, limit: int | None = None,
+                          prompt_tokens: int = 8) -> dict[str, Any]:  # fmt: skip
+    """Sequence-level KD (Kim & Rush 2016), `tinykd generate`: the recipe's teacher writes its outputs for every
+    training source (seq2seq) or continues every training text's first `prompt_tokens` tokens (causal-lm); the
+    result is a table with the recipe's columns that a student recipe reads as `data.train`."""
+    from tinykd.generation import OUTPUT_FORMATS, write_teacher_outputs
+
+    if Path(out).suffix.lower() not in OUTPUT_FORMATS:  # before any work
+        raise TinykdError(f"{out}: write the generated data as {' or '.join(OUTPUT_FORMATS)}")
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if recipe.teacher is None or not (recipe.teacher.checkpoint or recipe.teacher.name.startswith("hf:")):
+        raise TinykdError("tinykd generate needs a recipe with one trained teacher (teacher.checkpoint, or an hf: "
+                          "directory)")  # fmt: skip
+    if recipe.data.task not in ("causal-lm", "seq2seq"):
+        raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {recipe.data.task}: "
+                          "use causal-lm or seq2seq")  # fmt: skip
+    start = time.perf_counter()
+    engine = Engine(recipe.runtime)
+    engine.seed(recipe.seed)
+    data = build_data(recipe)
+    teacher = build_model(recipe.teacher, data, "teacher")
+    device = engine.device if engine.device.type != "xla" else "cpu"  # decoding is host-driven: a graph per length
+    teacher.to(device)
+    d = recipe.data
+    columns = (d.source_column or "text", d.target_column) if d.task == "seq2seq" else (d.text_column or "text", "")
+
+    def progress(done: int, total: int) -> None:
+        if engine.is_main and (done == total or done % max(1, total // 10) < d.eval_batch_size):
+            print(f"tinykd: generate: {done}/{total} texts ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    stats = write_teacher_outputs(teacher, data.train, out, columns, num_beams, max_new_tokens, d.eval_batch_size,
+                                  limit, prompt_tokens, progress)  # fmt: skip
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    if engine.is_main:
+        print(f"tinykd: wrote {stats['rows']} rows of the teacher's outputs to {stats['file']} in "
+              f"{stats['seconds']} s; train a student on them with data.train={stats['file']}")  # fmt: skip
     return stats
 
 

@@ -484,6 +484,7 @@ class TextDataset(BatchDataset):
             raise ValueError("task 'seq2seq' needs one target sequence per sample")
         self.decoder = decoder
         self.decoder_start_id = default_decoder_start(tokenizer)
+        self.texts: list[str] | None = None  # the raw texts, sample by sample, where samples are texts
         self.encoded, self.tokenizer, self.task = encoded, tokenizer, task
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
         self.max_length, self.static_shapes, self.mlm_probability = max_length, static_shapes, mlm_probability
@@ -621,8 +622,11 @@ def text_splits(train: Any, test: Any, options: TextOptions, train_name: str, te
         if not any(np.diff(encoded.offsets) > (1 if options.task == "causal-lm" else 0)):
             raise TinykdError(f"{name}: every text is empty after tokenization; {options.task} needs text to "
                               "predict")  # fmt: skip
-        return TextDataset(encoded, tokenizer, labels[name], options.task, options.max_length, options.static_shapes,
+        made = TextDataset(encoded, tokenizer, labels[name], options.task, options.max_length, options.static_shapes,
                            options.mlm_probability, classes, decoder=decoder)  # fmt: skip
+        if not (options.task == "causal-lm" and options.packing):  # samples are texts: keep them (tinykd generate)
+            made.texts = texts[name]
+        return made
 
     return TextSplits(make(train_name), make(test_name), classes, tokenizer)
 
