@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +356,24 @@ def test_bad_generative_data_is_one_line(tmp_path: Path, data: dict, message: st
     with pytest.raises(TinykdError) as exc:
         run(load_recipe(recipe), tmp_path / "bad", mode="train")
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_two_cpu_ranks_distil_a_causal_lm(tmp_path: Path, teachers: dict[str, Path]) -> None:
+    recipe = _recipe(tmp_path, "causal-lm", teacher={**MODELS["causal-lm"], "checkpoint": str(teachers["causal-lm"])},
+                     student={"name": "hf:gpt2", "init_from_teacher": [1]},
+                     loss_terms={"ce": {"weight": 0.5}, "token_kd": {"weight": 0.5}})  # fmt: skip
+    recipe["data"]["batch_size"] = 8
+    path = tmp_path / "ranks.yaml"
+    path.write_text(json.dumps(recipe))  # YAML reads JSON
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "TINYKD_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinykd",
+           "distill", str(path), "--out", "ranks"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on cpu, 2 processes (GLOO), fp32;" in proc.stdout and "global batch 16 (8 per process x 2)" in proc.stdout
+    report = json.loads((tmp_path / "ranks" / "report.json").read_text())
+    assert [row["role"] for row in report["models"]] == ["teacher", "student"]
+    assert all(np.isfinite(row["test_perplexity"]) for row in report["models"])

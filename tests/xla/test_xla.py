@@ -181,3 +181,55 @@ def test_text_distillation_compiles_a_constant_number_of_graphs(tmp_path: Path) 
         assert counts["train_steps"] == steps
         assert counts["train_executions"] == steps, counts
         assert counts["executions"] == steps + 1, counts  # 16 validation texts: one padded batch of 16
+
+
+def lm_recipe(tmp_path: Path, steps: int) -> dict:
+    """A tiny GPT-2 teacher (saved with its tokenizer) and a 1-layer GPT-2 student, causal-lm on short texts."""
+    import csv
+    import random
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tinykd.data.text import train_wordpiece
+    from tinykd.models.hf import save_hf_directory
+
+    teacher_dir = tmp_path / "gpt2-teacher"
+    if not teacher_dir.exists():
+        rng = random.Random(0)
+        words = ["good", "bad", "movie", "plot", "the", "a", "fun", "dull", "story", "actor"]
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 10))) for _ in range(400)]
+        for name, part in (("lm-train", texts[:320]), ("lm-test", texts[320:])):
+            with (tmp_path / f"{name}.csv").open("w", newline="") as f:
+                csv.writer(f).writerows([("text",), *((t,) for t in part)])
+        tokenizer = train_wordpiece(texts[:320], vocab_size=100)
+        torch.manual_seed(0)
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        save_hf_directory(GPT2LMHeadModel(config), teacher_dir, tokenizer)
+    return {
+        "name": "xla-lm", "seed": 0,
+        "data": {"name": "text", "train": str(tmp_path / "lm-train.csv"), "test": str(tmp_path / "lm-test.csv"),
+                 "task": "causal-lm", "max_length": 16, "batch_size": 8, "eval_batch_size": 16, "val_size": 16},
+        "teacher": {"name": f"hf:{teacher_dir}"},
+        "student": {"name": "hf:gpt2", "kwargs": {"config": {"n_layer": 1, "n_embd": 32, "n_head": 2,
+                                                             "n_positions": 32}}},
+        "loss_terms": {"ce": {"weight": 0.5}, "token_kd": {"weight": 0.5, "temperature": 2.0}},
+        "train": {"epochs": 1, "max_steps_per_epoch": steps, "log_every": 5,
+                  "optimizer": {"name": "adamw", "lr": 1.0e-3}},
+        "runtime": {"device": "xla"}, "measure": {"enabled": False},
+    }  # fmt: skip
+
+
+def test_causal_lm_distillation_compiles_a_constant_number_of_graphs(tmp_path: Path) -> None:
+    """Texts padded to data.max_length (fixed blocks): 10 or 30 token_kd steps on a tiny GPT-2 compile the same
+    graphs, one execution per step."""
+    reports = {n: run_in_fresh_process(tmp_path, lm_recipe(tmp_path, n), f"lm{n}") for n in (10, 30)}
+    short, long = reports[10]["xla"], reports[30]["xla"]
+    assert reports[10]["device"].startswith("xla")
+    assert short["train_compilations"] == long["train_compilations"] <= 3, (short, long)
+    assert short["compilations"] == long["compilations"], (short, long)
+    for steps, counts in ((10, short), (30, long)):
+        assert counts["train_executions"] == steps, counts
+    student = next(r for r in reports[30]["models"] if r["role"] == "student")
+    assert 1.0 < student["test_perplexity"] < float("inf")
