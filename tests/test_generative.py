@@ -256,7 +256,8 @@ def _recipe(folder: Path, task: str, **sections: object) -> dict:
             "data": {"name": "text", "train": str(train), "test": str(test), "task": task, "max_length": 24,
                      "vocab_size": 100, "batch_size": 16, "val_size": 0.1},
             "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0}},
-            "measure": {"enabled": False, "generate_samples": 8}, **sections}  # fmt: skip
+            "measure": {"enabled": False, "generate_samples": 8, "latency_repeats": 3, "throughput_batch": 2,
+                        "new_tokens": 4}, **sections}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +282,11 @@ def test_a_teacher_trains_and_a_half_depth_student_distils_and_generates(
                      student={"name": MODELS[task]["name"], "init_from_teacher": "every-other"},
                      loss_terms={"ce": {"weight": 0.5}, "token_kd": {"weight": 0.5, "temperature": 2.0},
                                  "cosine": {"weight": 0.1}})  # fmt: skip
+    recipe["measure"]["enabled"] = True  # generation speed beside the usual measurements
     distilled = run(load_recipe(recipe), tmp_path / "student", mode="distill")
     student = next(r for r in distilled.metrics["models"] if r["role"] == "student")
     assert np.isfinite(student["test_perplexity"])
+    assert student["gen_tokens_per_s"] > 0 and student["first_token_ms"] > 0
     if task == "seq2seq":
         assert 0.0 <= student["test_rouge_l"] <= 1.0 and 0.0 <= student["test_exact_match"] <= 1.0
     assert "ppl" in (tmp_path / "student" / "report.md").read_text()
@@ -377,3 +380,17 @@ def test_two_cpu_ranks_distil_a_causal_lm(tmp_path: Path, teachers: dict[str, Pa
     report = json.loads((tmp_path / "ranks" / "report.json").read_text())
     assert [row["role"] for row in report["models"]] == ["teacher", "student"]
     assert all(np.isfinite(row["test_perplexity"]) for row in report["models"])
+
+
+def test_export_writes_a_kv_cache_model_that_decodes_like_pytorch(tmp_path: Path, teachers: dict[str, Path]) -> None:
+    from tinykd.compress.export import describe_export, export_checkpoint
+
+    folder, report = export_checkpoint(teachers["causal-lm"], out=tmp_path / "onnx", verify_images=4)
+    assert (folder / "model.onnx").is_file() and report["size_bytes"] > 0
+    check = report["verification"]
+    assert check["prompts"] == 4 and check["matching_tokens"] == check["compared_tokens"] > 0
+    assert "equals PyTorch's" in describe_export(folder, report)
+    with pytest.raises(TinykdError, match="already exists"):
+        export_checkpoint(teachers["causal-lm"], out=tmp_path / "onnx")
+    with pytest.raises(TinykdError, match="exports to onnx"):
+        export_checkpoint(teachers["causal-lm"], fmt="pt2", out=tmp_path / "x.pt2")

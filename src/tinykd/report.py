@@ -20,6 +20,8 @@ COLUMNS = [  # (key, header, format)
     ("macs", "MACs", "macs"),
     ("latency_ms_p50", "latency b1 p50", "{:.3f} ms"),
     ("throughput_img_s", "throughput b64", "{:,.0f} img/s"),
+    ("gen_tokens_per_s", "generation b1", "{:,.0f} tok/s"),
+    ("first_token_ms", "first token", "{:.2f} ms"),
     ("compression", "fewer params", "{:.1f}x"),
     ("size_ratio", "smaller file", "{:.1f}x"),
     ("speedup", "speed-up b1", "{:.1f}x"),

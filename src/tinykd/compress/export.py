@@ -22,6 +22,7 @@ from torch import nn
 from tinykd.compress.onnxrt import onnx_logits, onnx_size, read_onnx, session
 from tinykd.compress.source import (
     accuracy,
+    build_bundle,
     check_writable,
     checkpoint_recipe,
     dataset_arrays,
@@ -32,8 +33,10 @@ from tinykd.compress.source import (
 )
 from tinykd.errors import TinykdError
 from tinykd.measure import count_macs, count_params
+from tinykd.models.checkpoint import run_folder_of
 
 EXPORTERS = ("auto", "dynamo", "legacy")
+GENERATIVE_TASKS = ("causal-lm", "seq2seq")
 DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime (or torch.export) and eager PyTorch
 INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an external data file
 
@@ -249,6 +252,10 @@ def export_checkpoint(
         raise TinykdError("--tolerance must be > 0 and --verify-images at least 1")
     loaded = load_checkpoint_model(source)
     recipe = checkpoint_recipe(loaded.meta, loaded.path, overrides)
+    if loaded.meta.get("task") in GENERATIVE_TASKS:
+        if fmt != "onnx":
+            raise TinykdError(f"a {loaded.meta['task']} model exports to onnx (with its KV cache), not {fmt}")
+        return export_generative_checkpoint(loaded, recipe, out, overwrite, min(verify_images, 16))
     images, labels = dataset_arrays(recipe, "test", limit=verify_images)
     path = Path(out) if out else default_output(source, f".{fmt}")
     check_writable(path, overwrite)
@@ -268,9 +275,51 @@ def export_checkpoint(
     return path, report
 
 
+def export_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | None, overwrite: bool,
+                                 prompts: int = 16, new_tokens: int = 16) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """A causal-LM or seq2seq student as ONNX with its KV cache (`compress.generative`), in a folder, verified by
+    greedy decoding of the first `prompts` test texts in ONNX Runtime against PyTorch, token for token."""
+    import shutil
+
+    from tinykd.compress.generative import export_generative, generative_size, verify_greedy
+    from tinykd.generation import base_dataset
+    from tinykd.models.hf import save_hf_directory
+
+    task = loaded.meta["task"]
+    folder = Path(out) if out else run_folder_of(loaded.path) / "onnx"
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise TinykdError(f"{folder} already exists; choose another --out or pass --overwrite")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tinykd-hf-") as tmp:
+        save_hf_directory(loaded.model, tmp)
+        export_generative(tmp, folder, task=task)
+    data = base_dataset(build_bundle(recipe).test)
+    eos = data.tokenizer.eos_token_id
+    rows = []
+    for i in range(min(prompts, len(data))):
+        ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
+        rows.append(ids if task == "seq2seq" else [t for t in ids if t != eos][:8] or ids[:1])
+    try:
+        check = verify_greedy(loaded.model, folder, rows, new_tokens, eos, raise_on_mismatch=True)
+    except TinykdError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise TinykdError(f"{exc}; {folder} was removed") from None
+    report = {"format": "onnx", "task": task, "exporter": "dynamo (KV cache)", "size_bytes": generative_size(folder),
+              "seconds": round(time.perf_counter() - start, 2), "model": loaded.name, "checkpoint": str(loaded.path),
+              "verification": {"prompts": check["prompts"], "matching_tokens": check["matching_tokens"],
+                               "compared_tokens": check["compared_tokens"], "new_tokens": new_tokens}}  # fmt: skip
+    return folder, report
+
+
 def describe_export(path: Path, report: dict[str, Any]) -> str:
     """Two lines for the terminal: what was written, and how it was verified."""
     from tinykd.report import human_bytes
+
+    if report.get("task") in GENERATIVE_TASKS:
+        v = report["verification"]
+        return (f"exported {path}/ ({report['task']}, {report['exporter']}, {human_bytes(report['size_bytes'])}) in "
+                f"{report['seconds']} s\nverified on {v['prompts']} test prompts: ONNX Runtime's greedy decoding "
+                f"equals PyTorch's, {v['matching_tokens']}/{v['compared_tokens']} tokens")  # fmt: skip
 
     how = (f"{report['exporter']} exporter, opset {report['opset']}" if report["format"] == "onnx"
            else f"torch.export, {'dynamic' if report['dynamic_batch'] else 'fixed'} batch")  # fmt: skip

@@ -152,8 +152,10 @@ def load_generative(model_dir: str | Path, task: str = "auto") -> tuple[nn.Modul
     if type(config) not in auto._model_mapping:
         raise TinykdError(f"model type '{model_type}' cannot be exported as {task}: transformers has no "
                           f"{auto.__name__} for it")  # fmt: skip
+    from tinykd.models.hf import quiet_transformers
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_transformers():  # no progress bar over a few tensors
             warnings.simplefilter("ignore")
             model = auto.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     except Exception as exc:  # missing or mismatched weights, unknown classes, ...
@@ -595,12 +597,14 @@ def torch_greedy_generate(model: nn.Module, input_ids: Prompts, max_new_tokens: 
         ids, mask = _pad(rows, pad, left=not model.config.is_encoder_decoder)
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
-            out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            device = next(model.parameters()).device  # the model's device (a GPU in a training run's report)
+            out = model.generate(input_ids=torch.from_numpy(ids).to(device),
+                                 attention_mask=torch.from_numpy(mask).to(device),
                                  max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1,
                                  use_cache=True)  # fmt: skip
     skip = 1 if model.config.is_encoder_decoder else ids.shape[1]  # the decoder start token, or the prompt
     new = []
-    for row in out[:, skip:].tolist():
+    for row in out[:, skip:].cpu().tolist():
         if eos_token_id is not None and eos_token_id in row:
             row = row[: row.index(eos_token_id) + 1]
         new.append(row)

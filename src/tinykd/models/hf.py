@@ -125,7 +125,7 @@ def create_hf_model(name: str, num_classes: int | None = None, task: str = "clas
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers' progress bars and its multi-line load report off: tinykd prints one line of its own."""
     from transformers.utils import logging as hf_logging
 
@@ -142,7 +142,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _load_pretrained(auto: Any, source: Any, name: str, **kwargs: Any) -> nn.Module:
     """`from_pretrained`, saying in one line which weights were new (a fresh head) and which were left unused."""
-    with _quiet_transformers():
+    with quiet_transformers():
         model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
     new, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
     resized = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or [])
@@ -305,7 +305,7 @@ def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None 
     if out.exists() and not out.is_dir():
         raise TinykdError(f"{out} is a file; give a directory to save the Hugging Face model in")
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():  # a run's log has no use for a bar over one file
+    with quiet_transformers():  # a run's log has no use for a bar over one file
         model.save_pretrained(out, state_dict=_cpu_state_dict(model))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
