@@ -22,10 +22,10 @@ from tinykd.compress.generative import (
     generative_size,
     greedy_fn,
     ort_greedy_generate,
-    quantize_generative_int8,
     verify_greedy,
 )
 from tinykd.compress.onnxrt import onnx_inputs, onnx_meta, onnx_size
+from tinykd.compress.quantize import quantize_generative_int8
 from tinykd.errors import TinykdError
 
 GPT2_PROMPTS = [[5], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16]]  # lengths 1, 3 and 7

@@ -81,23 +81,14 @@ def seq2seq_scores(model: nn.Module, dataset: Any, samples: int = 200, batch_siz
     return {"exact_match": exact / max(count, 1), "rouge_l": rouge / max(count, 1), "generated": count}
 
 
-def generation_speed_row(model: nn.Module, dataset: Any, new_tokens: int = 32, threads: int | None = None,
-                         repeats: int = 5) -> dict[str, float]:  # fmt: skip
-    """New tokens per second at batch 1 with the KV cache (transformers' generate, greedy, never stopping early)
-    and first-token latency, on the first test text (causal-lm: its first 8 tokens as the prompt)."""
-    from tinykd.compress.generative import generation_speed, greedy_fn
-
+def first_prompt(dataset: Any) -> list[int]:
+    """A real prompt for timing generation: the first test text's tokens (causal-lm: its first 8, without its end
+    token, so the model has something to continue; seq2seq: the whole source)."""
     data = base_dataset(dataset)
     ids = data.encoded.ids[data.encoded.offsets[0] : data.encoded.offsets[1]].tolist()
     if data.task == "causal-lm":
         ids = [t for t in ids if t != data.tokenizer.eos_token_id][:8] or ids[:1]
-    was_training = model.training
-    model.eval()
-    try:
-        stats = generation_speed(greedy_fn(model, threads), ids, new_tokens, repeats)
-    finally:
-        model.train(was_training)
-    return {"gen_tokens_per_s": stats["tokens_per_s"], "first_token_ms": stats["first_token_ms"]}
+    return ids
 
 
 # --- sequence-level KD: the teacher's outputs as a new training set ------------------------------------------------

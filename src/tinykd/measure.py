@@ -12,14 +12,18 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinykd.errors import TinykdError
 from tinykd.models.checkpoint import write_tensors
 from tinykd.models.outputs import call_model
 
@@ -124,3 +128,116 @@ def measure_model(
         throughput_img_s=batch / statistics.median(batched),
         threads=n_threads,
     )
+
+
+# --- generation: PyTorch's generate, timed at batch 1 with the KV cache ---------------------------------------------
+
+Prompts = Sequence[Sequence[int]] | np.ndarray | torch.Tensor
+
+
+def prompt_rows(prompts: Prompts) -> list[list[int]]:
+    """Prompts as lists of ints: one prompt (a list or 1-D array), several (lists), or a 2-D array or tensor."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.cpu().numpy()
+    if isinstance(prompts, np.ndarray):
+        prompts = prompts.reshape(1, -1).tolist() if prompts.ndim == 1 else prompts.tolist()
+    elif len(prompts) and isinstance(prompts[0], int | np.integer):
+        prompts = [prompts]  # type: ignore[list-item]
+    out = [[int(t) for t in p] for p in prompts]
+    if not out or any(len(p) == 0 for p in out):
+        raise TinykdError("every prompt needs at least one token")
+    return out
+
+
+def pad_prompts(prompts: list[list[int]], pad: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) of prompts padded to one length: on the left for a decoder, which generates after the
+    last token, on the right for an encoder, whose position embeddings must start at the first token."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        where = slice(width - len(p), width) if left else slice(0, len(p))
+        ids[i, where], mask[i, where] = p, 1
+    return ids, mask
+
+
+@contextlib.contextmanager
+def plain_greedy(model: nn.Module, eos_token_id: int | None) -> Iterator[None]:
+    """Make `model.generate` plain greedy decoding: the model's own generation_config may add logits processors
+    (forced BOS/EOS, no_repeat_ngram_size, repetition penalty, min_length, ...) and generate() fills every option
+    left unset from it, so it is swapped for one with the special tokens only while generating."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    pad = saved.pad_token_id if saved.pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    start = getattr(saved, "decoder_start_token_id", None)
+    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=eos_token_id,
+                                               pad_token_id=pad, decoder_start_token_id=start)  # fmt: skip
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def torch_greedy_generate(model: nn.Module, input_ids: Prompts, max_new_tokens: int,
+                          eos_token_id: int | None = None) -> list[list[int]]:  # fmt: skip
+    """`model.generate(do_sample=False, num_beams=1, use_cache=True)` on prompts padded as `OrtGenerator` pads
+    them: the new tokens of each, ending at `eos_token_id` like `ort_greedy_generate`, to compare token for token."""
+    rows = prompt_rows(input_ids)
+    with plain_greedy(model, eos_token_id):
+        pad = model.generation_config.pad_token_id
+        ids, mask = pad_prompts(rows, pad, left=not model.config.is_encoder_decoder)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            device = next(model.parameters()).device  # the model's device (a GPU in a training run's report)
+            out = model.generate(input_ids=torch.from_numpy(ids).to(device),
+                                 attention_mask=torch.from_numpy(mask).to(device),
+                                 max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1,
+                                 use_cache=True)  # fmt: skip
+    skip = 1 if model.config.is_encoder_decoder else ids.shape[1]  # the decoder start token, or the prompt
+    new = []
+    for row in out[:, skip:].cpu().tolist():
+        if eos_token_id is not None and eos_token_id in row:
+            row = row[: row.index(eos_token_id) + 1]
+        new.append(row)
+    return new
+
+
+def generation_speed(
+    generate_fn: Callable[[Sequence[int], int], Sequence[int]], prompt_ids: Sequence[int], new_tokens: int,
+    repeats: int = 5, warmup: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    """Batch-1 generation speed with the KV cache, medians over `repeats` calls of `generate_fn(prompt, n)`.
+
+    First-token latency is the prompt step alone (`n` = 1). `tokens_per_s` counts the new tokens over the whole
+    call, prompt step included; `decode_tokens_per_s` the tokens after the first over the time after it."""
+    if new_tokens < 1 or repeats < 1:
+        raise TinykdError("new_tokens and repeats must be at least 1")
+    prompt = [int(t) for t in prompt_ids]
+    produced = len(generate_fn(prompt, new_tokens))
+    if produced < 1:
+        raise TinykdError("the generator produced no tokens")
+    first = statistics.median(time_calls(lambda: generate_fn(prompt, 1), repeats, warmup))
+    total = statistics.median(time_calls(lambda: generate_fn(prompt, new_tokens), repeats, warmup))
+    decode = (produced - 1) / (total - first) if produced > 1 and total > first else None
+    return {"prompt_tokens": len(prompt), "new_tokens": produced, "repeats": repeats,
+            "first_token_ms": first * 1e3, "total_ms": total * 1e3, "tokens_per_s": produced / total,
+            "decode_tokens_per_s": decode}  # fmt: skip
+
+
+def generation_speed_row(model: nn.Module, prompt: Sequence[int], new_tokens: int = 32, threads: int | None = None,
+                         repeats: int = 5) -> dict[str, float]:  # fmt: skip
+    """A report's generation columns: new tokens per second at batch 1 with the KV cache (transformers'
+    generate, greedy, never stopping early) and the first-token latency, in `threads` threads."""
+    was_training = model.training
+    model.eval()
+
+    def fn(ids: Sequence[int], n: int) -> list[int]:
+        with torch_threads(threads):
+            return torch_greedy_generate(model, [list(ids)], n, None)[0]
+
+    try:
+        stats = generation_speed(fn, prompt, new_tokens, repeats)
+    finally:
+        model.train(was_training)
+    return {"gen_tokens_per_s": stats["tokens_per_s"], "first_token_ms": stats["first_token_ms"]}

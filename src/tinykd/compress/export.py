@@ -8,7 +8,6 @@ the file is removed, because a silently wrong export is worse than none.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 import warnings
@@ -19,7 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinykd.compress.onnxrt import onnx_logits, onnx_size, read_onnx, session
+from tinykd.compress.onnxrt import (
+    INLINE_LIMIT,
+    _first_line,
+    onnx_logits,
+    onnx_size,
+    read_onnx,
+    session,
+    strip_debug_info,
+)
 from tinykd.compress.source import (
     accuracy,
     build_bundle,
@@ -38,12 +45,6 @@ from tinykd.models.checkpoint import run_folder_of
 EXPORTERS = ("auto", "dynamo", "legacy")
 GENERATIVE_TASKS = ("causal-lm", "seq2seq")
 DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime (or torch.export) and eager PyTorch
-INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an external data file
-
-
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colour codes in a one-line error
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _probe(example: Any) -> Any:
@@ -138,15 +139,6 @@ def export_onnx(
     return {"format": "onnx", "path": str(path), "exporter": used, "opset": opset_used,
             "fallback_reason": fallback, "seconds": round(time.perf_counter() - start, 2),
             "size_bytes": onnx_size(path), "params": info["params"], "macs": info["macs"]}  # fmt: skip
-
-
-def strip_debug_info(proto: Any) -> None:
-    """Drop per-node debugging metadata (the dynamo exporter's stack traces, local paths, FX nodes): a shipped
-    file needs none of it, and it was about 10% of a small model's file."""
-    for graph in [proto.graph, *(f for f in proto.functions)]:
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
 
 
 def _json(value: Any) -> str:

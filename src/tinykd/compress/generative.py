@@ -31,10 +31,9 @@ import contextlib
 import inspect
 import json
 import re
-import statistics
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinykd.compress.export import INLINE_LIMIT, _first_line, strip_debug_info
-from tinykd.compress.onnxrt import META_KEY, onnx_meta, onnx_size, session
+from tinykd.compress.onnxrt import INLINE_LIMIT, META_KEY, _first_line, onnx_meta, onnx_size, session, strip_debug_info
 from tinykd.errors import TinykdError
-from tinykd.measure import count_params, time_calls, torch_threads
+from tinykd.measure import (
+    Prompts,
+    count_params,
+    generation_speed,
+    pad_prompts,
+    prompt_rows,
+    torch_greedy_generate,
+    torch_threads,
+)
 
 TASKS = ("auto", "causal-lm", "seq2seq")
 CAUSAL_FILE, ENCODER_FILE, DECODER_FILE = "model.onnx", "encoder_model.onnx", "decoder_model.onnx"
@@ -53,7 +59,6 @@ CHECK_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime an
 # example sizes for the exporter: all different, and not 0 or 1, so that no dynamic dimension is specialised
 _BATCH, _SEQ, _PAST, _ENC = 2, 3, 5, 7
 
-Prompts = Sequence[Sequence[int]] | np.ndarray | torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -418,32 +423,6 @@ def generative_size(path: str | Path) -> int:
     return sum(onnx_size(f) for f in _files(path).values())
 
 
-def _batch(prompts: Prompts) -> list[list[int]]:
-    """Prompts as lists of ints: one prompt (a list or 1-D array), several (lists), or a 2-D array or tensor."""
-    if isinstance(prompts, torch.Tensor):
-        prompts = prompts.cpu().numpy()
-    if isinstance(prompts, np.ndarray):
-        prompts = prompts.reshape(1, -1).tolist() if prompts.ndim == 1 else prompts.tolist()
-    elif len(prompts) and isinstance(prompts[0], int | np.integer):
-        prompts = [prompts]  # type: ignore[list-item]
-    out = [[int(t) for t in p] for p in prompts]
-    if not out or any(len(p) == 0 for p in out):
-        raise TinykdError("every prompt needs at least one token")
-    return out
-
-
-def _pad(prompts: list[list[int]], pad: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, attention mask) of prompts padded to one length: on the left for a decoder, which generates after the
-    last token, on the right for an encoder, whose position embeddings must start at the first token."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad, dtype=np.int64)
-    mask = np.zeros((len(prompts), width), dtype=np.int64)
-    for i, p in enumerate(prompts):
-        where = slice(width - len(p), width) if left else slice(0, len(p))
-        ids[i, where], mask[i, where] = p, 1
-    return ids, mask
-
-
 class OrtGenerator:
     """Greedy decoding of an exported model in ONNX Runtime, the KV cache fed back at every step.
 
@@ -489,7 +468,7 @@ class OrtGenerator:
 
     # causal LM: state = the decoder's feeds
     def _causal_start(self, prompts: list[list[int]], pad: int) -> dict[str, np.ndarray]:
-        ids, mask = _pad(prompts, pad, left=True)
+        ids, mask = pad_prompts(prompts, pad, left=True)
         state = {"input_ids": ids, "attention_mask": mask}
         if "position_ids" in self.inputs:
             state["position_ids"] = np.maximum(mask.cumsum(-1) - 1, 0) * mask
@@ -506,7 +485,7 @@ class OrtGenerator:
 
     # seq2seq: the encoder runs once, then the decoder's state is its feeds
     def _encode(self, prompts: list[list[int]], pad: int) -> dict[str, np.ndarray]:
-        ids, mask = _pad(prompts, pad, left=False)
+        ids, mask = pad_prompts(prompts, pad, left=False)
         sess = self.sessions["encoder"]
         feeds = {"input_ids": ids, "attention_mask": mask}
         out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
@@ -531,7 +510,7 @@ class OrtGenerator:
     def generate(self, prompts: Prompts, max_new_tokens: int, eos_token_id: int | None = None,
                  pad_token_id: int | None = None) -> list[list[int]]:  # fmt: skip
         """The new tokens of each prompt (greedy), stopping after `eos_token_id` (None: never stop early)."""
-        rows = _batch(prompts)
+        rows = prompt_rows(prompts)
         if max_new_tokens < 1:
             raise TinykdError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         pad = pad_token_id if pad_token_id is not None else self.meta.get("pad_token_id")
@@ -569,48 +548,6 @@ def ort_greedy_generate(
 # ------------------------------------------------------------------------------------ PyTorch and checking
 
 
-@contextlib.contextmanager
-def _plain_greedy(model: nn.Module, eos_token_id: int | None) -> Iterator[None]:
-    """Make `model.generate` plain greedy decoding: the model's own generation_config may add logits processors
-    (forced BOS/EOS, no_repeat_ngram_size, repetition penalty, min_length, ...) and generate() fills every option
-    left unset from it, so it is swapped for one with the special tokens only while generating."""
-    from transformers import GenerationConfig
-
-    saved = model.generation_config
-    pad = saved.pad_token_id if saved.pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
-    start = getattr(saved, "decoder_start_token_id", None)
-    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=eos_token_id,
-                                               pad_token_id=pad, decoder_start_token_id=start)  # fmt: skip
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-def torch_greedy_generate(model: nn.Module, input_ids: Prompts, max_new_tokens: int,
-                          eos_token_id: int | None = None) -> list[list[int]]:  # fmt: skip
-    """`model.generate(do_sample=False, num_beams=1, use_cache=True)` on prompts padded as `OrtGenerator` pads
-    them: the new tokens of each, ending at `eos_token_id` like `ort_greedy_generate`, to compare token for token."""
-    rows = _batch(input_ids)
-    with _plain_greedy(model, eos_token_id):
-        pad = model.generation_config.pad_token_id
-        ids, mask = _pad(rows, pad, left=not model.config.is_encoder_decoder)
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            device = next(model.parameters()).device  # the model's device (a GPU in a training run's report)
-            out = model.generate(input_ids=torch.from_numpy(ids).to(device),
-                                 attention_mask=torch.from_numpy(mask).to(device),
-                                 max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1,
-                                 use_cache=True)  # fmt: skip
-    skip = 1 if model.config.is_encoder_decoder else ids.shape[1]  # the decoder start token, or the prompt
-    new = []
-    for row in out[:, skip:].cpu().tolist():
-        if eos_token_id is not None and eos_token_id in row:
-            row = row[: row.index(eos_token_id) + 1]
-        new.append(row)
-    return new
-
-
 def verify_greedy(
     model: nn.Module, onnx_path: str | Path | OrtGenerator, prompts_ids: Prompts, max_new_tokens: int,
     eos_token_id: int | None = None, batch: bool = False, raise_on_mismatch: bool = False,
@@ -618,11 +555,11 @@ def verify_greedy(
     """Greedy tokens of ONNX Runtime against PyTorch's `generate`, token for token.
 
     Each prompt runs alone (batch 1) unless `batch`, when all run together, padded the same way on both sides. The
-    model's own logits processors are switched off (see `_plain_greedy`): ONNX Runtime's loop is plain argmax.
+    model's own logits processors are switched off (see `plain_greedy`): ONNX Runtime's loop is plain argmax.
     Returns the matching and compared token counts and, per prompt, where the two first differ;
     `raise_on_mismatch` turns a difference into a one-line TinykdError.
     """
-    rows = _batch(prompts_ids)
+    rows = prompt_rows(prompts_ids)
     gen = onnx_path if isinstance(onnx_path, OrtGenerator) else OrtGenerator(onnx_path)
     groups = [rows] if batch else [[r] for r in rows]
     ours, theirs = [], []
@@ -651,28 +588,6 @@ def verify_greedy(
 # ---------------------------------------------------------------------------------------------- int8
 
 
-def quantize_generative_int8(onnx_path: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """ONNX Runtime dynamic int8 (weights of MatMul and Gemm; activations quantized on the fly) of an exported file,
-    or of each graph of a seq2seq folder into the folder `out_path`. The cache inputs and outputs stay fp32."""
-    from tinykd.compress.quantize import DYNAMIC_OPS, quantize_dynamic_onnx
-
-    files = _files(onnx_path)
-    OrtGenerator(onnx_path)  # a clear error for a file without the cache
-    out = Path(out_path)
-    if len(files) > 1 or Path(onnx_path).is_dir():
-        targets = {role: out / f.name for role, f in files.items()}
-    else:
-        targets = {"model": out}
-    report: dict[str, Any] = {"mode": "dynamic", "op_types": list(DYNAMIC_OPS), "files": {}}
-    for role, source in files.items():
-        info = quantize_dynamic_onnx(source, targets[role], DYNAMIC_OPS)
-        report["files"][role] = {"path": str(targets[role]), "quantized_nodes": info["quantized_nodes"],
-                                 "preprocess_skipped": info["preprocess_skipped"]}  # fmt: skip
-    result = out if len(targets) > 1 or Path(onnx_path).is_dir() else targets["model"]
-    report.update(path=str(result), size_bytes=generative_size(result), fp32_size_bytes=generative_size(onnx_path))
-    return report
-
-
 # ------------------------------------------------------------------------------------------------ speed
 
 
@@ -691,28 +606,6 @@ def greedy_fn(source: nn.Module | str | Path | OrtGenerator, threads: int | None
     return lambda prompt, n: gen.generate([list(prompt)], n, None)[0]
 
 
-def generation_speed(
-    generate_fn: Callable[[Sequence[int], int], Sequence[int]], prompt_ids: Sequence[int], new_tokens: int,
-    repeats: int = 5, warmup: int = 1,
-) -> dict[str, Any]:  # fmt: skip
-    """Batch-1 generation speed with the KV cache, medians over `repeats` calls of `generate_fn(prompt, n)`.
-
-    First-token latency is the prompt step alone (`n` = 1). `tokens_per_s` counts the new tokens over the whole
-    call, prompt step included; `decode_tokens_per_s` the tokens after the first over the time after it."""
-    if new_tokens < 1 or repeats < 1:
-        raise TinykdError("new_tokens and repeats must be at least 1")
-    prompt = [int(t) for t in prompt_ids]
-    produced = len(generate_fn(prompt, new_tokens))
-    if produced < 1:
-        raise TinykdError("the generator produced no tokens")
-    first = statistics.median(time_calls(lambda: generate_fn(prompt, 1), repeats, warmup))
-    total = statistics.median(time_calls(lambda: generate_fn(prompt, new_tokens), repeats, warmup))
-    decode = (produced - 1) / (total - first) if produced > 1 and total > first else None
-    return {"prompt_tokens": len(prompt), "new_tokens": produced, "repeats": repeats,
-            "first_token_ms": first * 1e3, "total_ms": total * 1e3, "tokens_per_s": produced / total,
-            "decode_tokens_per_s": decode}  # fmt: skip
-
-
 __all__ = ["OrtGenerator", "export_generative", "generation_speed", "generative_size", "greedy_fn",
-           "load_generative", "ort_greedy_generate", "quantize_generative_int8", "torch_greedy_generate",
+           "load_generative", "ort_greedy_generate", "torch_greedy_generate",
            "verify_greedy"]  # fmt: skip

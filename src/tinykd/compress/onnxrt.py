@@ -8,6 +8,7 @@ dataset and can report accuracy on it.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,22 @@ from tinykd.errors import TinykdError
 from tinykd.measure import percentile, time_calls
 
 META_KEY = "tinykd"
+INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an external data file
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colour codes in a one-line error
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def strip_debug_info(proto: Any) -> None:
+    """Drop per-node debugging metadata (the dynamo exporter's stack traces, local paths, FX nodes): a shipped
+    file needs none of it, and it was about 10% of a small model's file."""
+    for graph in [proto.graph, *(f for f in proto.functions)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+
 
 
 def read_onnx(path: str | Path, load_external_data: bool = False) -> Any:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tinykd.compress.export import export_onnx, verify_onnx
+from tinykd.compress.generative import OrtGenerator, _files, generative_size
 from tinykd.compress.onnxrt import (
     check_images_fit,
     measure_onnx,
@@ -347,3 +348,23 @@ def export_for_demo(checkpoint: str | Path, out: str | Path, role: str, recipe: 
     row = _onnx_row(role, Path(out), "onnx fp32", loaded.name, images, labels, m.latency_repeats, m.throughput_batch,
                     m.threads or torch.get_num_threads(), timing_example(images, m.sequence_length))  # fmt: skip
     return {**row, "path": str(out)}
+
+
+def quantize_generative_int8(onnx_path: str | Path, out_path: str | Path) -> dict[str, Any]:
+    """ONNX Runtime dynamic int8 (weights of MatMul and Gemm; activations quantized on the fly) of an exported file,
+    or of each graph of a seq2seq folder into the folder `out_path`. The cache inputs and outputs stay fp32."""
+    files = _files(onnx_path)
+    OrtGenerator(onnx_path)  # a clear error for a file without the cache
+    out = Path(out_path)
+    if len(files) > 1 or Path(onnx_path).is_dir():
+        targets = {role: out / f.name for role, f in files.items()}
+    else:
+        targets = {"model": out}
+    report: dict[str, Any] = {"mode": "dynamic", "op_types": list(DYNAMIC_OPS), "files": {}}
+    for role, source in files.items():
+        info = quantize_dynamic_onnx(source, targets[role], DYNAMIC_OPS)
+        report["files"][role] = {"path": str(targets[role]), "quantized_nodes": info["quantized_nodes"],
+                                 "preprocess_skipped": info["preprocess_skipped"]}  # fmt: skip
+    result = out if len(targets) > 1 or Path(onnx_path).is_dir() else targets["model"]
+    report.update(path=str(result), size_bytes=generative_size(result), fp32_size_bytes=generative_size(onnx_path))
+    return report
