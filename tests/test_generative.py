@@ -394,3 +394,16 @@ def test_export_writes_a_kv_cache_model_that_decodes_like_pytorch(tmp_path: Path
         export_checkpoint(teachers["causal-lm"], out=tmp_path / "onnx")
     with pytest.raises(TinykdError, match="exports to onnx"):
         export_checkpoint(teachers["causal-lm"], fmt="pt2", out=tmp_path / "x.pt2")
+
+
+def test_quantize_writes_an_int8_kv_cache_model_and_measures_it(teachers: dict[str, Path]) -> None:
+    from tinykd.compress.quantize import describe_quantization, quantize_model
+
+    path, report = quantize_model(teachers["causal-lm"], overwrite=True)
+    fp32, int8 = report["rows"][1], report["rows"][2]
+    assert path.is_file() and int8["size_bytes"] < fp32["size_bytes"]
+    assert fp32["greedy_agreement"] == 1.0 and 0.0 <= int8["greedy_agreement"] <= 1.0
+    assert all(r["gen_tokens_per_s"] > 0 for r in report["rows"])
+    assert "smaller" in describe_quantization(report)
+    with pytest.raises(TinykdError, match="--mode dynamic"):
+        quantize_model(teachers["causal-lm"], mode="static")

@@ -22,6 +22,7 @@ COLUMNS = [  # (key, header, format)
     ("throughput_img_s", "throughput b64", "{:,.0f} img/s"),
     ("gen_tokens_per_s", "generation b1", "{:,.0f} tok/s"),
     ("first_token_ms", "first token", "{:.2f} ms"),
+    ("greedy_agreement", "greedy = PyTorch", "{:.1%}"),
     ("compression", "fewer params", "{:.1f}x"),
     ("size_ratio", "smaller file", "{:.1f}x"),
     ("speedup", "speed-up b1", "{:.1f}x"),

@@ -215,6 +215,11 @@ def quantize_model(
     loaded = None if is_onnx else load_checkpoint_model(source)
     meta = loaded.meta if loaded is not None else onnx_meta(source)
     rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
+    if loaded is not None and meta.get("task") in ("causal-lm", "seq2seq"):
+        if mode not in ("auto", "dynamic"):
+            raise TinykdError(f"a {meta['task']} model is quantized with --mode dynamic (ORT int8 weights of "
+                              f"MatMul/Gemm, its KV cache in fp32), not {mode}")  # fmt: skip
+        return quantize_generative_checkpoint(loaded, rec, out, threads, overwrite)
     images, labels = dataset_arrays(rec, "test")
     text = isinstance(images, dict)
     if mode == "auto":
@@ -307,9 +312,66 @@ def _calibration_set(recipe: Any, n: int, data_file: str | Path | None) -> np.nd
     return images[:n].astype(np.float32) if np.issubdtype(images.dtype, np.floating) else images[:n]
 
 
+def quantize_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | None = None,
+                                   threads: int | None = None, overwrite: bool = False, prompts: int = 16,
+                                   new_tokens: int = 16) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """A causal-LM or seq2seq run as dynamic int8 ONNX with its KV cache: exported (`RUN/onnx/`, reused when
+    there), quantized into `RUN/onnx-int8/`, then measured against the fp32 file and PyTorch: size on disk,
+    greedy-decoding agreement with PyTorch on test prompts, new tokens per second at batch 1 and first-token
+    latency, all in the same threads."""
+    from tinykd.compress.export import export_generative_checkpoint
+    from tinykd.compress.generative import greedy_fn, verify_greedy
+    from tinykd.compress.source import build_bundle
+    from tinykd.generation import base_dataset
+    from tinykd.measure import generation_speed
+    from tinykd.models.checkpoint import run_folder_of
+
+    run_dir = run_folder_of(loaded.path)
+    fp32 = run_dir / "onnx"
+    if not any(fp32.glob("*.onnx")):
+        export_generative_checkpoint(loaded, recipe, fp32, overwrite=True)
+    target = Path(out) if out else run_dir / "onnx-int8"
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise TinykdError(f"{target} already exists; choose another --out or pass --overwrite")
+    single = (fp32 / "model.onnx").is_file()
+    info = quantize_generative_int8(fp32 / "model.onnx" if single else fp32,
+                                    target / "model.onnx" if single else target)  # fmt: skip
+    int8 = Path(info["path"])
+    data = base_dataset(build_bundle(recipe).test)
+    eos = data.tokenizer.eos_token_id
+    rows_ids = []
+    for i in range(min(prompts, len(data))):
+        ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
+        rows_ids.append(ids if loaded.meta["task"] == "seq2seq" else [t for t in ids if t != eos][:8] or ids[:1])
+    threads = threads or recipe.measure.threads or torch.get_num_threads()
+    rows = []
+    for label, fmt, source, size in (("student", "pytorch fp32", loaded.model, None),
+                                     ("student", "onnx fp32", fp32, generative_size(fp32)),
+                                     ("student", "onnx int8", int8, info["size_bytes"])):  # fmt: skip
+        speed = generation_speed(greedy_fn(source, threads), rows_ids[0], new_tokens)
+        row = {"role": label, "model": loaded.name, "format": fmt, "size_bytes": size,
+               "gen_tokens_per_s": speed["tokens_per_s"], "first_token_ms": speed["first_token_ms"]}  # fmt: skip
+        if fmt != "pytorch fp32":
+            check = verify_greedy(loaded.model, source, rows_ids, new_tokens, eos)
+            row["greedy_agreement"] = check["matching_tokens"] / max(check["compared_tokens"], 1)
+        rows.append(row)
+    report = {"task": loaded.meta["task"], "mode": "dynamic", "out": str(int8), "threads": threads, "rows": rows,
+              "prompts": len(rows_ids), "new_tokens": new_tokens, "quantization": info}  # fmt: skip
+    return int8, report
+
+
 def describe_quantization(report: dict[str, Any]) -> str:
     """The headline for the terminal: accuracy, size and latency before and after."""
     from tinykd.report import human_bytes
+
+    if report.get("task") in ("causal-lm", "seq2seq"):
+        fp32, int8 = report["rows"][1], report["rows"][2]
+        return (f"int8 (dynamic, {report['task']}): size {human_bytes(fp32['size_bytes'])} -> "
+                f"{human_bytes(int8['size_bytes'])} ({fp32['size_bytes'] / int8['size_bytes']:.1f}x smaller); greedy "
+                f"tokens equal to PyTorch's: fp32 {fp32['greedy_agreement']:.1%}, int8 {int8['greedy_agreement']:.1%} "
+                f"({report['prompts']} test prompts, {report['new_tokens']} new tokens); batch-1 generation "
+                f"{fp32['gen_tokens_per_s']:.0f} -> {int8['gen_tokens_per_s']:.0f} tokens/s (threads: "
+                f"{report['threads']}); written to {report['out']}")  # fmt: skip
 
     return (f"int8 ({report['mode']}): test accuracy {report['accuracy_before']:.2%} -> "
             f"{report['accuracy_after']:.2%} ({-report['accuracy_drop_points']:+.2f} points); size "
