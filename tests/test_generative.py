@@ -407,3 +407,24 @@ def test_quantize_writes_an_int8_kv_cache_model_and_measures_it(teachers: dict[s
     assert "smaller" in describe_quantization(report)
     with pytest.raises(TinykdError, match="--mode dynamic"):
         quantize_model(teachers["causal-lm"], mode="static")
+
+
+def test_a_teacher_cache_of_token_logits_is_exact_and_top_k_works(tmp_path: Path, teachers: dict[str, Path]) -> None:
+    from safetensors.torch import load_file
+
+    def recipe(cache: str | None = None, fmt: str = "fp32") -> object:
+        spec = _recipe(tmp_path, "causal-lm", teacher={**MODELS["causal-lm"], "checkpoint": str(teachers["causal-lm"])},
+                       student={"name": "hf:gpt2", "init_from_teacher": [1]}, loss_terms={"token_kd": {"weight": 1.0}})
+        if cache:
+            spec["teacher"].update(cache=str(tmp_path / cache), cache_format=fmt, cache_topk=5)
+        return load_recipe(spec)
+
+    filled = run(recipe("cache"), tmp_path / "fill", mode="distill")
+    read = run(recipe("cache"), tmp_path / "read", mode="distill")
+    run(recipe(), tmp_path / "online", mode="distill")
+    assert filled.metrics["teacher_cache"]["batches_computed"] > 0
+    assert read.metrics["teacher_cache"]["batches_computed"] == 0
+    weights = [load_file(str(tmp_path / name / "checkpoints" / "last.safetensors")) for name in ("read", "online")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    topk = run(recipe("cache-topk", "topk"), tmp_path / "topk", mode="distill")
+    assert np.isfinite(next(r for r in topk.metrics["models"] if r["role"] == "student")["test_perplexity"])

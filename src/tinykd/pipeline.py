@@ -268,8 +268,11 @@ def open_teacher_cache(recipe: Recipe, data: DataBundle, distiller: Distiller) -
         raise TinykdError("teacher.cache keeps logits and tapped features; the hidden-state and attention terms "
                           "need the teacher online: remove teacher.cache")  # fmt: skip
     precision = str(distiller.teacher_dtype).replace("torch.", "") if distiller.teacher_dtype else "fp32"
+    width = data.num_classes  # token-level tasks: one distribution over the teacher's vocabulary per position
+    if data.task in ("masked-lm", "causal-lm", "seq2seq"):
+        width = getattr(getattr(distiller.teacher, "config", None), "vocab_size", None) or len(data.tokenizer)
     cache = TeacherCache.open(spec.cache, distiller.teacher, data.train, recipe.seed, distiller.teacher_tap_paths(),
-                              data.num_classes, spec.cache_format, spec.cache_topk, precision)  # fmt: skip
+                              width, spec.cache_format, spec.cache_topk, precision)  # fmt: skip
     distiller.teacher_cache = cache
     return cache
 

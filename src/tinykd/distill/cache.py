@@ -82,8 +82,8 @@ class TeacherCache:
         if fmt not in FORMATS:
             raise TinykdError(f"teacher cache format '{fmt}' is unknown; use one of {', '.join(FORMATS)}")
         if fmt == "topk" and not 1 <= topk < num_classes:
-            raise TinykdError(f"teacher.cache_topk must be between 1 and {num_classes - 1} (the classes less one), "
-                              f"got {topk}")  # fmt: skip
+            raise TinykdError(f"teacher.cache_topk must be between 1 and {num_classes - 1} (the classes, or the "
+                              f"vocabulary of token logits, less one), got {topk}")  # fmt: skip
         data = dataset_digest(dataset)
         if data is None:
             raise TinykdError(f"teacher.cache: the training set ({type(dataset).__name__}) cannot vouch that its "
