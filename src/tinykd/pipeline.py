@@ -203,17 +203,23 @@ def build_teacher(recipe: Recipe, data: DataBundle, for_init: bool = False) -> n
 
 def build_student(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -> nn.Module:
     """The model to train: built by name, or, with `init_from_teacher`, a copy of the teacher that keeps some of
-    its layers (DistilBERT's student starts from every other layer of BERT)."""
+    its layers (DistilBERT's student starts from every other layer of BERT); with a `quantize` section, its
+    linear layers fake-quantized for quantization-aware training (`models/qat.py`)."""
     layers = recipe.trained.init_from_teacher
     if layers is None:
-        return build_model(recipe.trained, data, "student")
-    from tinykd.models.hf import student_from_teacher
+        student = build_model(recipe.trained, data, "student")
+    else:
+        from tinykd.models.hf import student_from_teacher
 
-    if teacher is None:
-        raise TinykdError("student.init_from_teacher needs the teacher's weights (teacher.checkpoint)")
-    student = student_from_teacher(teacher, layers)
-    if recipe.trained.checkpoint:  # resuming or continuing: the student's own weights win
-        load_weights(student, recipe.trained.checkpoint)
+        if teacher is None:
+            raise TinykdError("student.init_from_teacher needs the teacher's weights (teacher.checkpoint)")
+        student = student_from_teacher(teacher, layers)
+        if recipe.trained.checkpoint:  # resuming or continuing: the student's own weights win
+            load_weights(student, recipe.trained.checkpoint)
+    if recipe.quantize is not None:
+        from tinykd.models.qat import prepare_qat
+
+        prepare_qat(student, recipe.quantize)
     return student
 
 

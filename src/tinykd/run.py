@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
@@ -156,6 +158,8 @@ def run(
                 row.update(generation_speed_row(engine.accelerator.unwrap_model(model), first_prompt(data.test),
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
+    if recipe.quantize is not None and engine.device.type != "xla":
+        rows.append(_qat_row(engine, recipe, student, test_loader, meta["model"], run_dir))
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
@@ -223,6 +227,24 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
         per_epoch = stats["bytes"] / max(recipe.train.epochs, 1) / 2**20
         print(f"tinykd: {cache.summary()}; filled in {seconds:.1f} s, {per_epoch:.2f} MiB per epoch")
     return stats
+
+
+def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, name: str,
+             run_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """The quantization-aware student converted to real low-bit weights (torchao), evaluated like the others and
+    saved as `model.qat.pt` (its state_dict: torchao's tensors, which safetensors cannot hold); its size is that
+    file's."""
+    from tinykd.models.qat import convert_qat, describe, state_bytes
+
+    spec = recipe.quantize
+    assert spec is not None
+    converted = convert_qat(engine.accelerator.unwrap_model(student), spec).to(engine.device)
+    row = {"role": f"student ({spec.weights} QAT)", "model": name, "format": f"torchao {describe(spec)}",
+           "test_accuracy": engine.evaluate(converted, test_loader)["accuracy"],
+           "size_bytes": state_bytes(converted)}  # fmt: skip
+    if engine.is_main:
+        torch.save(converted.state_dict(), run_dir / "model.qat.pt")
+    return row
 
 
 def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str | Path, num_beams: int = 1,

@@ -161,6 +161,24 @@ class PruneSpec(Section):
     steps: int = Field(50, gt=0, le=1000, description="pruning steps toward the target (more: closer to it)")
 
 
+class QuantizeSpec(Section):
+    """Quantization-aware training: the student trains with fake-quantized weights (and activations), then is
+    converted to real low-bit weights. Through torchao's QAT for linear layers."""
+
+    weights: Literal["int8", "int4"] = Field("int4", description="weight format: int8 or int4")
+    activations: Literal["int8", "none"] = Field("int8", description="int8 (dynamic, per token) or none")
+    granularity: Literal["per-channel", "per-group"] = Field(
+        "per-group", description="one weight scale per output channel, or per group of group_size inputs"
+    )
+    group_size: int = Field(32, gt=0, le=4096, description="per-group: inputs sharing one scale (a power of 2)")
+
+    @model_validator(mode="after")
+    def _group(self) -> QuantizeSpec:
+        if self.granularity == "per-group" and self.group_size & (self.group_size - 1):
+            raise ValueError(f"group_size must be a power of 2 (e.g. 32), got {self.group_size}")
+        return self
+
+
 class Recipe(Section):
     """A whole run. `teacher` is for distillation; `student` (alias `model`) is the model being trained."""
 
@@ -179,6 +197,7 @@ class Recipe(Section):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     prune: PruneSpec | None = Field(None, description="tinykd prune: structured pruning, then recovery")
+    quantize: QuantizeSpec | None = Field(None, description="quantization-aware training of the student")
 
     @model_validator(mode="after")
     def _one_student(self) -> Recipe:
