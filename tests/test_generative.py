@@ -334,6 +334,8 @@ def test_generate_writes_the_teachers_outputs_as_a_training_set(task: str, tmp_p
     assert run(load_recipe(student), tmp_path / "on-teacher-outputs", mode="train").metrics["models"]
     with pytest.raises(TinykdError, match=r"\.jsonl or \.csv"):
         generate_teacher_data(recipe, tmp_path / "out.txt")
+    with pytest.raises(TinykdError, match="must be >= 1"):
+        generate_teacher_data(recipe, tmp_path / "out.jsonl", limit=0)
 
 
 def test_a_student_with_another_tokenizer_is_one_line(tmp_path: Path, teachers: dict[str, Path]) -> None:

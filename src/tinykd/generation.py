@@ -131,8 +131,9 @@ def write_teacher_outputs(model: nn.Module, dataset: Any, out: str | Path, colum
     if data.task not in ("seq2seq", "causal-lm"):
         raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {data.task}: "
                           "use causal-lm or seq2seq")  # fmt: skip
-    if num_beams < 1 or prompt_tokens < 1 or batch_size < 1:
-        raise TinykdError("--num-beams, --prompt-tokens and the batch size must be >= 1")
+    if num_beams < 1 or prompt_tokens < 1 or batch_size < 1 or (limit is not None and limit < 1) \
+            or (max_new_tokens is not None and max_new_tokens < 1):  # fmt: skip
+        raise TinykdError("--num-beams, --prompt-tokens, --limit, --max-new-tokens and the batch size must be >= 1")
     tokenizer, seq2seq = data.tokenizer, data.task == "seq2seq"
     count = len(data) if limit is None else min(limit, len(data))
     new_tokens = max_new_tokens or data.max_length

@@ -257,6 +257,9 @@ def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str
 
     if Path(out).suffix.lower() not in OUTPUT_FORMATS:  # before any work
         raise TinykdError(f"{out}: write the generated data as {' or '.join(OUTPUT_FORMATS)}")
+    if num_beams < 1 or prompt_tokens < 1 or (limit is not None and limit < 1) or \
+            (max_new_tokens is not None and max_new_tokens < 1):  # fmt: skip
+        raise TinykdError("--num-beams, --prompt-tokens, --limit and --max-new-tokens must be >= 1")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     if recipe.teacher is None or not (recipe.teacher.checkpoint or recipe.teacher.name.startswith("hf:")):
