@@ -34,7 +34,7 @@ def _base_config(spec: Any) -> Any:
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
         from torchao.quantization.granularity import PerAxis, PerGroup
     except ImportError:
-        raise TinykdError("recipe section 'quantize' needs torchao: pip install torchao") from None
+        raise TinykdError("recipe section 'quantize' needs torchao: pip install 'tinykd[qat]' (or torchao)") from None
     granularity = PerGroup(spec.group_size) if spec.granularity == "per-group" else PerAxis(0)
     dtype = WEIGHT_DTYPES[spec.weights]
     if spec.activations == "int8":
