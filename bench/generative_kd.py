@@ -111,9 +111,13 @@ def recipe(task: str, files: dict[str, Path], name: str, seed: int, epochs: int,
 
 
 def run_once(spec: dict[str, Any], folder: Path, mode: str, overrides: list[str]) -> dict[str, Any]:
+    """A finished run's report is read; an interrupted one is resumed (`--resume`); else the run is made."""
     if (folder / "report.json").is_file():
         print(f"reusing {folder}", file=sys.stderr)
         return json.loads((folder / "report.json").read_text())
+    if (folder / "checkpoints" / "resume").is_dir():
+        print(f"resuming {folder}", file=sys.stderr)
+        return run(None, resume=folder, mode=mode).metrics
     return run(load_recipe(spec, overrides), folder, mode=mode).metrics
 
 
