@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
-from tinykd.data.text import TextOptions
+from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS, TextOptions
 from tinykd.distill import Distiller
 from tinykd.distill.cache import CachedBatches, TeacherCache
 from tinykd.distill.ensemble import TeacherEnsemble
@@ -102,7 +102,7 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
             kwargs.setdefault("vocab_size", len(data.tokenizer))
             kwargs.setdefault("pad_token_id", data.tokenizer.pad_token_id)
             _check_same_tokenizer(name, data, role)
-            if data.task in ("causal-lm", "seq2seq"):
+            if data.task in GENERATIVE_TASKS:
                 kwargs.setdefault("token_ids", generation_token_ids(data))
         if spec.checkpoint:
             file = resolve_checkpoint(spec.checkpoint)
@@ -275,7 +275,7 @@ def open_teacher_cache(recipe: Recipe, data: DataBundle, distiller: Distiller) -
                           "need the teacher online: remove teacher.cache")  # fmt: skip
     precision = str(distiller.teacher_dtype).replace("torch.", "") if distiller.teacher_dtype else "fp32"
     width = data.num_classes  # token-level tasks: one distribution over the teacher's vocabulary per position
-    if data.task in ("masked-lm", "causal-lm", "seq2seq"):
+    if data.task in TOKEN_TASKS:
         width = getattr(getattr(distiller.teacher, "config", None), "vocab_size", None) or len(data.tokenizer)
     cache = TeacherCache.open(spec.cache, distiller.teacher, data.train, recipe.seed, distiller.teacher_tap_paths(),
                               width, spec.cache_format, spec.cache_topk, precision)  # fmt: skip

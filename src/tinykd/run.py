@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
@@ -142,7 +143,7 @@ def run(
         row: dict[str, Any] = {"role": role, "model": name}
         scores = engine.evaluate(model, test_loader)
         row["test_accuracy"] = scores["accuracy"]
-        if data.task in ("causal-lm", "seq2seq"):  # accuracy is per predicted token; perplexity of the same tokens
+        if data.task in GENERATIVE_TASKS:  # accuracy is per predicted token; perplexity of the same tokens
             row["test_perplexity"] = perplexity(scores["loss"])
         if data.task == "seq2seq" and recipe.measure.generate_samples and engine.is_main \
                 and engine.device.type != "xla":  # fmt: skip  # decoding is host-driven, a graph per length
@@ -154,7 +155,7 @@ def run(
                                   recipe.measure.latency_repeats, recipe.measure.throughput_batch,
                                   recipe.measure.threads)  # fmt: skip
             row.update(stats.as_dict())
-            if data.task in ("causal-lm", "seq2seq"):
+            if data.task in GENERATIVE_TASKS:
                 row.update(generation_speed_row(engine.accelerator.unwrap_model(model), first_prompt(data.test),
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
@@ -265,7 +266,7 @@ def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str
     if recipe.teacher is None or not (recipe.teacher.checkpoint or recipe.teacher.name.startswith("hf:")):
         raise TinykdError("tinykd generate needs a recipe with one trained teacher (teacher.checkpoint, or an hf: "
                           "directory)")  # fmt: skip
-    if recipe.data.task not in ("causal-lm", "seq2seq"):
+    if recipe.data.task not in GENERATIVE_TASKS:
         raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {recipe.data.task}: "
                           "use causal-lm or seq2seq")  # fmt: skip
     start = time.perf_counter()

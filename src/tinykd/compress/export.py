@@ -38,12 +38,12 @@ from tinykd.compress.source import (
     load_checkpoint_model,
     torch_logits,
 )
+from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.errors import TinykdError
 from tinykd.measure import count_macs, count_params
 from tinykd.models.checkpoint import run_folder_of
 
 EXPORTERS = ("auto", "dynamo", "legacy")
-GENERATIVE_TASKS = ("causal-lm", "seq2seq")
 DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime (or torch.export) and eager PyTorch
 
 

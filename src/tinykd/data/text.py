@@ -114,6 +114,8 @@ TASKS: dict[str, TextTask] = {
     "causal-lm": TextTask(needs_labels=False, needs_mask_token=False, targets=_causal_lm, generative=True),
     "seq2seq": TextTask(needs_labels=False, needs_mask_token=False, targets=_seq2seq, generative=True),
 }
+GENERATIVE_TASKS = tuple(name for name, task in TASKS.items() if task.generative)  # causal-lm, seq2seq
+TOKEN_TASKS = ("masked-lm", *GENERATIVE_TASKS)  # tasks whose logits are one distribution per token
 
 
 # --- reading tables ----------------------------------------------------------------------------------------------

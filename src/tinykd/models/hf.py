@@ -24,7 +24,6 @@ from tinykd.errors import TinykdError, close_matches
 
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM",
                 "causal-lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}  # fmt: skip
-GENERATIVE = ("causal-lm", "seq2seq")
 
 # model_type -> the transformer stacks: (config key of the layer count, module path under `model.base_model`).
 # An encoder-decoder lists two stacks, e.g. "bart": (("encoder_layers", "encoder.layers"), ("decoder_layers", ...)).
