@@ -81,14 +81,15 @@ def seq2seq_scores(model: nn.Module, dataset: Any, samples: int = 200, batch_siz
     return {"exact_match": exact / max(count, 1), "rouge_l": rouge / max(count, 1), "generated": count}
 
 
-def first_prompt(dataset: Any) -> list[int]:
-    """A real prompt for timing generation: the first test text's tokens (causal-lm: its first 8, without its end
-    token, so the model has something to continue; seq2seq: the whole source)."""
+def prompts(dataset: Any, count: int, tokens: int = 8) -> list[list[int]]:
+    """Real prompts from the first `count` texts of a tokenized set: for causal-lm the first `tokens` tokens of
+    each, without its end token (the model must have something to continue); for seq2seq the whole source."""
     data = base_dataset(dataset)
-    ids = data.encoded.ids[data.encoded.offsets[0] : data.encoded.offsets[1]].tolist()
-    if data.task == "causal-lm":
-        ids = [t for t in ids if t != data.tokenizer.eos_token_id][:8] or ids[:1]
-    return ids
+    eos, rows = data.tokenizer.eos_token_id, []
+    for i in range(min(count, len(data))):
+        ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
+        rows.append(ids if data.task == "seq2seq" else [t for t in ids if t != eos][:tokens] or ids[:1])
+    return rows
 
 
 # --- sequence-level KD: the teacher's outputs as a new training set ------------------------------------------------
@@ -140,18 +141,14 @@ def write_teacher_outputs(model: nn.Module, dataset: Any, out: str | Path, colum
     device = next(model.parameters()).device
     model.eval()
     rows: list[dict[str, str]] = []
-    eos = tokenizer.eos_token_id
+    starts = [] if seq2seq else prompts(data, count, prompt_tokens)  # causal-lm: each text's beginning, once
     for start in range(0, count, batch_size):
         index = torch.arange(start, min(start + batch_size, count))
         if seq2seq:
             ids, mask = pad_samples(data.encoded, index, None, data.pad_id)
             extra: dict[str, Any] = {"decoder_start_token_id": data.decoder_start_id}
         else:
-            prompts = []
-            for i in index.tolist():
-                row = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
-                prompts.append([t for t in row if t != eos][:prompt_tokens])  # the prompt, never its end token
-            ids, mask = _left_padded(prompts, data.pad_id)
+            ids, mask = _left_padded(starts[start : start + len(index)], data.pad_id)
             extra = {}
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                    num_beams=num_beams, max_new_tokens=new_tokens, pad_token_id=data.pad_id,

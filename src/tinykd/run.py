@@ -18,7 +18,7 @@ from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
 from tinykd.errors import RunInterrupted, TinykdError
-from tinykd.generation import first_prompt, perplexity, seq2seq_scores
+from tinykd.generation import perplexity, prompts, seq2seq_scores
 from tinykd.measure import generation_speed_row, measure_model
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
@@ -156,7 +156,7 @@ def run(
                                   recipe.measure.threads)  # fmt: skip
             row.update(stats.as_dict())
             if data.task in GENERATIVE_TASKS:
-                row.update(generation_speed_row(engine.accelerator.unwrap_model(model), first_prompt(data.test),
+                row.update(generation_speed_row(engine.accelerator.unwrap_model(model), prompts(data.test, 1)[0],
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
     if recipe.quantize is not None and engine.device.type != "xla":

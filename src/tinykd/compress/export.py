@@ -268,13 +268,14 @@ def export_checkpoint(
 
 
 def export_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | None, overwrite: bool,
-                                 prompts: int = 16, new_tokens: int = 16) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+                                 prompt_count: int = 16,
+                                 new_tokens: int = 16) -> tuple[Path, dict[str, Any]]:  # fmt: skip
     """A causal-LM or seq2seq student as ONNX with its KV cache (`compress.generative`), in a folder, verified by
-    greedy decoding of the first `prompts` test texts in ONNX Runtime against PyTorch, token for token."""
+    greedy decoding of the first `prompt_count` test texts in ONNX Runtime against PyTorch, token for token."""
     import shutil
 
     from tinykd.compress.generative import export_generative, generative_size, verify_greedy
-    from tinykd.generation import base_dataset
+    from tinykd.generation import base_dataset, prompts
     from tinykd.models.hf import save_hf_directory
 
     task = loaded.meta["task"]
@@ -285,12 +286,8 @@ def export_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | Non
     with tempfile.TemporaryDirectory(prefix="tinykd-hf-") as tmp:
         save_hf_directory(loaded.model, tmp)
         export_generative(tmp, folder, task=task)
-    data = base_dataset(build_bundle(recipe).test)
-    eos = data.tokenizer.eos_token_id
-    rows = []
-    for i in range(min(prompts, len(data))):
-        ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
-        rows.append(ids if task == "seq2seq" else [t for t in ids if t != eos][:8] or ids[:1])
+    test = build_bundle(recipe).test
+    rows, eos = prompts(test, prompt_count), base_dataset(test).tokenizer.eos_token_id
     try:
         check = verify_greedy(loaded.model, folder, rows, new_tokens, eos, raise_on_mismatch=True)
     except TinykdError as exc:

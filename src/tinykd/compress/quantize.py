@@ -314,7 +314,7 @@ def _calibration_set(recipe: Any, n: int, data_file: str | Path | None) -> np.nd
 
 
 def quantize_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | None = None,
-                                   threads: int | None = None, overwrite: bool = False, prompts: int = 16,
+                                   threads: int | None = None, overwrite: bool = False, prompt_count: int = 16,
                                    new_tokens: int = 16) -> tuple[Path, dict[str, Any]]:  # fmt: skip
     """A causal-LM or seq2seq run as dynamic int8 ONNX with its KV cache: exported (`RUN/onnx/`, reused when
     there), quantized into `RUN/onnx-int8/`, then measured against the fp32 file and PyTorch: size on disk,
@@ -323,7 +323,7 @@ def quantize_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | N
     from tinykd.compress.export import export_generative_checkpoint
     from tinykd.compress.generative import greedy_fn, verify_greedy
     from tinykd.compress.source import build_bundle
-    from tinykd.generation import base_dataset
+    from tinykd.generation import base_dataset, prompts
     from tinykd.measure import generation_speed
     from tinykd.models.checkpoint import run_folder_of
 
@@ -338,12 +338,8 @@ def quantize_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | N
     info = quantize_generative_int8(fp32 / "model.onnx" if single else fp32,
                                     target / "model.onnx" if single else target)  # fmt: skip
     int8 = Path(info["path"])
-    data = base_dataset(build_bundle(recipe).test)
-    eos = data.tokenizer.eos_token_id
-    rows_ids = []
-    for i in range(min(prompts, len(data))):
-        ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
-        rows_ids.append(ids if loaded.meta["task"] == "seq2seq" else [t for t in ids if t != eos][:8] or ids[:1])
+    test = build_bundle(recipe).test
+    rows_ids, eos = prompts(test, prompt_count), base_dataset(test).tokenizer.eos_token_id
     threads = threads or recipe.measure.threads or torch.get_num_threads()
     rows = []
     for label, fmt, source, size in (("student", "pytorch fp32", loaded.model, None),
