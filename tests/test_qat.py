@@ -1,4 +1,5 @@
-"""Quantization-aware distillation (recipe section `quantize`, torchao's QAT of linear layers) on digits.
+"""Quantization-aware distillation (recipe section `quantize`) on digits: torchao's QAT of linear layers, and its
+PT2E flow for convolutional students, converted to ONNX QDQ (int4 weights packed two per byte).
 
 The fake-quantized student and its converted low-bit copy compute the same; a killed QAT run resumes to the same
 student bit for bit; what torchao cannot do is one line naming what it can.
@@ -18,7 +19,7 @@ from test_resume import assert_same_run, tinykd_cli
 from tinykd import create_model
 from tinykd.errors import TinykdError
 from tinykd.models.checkpoint import save_model
-from tinykd.models.qat import convert_qat, prepare_qat, state_bytes
+from tinykd.models.qat import convert_qat, is_pt2e, prepare_qat, state_bytes
 from tinykd.recipes import load_recipe
 from tinykd.recipes.schema import QuantizeSpec
 from tinykd.run import run
@@ -53,8 +54,8 @@ def test_the_converted_student_computes_what_the_fake_quantized_one_did(spec: di
     torch.manual_seed(0)
     model = create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=(64, 32))
     reference = [p.detach().clone() for p in model.parameters()]
-    names = prepare_qat(model, QuantizeSpec(**spec))
-    assert names == ["body.1", "body.3", "head"]
+    assert prepare_qat(model, QuantizeSpec(**spec)) is model  # swapped in place
+    assert [type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__] == ["FakeQuantizedLinear"] * 3
     x = torch.randn(16, 1, 8, 8)
     fake = model(x)
     assert not torch.equal(fake, torch.nn.functional.linear(
@@ -92,10 +93,99 @@ def test_what_torchao_cannot_do_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(TinykdError) as exc:
         load_recipe(_recipe(tmp_path, weights="int4", activations="int4"))
     assert "activations" in str(exc.value) and "int8" in str(exc.value) and "\n" not in str(exc.value)
-    with pytest.raises(TinykdError, match="convolution"):
-        prepare_qat(create_model("cnn_tiny", num_classes=10, in_channels=1), QuantizeSpec())
+    cnn = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    with pytest.raises(TinykdError, match="per-channel"):
+        prepare_qat(cnn, QuantizeSpec(granularity="per-group"), torch.randn(4, 1, 8, 8))
+    with pytest.raises(TinykdError, match="activations: int8"):
+        prepare_qat(cnn, QuantizeSpec(activations="none"), torch.randn(4, 1, 8, 8))
     with pytest.raises(TinykdError, match="does not divide"):
         prepare_qat(create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=(48,)),
                     QuantizeSpec(group_size=32))  # fmt: skip
     with pytest.raises(TinykdError, match="power of 2"):
         load_recipe(_recipe(tmp_path, weights="int4", group_size=24))
+
+
+# --- convolutional students: torchao's PT2E flow ----------------------------------------------------------------
+
+
+def _cnn_recipe(tmp_path: Path, weights: str = "int4", **changes: Any) -> dict[str, Any]:
+    recipe = _recipe(tmp_path, weights=weights)
+    recipe["student"] = {"name": "cnn_tiny"}
+    recipe["quantize"] = {"weights": weights}
+    recipe["measure"] = {"enabled": True, "latency_repeats": 5, "throughput_batch": 8}
+    return {**recipe, **changes}
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_a_convolutional_student_is_prepared_by_pt2e_and_converts_to_what_it_trained(weights: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    graph = prepare_qat(model, QuantizeSpec(weights=weights), torch.randn(4, 1, 8, 8))
+    assert is_pt2e(graph) and graph.training
+    optimizer = torch.optim.SGD(graph.parameters(), lr=0.05)
+    for _ in range(5):  # the observers and BatchNorm statistics move in training
+        loss = graph(torch.randn(16, 1, 8, 8)).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    graph.eval()
+    scales = {k: v.clone() for k, v in graph.state_dict().items() if k.endswith(".scale")}
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        fake = graph(x)
+        assert all(torch.equal(v, graph.state_dict()[k]) for k, v in scales.items())  # eval froze the observers
+        converted = convert_qat(graph, QuantizeSpec(weights=weights))(x)
+    # the converted graph folds BatchNorm into the weights before rounding them, as the fake quantizers did
+    torch.testing.assert_close(converted, fake, rtol=0, atol=1e-6)
+    bound = 7 if weights == "int4" else 127
+    codes = [t for k, t in convert_qat(graph, QuantizeSpec(weights=weights)).state_dict().items()
+             if t.dtype == torch.int8]  # fmt: skip
+    assert codes and max(int(t.abs().max()) for t in codes) == bound  # symmetric: [-7, 7] or [-127, 127]
+
+
+def test_a_convolutional_qat_run_ships_an_onnx_qdq_file_with_packed_int4_weights(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+
+    result = run(load_recipe(_cnn_recipe(tmp_path)), tmp_path / "run", mode="distill")
+    rows = {r["role"]: r for r in result.metrics["models"]}
+    qat, fp32 = rows["student (int4 QAT)"], rows["student"]
+    path = tmp_path / "run" / "model.qat.onnx"
+    proto = onnx.load(str(path))
+    int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4 and len(t.dims) > 1]
+    assert len(int4) == 4  # the weights of cnn_tiny's three convolutions and its classifier (and their zero points)
+    assert qat["size_bytes"] == path.stat().st_size and qat["latency_ms_p50"] > 0
+    # packed 4-bit codes with their scales and biases: well under a quarter of the fp32 weights; the graph's
+    # nodes are a fixed cost that dominates only for a model this tiny (6k parameters)
+    assert qat["weight_bytes"] * 4 < 4 * fp32["params"] and qat["size_bytes"] * 2 < fp32["size_bytes"]
+    assert abs(qat["test_accuracy"] - qat["test_accuracy_pytorch"]) <= 0.03  # ONNX Runtime runs what PyTorch did
+    onnxruntime.InferenceSession(str(path))  # a real runtime loads it
+    # the run's checkpoints hold the fake quantizers too, and a plain model (export, quantize) takes the weights
+    from tinykd.models.checkpoint import load_weights
+
+    plain = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    load_weights(plain, tmp_path / "run", "cnn_tiny")
+    assert fp32["params"] == sum(p.numel() for p in plain.parameters())
+
+
+def test_a_killed_convolutional_qat_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    path = tmp_path / "qat.yaml"
+    recipe = _cnn_recipe(tmp_path, weights="int8")
+    recipe["measure"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(recipe))
+    reference = tmp_path / "reference"
+    assert tinykd_cli("distill", str(path), "--out", str(reference), cwd=tmp_path).returncode == 0
+    out = tmp_path / "run"
+    killed = tinykd_cli("distill", str(path), "--out", str(out), kill="step:8", cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = tinykd_cli("distill", "--resume", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, reference)  # weights, observers' ranges and scales included
+
+
+def test_feature_terms_on_a_convolutional_qat_student_are_one_line(tmp_path: Path) -> None:
+    recipe = _cnn_recipe(tmp_path)
+    recipe["loss_terms"] = {"ce": {}, "fitnet": {"weight": 1.0, "student": "stage3", "teacher": "stage3"}}
+    with pytest.raises(TinykdError) as exc:
+        run(load_recipe(recipe), tmp_path / "run", mode="distill")
+    assert "fitnet" in str(exc.value) and "logit terms" in str(exc.value) and "\n" not in str(exc.value)

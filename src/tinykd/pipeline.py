@@ -22,6 +22,7 @@ from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
+from tinykd.models.qat import is_pt2e
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
 
@@ -203,8 +204,9 @@ def build_teacher(recipe: Recipe, data: DataBundle, for_init: bool = False) -> n
 
 def build_student(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -> nn.Module:
     """The model to train: built by name, or, with `init_from_teacher`, a copy of the teacher that keeps some of
-    its layers (DistilBERT's student starts from every other layer of BERT); with a `quantize` section, its
-    linear layers fake-quantized for quantization-aware training (`models/qat.py`)."""
+    its layers (DistilBERT's student starts from every other layer of BERT); with a `quantize` section,
+    fake-quantized for quantization-aware training (`models/qat.py`: linear layers in place, a convolutional
+    student as a graph prepared by torchao's PT2E flow)."""
     layers = recipe.trained.init_from_teacher
     if layers is None:
         student = build_model(recipe.trained, data, "student")
@@ -219,8 +221,18 @@ def build_student(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -
     if recipe.quantize is not None:
         from tinykd.models.qat import prepare_qat
 
-        prepare_qat(student, recipe.quantize)
+        student = prepare_qat(student, recipe.quantize, probe_batch(data))
     return student
+
+
+def plain_student(recipe: Recipe, data: DataBundle, graph: nn.Module) -> nn.Module:
+    """The student's own architecture with the weights of its PT2E quantization-aware graph, without the fake
+    quantizers: the fp32 model that `tinykd export` and `quantize` read from the run's checkpoints."""
+    from tinykd.models.qat import plain_state
+
+    plain = build_model(recipe.trained, data, "student")
+    plain.load_state_dict(plain_state(graph.state_dict(), plain), strict=True)
+    return plain.eval()
 
 
 def _named_weights(spec: ModelSpec) -> bool:
@@ -253,7 +265,14 @@ def build_distiller(recipe: Recipe, student: nn.Module, teacher: nn.Module | Non
     if isinstance(teacher, TeacherEnsemble):  # each teacher in its own format, set here; the ensemble gives fp32
         teacher.cast([TEACHER_DTYPES.get(p) for p in precisions])
         dtype = None
-    return Distiller(teacher, student, build_loss_terms(recipe), probe_inputs, dtype, num_samples)
+    terms = build_loss_terms(recipe)
+    if is_pt2e(student):  # one exported graph: its modules are gone, so forward hooks cannot read features
+        taps = [name for name, (term, _) in terms.items() if term.reads_student_features]
+        if taps:
+            raise TinykdError(f"loss term(s) {', '.join(taps)} read the student's features, but a convolutional "
+                              "student under quantize trains as one exported graph (torchao PT2E) that forward "
+                              "hooks cannot tap: use logit terms (ce, kd, dkd, mse) with quantize")  # fmt: skip
+    return Distiller(teacher, student, terms, probe_inputs, dtype, num_samples)
 
 
 def training_set(data: DataBundle, distiller: Distiller) -> Dataset:

@@ -22,6 +22,7 @@ from tinykd.generation import perplexity, prompts, seq2seq_scores
 from tinykd.measure import generation_speed_row, measure_model
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
+from tinykd.models.qat import is_pt2e
 from tinykd.pipeline import (
     build_data,
     build_distiller,
@@ -31,6 +32,7 @@ from tinykd.pipeline import (
     measure_input,
     needs_teacher,
     open_teacher_cache,
+    plain_student,
     probe_batch,
     training_set,
 )
@@ -103,6 +105,8 @@ def run(
     meta = {"model": recipe.trained.name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
             "recipe": recipe.model_dump(mode="json")}  # fmt: skip
+    if is_pt2e(student):  # its checkpoints also hold the fake quantizers' state; a plain model skips it
+        meta["qat"] = "pt2e"
     if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
         meta["model"], meta["kwargs"] = hf_checkpoint_spec(student, data.task)
     if text:
@@ -135,7 +139,10 @@ def run(
     if fit.best_checkpoint is not None:
         load_weights(engine.accelerator.unwrap_model(student), fit.best_checkpoint, meta["model"])
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
-    models = {"model": student} if teacher is None else {"teacher": teacher, "student": student}
+    trained = student
+    if is_pt2e(engine.accelerator.unwrap_model(student)):  # the report's student: its fp32 weights, a plain model
+        trained = plain_student(recipe, data, engine.accelerator.unwrap_model(student)).to(engine.device)
+    models = {"model": trained} if teacher is None else {"teacher": teacher, "student": trained}
     example = measure_input(data, probe_inputs, recipe.measure.sequence_length) if text else probe_inputs
     rows: list[dict[str, Any]] = []
     for role, model in models.items():
@@ -160,7 +167,7 @@ def run(
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
     if recipe.quantize is not None and engine.device.type != "xla":
-        rows.append(_qat_row(engine, recipe, student, test_loader, meta["model"], run_dir))
+        rows.append(_qat_row(engine, recipe, student, test_loader, meta, run_dir, probe_inputs, data.test))
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
@@ -230,21 +237,53 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
     return stats
 
 
-def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, name: str,
-             run_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """The quantization-aware student converted to real low-bit weights (torchao), evaluated like the others and
-    saved as `model.qat.pt` (its state_dict: torchao's tensors, which safetensors cannot hold); its size is that
-    file's."""
+def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, meta: dict[str, Any], run_dir: Path,
+             example: Any, test_set: Any) -> dict[str, Any]:  # fmt: skip
+    """The quantization-aware student converted to real low-bit weights, evaluated like the others.
+
+    Linear layers (torchao's module QAT): saved as `model.qat.pt` (its state_dict: torchao's tensors, which
+    safetensors cannot hold), timed in PyTorch. A convolutional student (torchao's PT2E flow): written as ONNX QDQ
+    to `model.qat.onnx` (4-bit weights packed two per byte), and its accuracy and latency are ONNX Runtime's, the
+    file a user ships; the converted PyTorch graph's accuracy is kept beside it."""
     from tinykd.models.qat import convert_qat, describe, state_bytes
 
     spec = recipe.quantize
     assert spec is not None
-    converted = convert_qat(engine.accelerator.unwrap_model(student), spec).to(engine.device)
-    row = {"role": f"student ({spec.weights} QAT)", "model": name, "format": f"torchao {describe(spec)}",
-           "test_accuracy": engine.evaluate(converted, test_loader)["accuracy"],
-           "size_bytes": state_bytes(converted)}  # fmt: skip
-    if engine.is_main:
-        torch.save(converted.state_dict(), run_dir / "model.qat.pt")
+    converted = convert_qat(engine.accelerator.unwrap_model(student), spec)
+    role = f"student ({spec.weights} QAT)"
+    scores = engine.evaluate(converted.to(engine.device), test_loader)
+    if not is_pt2e(converted):
+        row = {"role": role, "model": meta["model"], "format": f"torchao {describe(spec)}",
+               "test_accuracy": scores["accuracy"], "size_bytes": state_bytes(converted)}  # fmt: skip
+        if engine.is_main:
+            torch.save(converted.state_dict(), run_dir / "model.qat.pt")
+        return row
+    row = {"role": role, "model": meta["model"], "format": f"onnx qdq {spec.weights} weights (per channel), uint8 "
+           "activations", "test_accuracy_pytorch": scores["accuracy"]}  # fmt: skip
+    if not engine.is_main:
+        return row
+    from tinykd.compress.export import export_qdq_onnx
+    from tinykd.compress.onnxrt import measure_onnx, onnx_logits, session
+
+    path = run_dir / "model.qat.onnx"
+    converted = converted.cpu()
+    written = export_qdq_onnx(converted, example, path, spec.weights, {k: v for k, v in meta.items() if k != "recipe"})
+    row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
+    runtime = session(path, recipe.measure.threads)
+    correct = total = 0
+    for images, labels in engine.loader(test_set, recipe.data.eval_batch_size, False):  # all of it, on the host
+        logits = onnx_logits(runtime, images.cpu().numpy())
+        correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
+        total += len(labels)
+    row["test_accuracy"] = correct / max(total, 1)
+    if recipe.measure.enabled:
+        stats = measure_onnx(path, example[:1].cpu().numpy(), recipe.measure.latency_repeats,
+                             recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
+        row.update({k: v for k, v in stats.items() if k != "threads"})
+    else:
+        from tinykd.compress.onnxrt import onnx_size
+
+        row["size_bytes"] = onnx_size(path)
     return row
 
 

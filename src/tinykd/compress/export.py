@@ -141,6 +141,79 @@ def export_onnx(
             "size_bytes": onnx_size(path), "params": info["params"], "macs": info["macs"]}  # fmt: skip
 
 
+def export_qdq_onnx(converted: nn.Module, example: torch.Tensor, path: str | Path, weights: str,
+                    meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write a student converted by torchao's PT2E flow (`models/qat.py`) as one ONNX QDQ file: its
+    quantize/dequantize ops become QuantizeLinear/DequantizeLinear, weights stored as int8 or, for 4-bit weights,
+    packed as ONNX INT4 (two per byte, opset 21), so the file on disk is the size of the low-bit model."""
+    import onnx
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        try:
+            _export_dynamo(converted.eval().cpu(), _probe(example), raw, None)
+        except Exception as exc:  # the dynamo exporter raises many types
+            raise TinykdError(f"the quantized student cannot be exported to ONNX: {_first_line(exc)}") from None
+        proto = onnx.load(str(raw))
+    strip_debug_info(proto)
+    del proto.graph.value_info[:]  # intermediate shapes: runtimes infer them, and at this size they are a quarter
+    packed = pack_int4_weights(proto) if weights == "int4" else 0
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    info = {**(meta or {}), "format": f"onnx qdq {weights} weights, uint8 activations",
+            "params": count_params(converted), "int4_tensors": packed, "opset": opset}  # fmt: skip
+    proto.metadata_props.add(key="tinykd", value=_json(info))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp_path))
+    onnx.checker.check_model(str(tmp_path))
+    tmp_path.replace(path)
+    return {"path": str(path), "size_bytes": onnx_size(path), "opset": opset, "int4_tensors": packed,
+            "weight_bytes": sum(t.ByteSize() for t in proto.graph.initializer)}  # fmt: skip
+
+
+def _pack_nibbles(values: np.ndarray) -> bytes:
+    """int8 values in [-8, 7] as ONNX INT4 raw data: two per byte, the first in the low nibble."""
+    flat = values.astype(np.int8).ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    return ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8).tobytes()
+
+
+def pack_int4_weights(proto: Any) -> int:
+    """Store every int8 weight of a DequantizeLinear whose values fit [-8, 7] (and its zero point) as INT4, and
+    raise the opset to 21, the first whose DequantizeLinear takes INT4; the number of tensors packed.
+
+    The exporter writes the 4-bit QAT weights as int8 (torch has no int4 dtype for them): packing halves them
+    again without changing a value, and ONNX Runtime dequantizes INT4 per channel."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    packed = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        weight = initializers.get(node.input[0])
+        zero = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        zero_types = (TensorProto.INT8, TensorProto.INT4)  # INT4: a zero point shared with a packed weight
+        if weight is None or weight.data_type != TensorProto.INT8 or (zero is not None
+                                                                      and zero.data_type not in zero_types):
+            continue  # fmt: skip
+        values = numpy_helper.to_array(weight)
+        if values.size == 0 or values.min() < -8 or values.max() > 7:
+            continue
+        weight.CopyFrom(helper.make_tensor(weight.name, TensorProto.INT4, values.shape, _pack_nibbles(values), True))
+        if zero is not None and zero.data_type == TensorProto.INT8:
+            z = numpy_helper.to_array(zero)
+            zero.CopyFrom(helper.make_tensor(zero.name, TensorProto.INT4, z.shape, _pack_nibbles(z), True))
+        packed += 1
+    if packed:
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = max(entry.version, 21)
+    return packed
+
+
 def _json(value: Any) -> str:
     import json
 

@@ -32,6 +32,7 @@ from tinykd.engine.resume import FitResult, Position, Tally, load_resume, not_fi
 from tinykd.engine.runtime import GraphCounts, describe_run, make_accelerator, resolve_precision, step_boundary
 from tinykd.engine.schedule import build_optimizer, lr_at
 from tinykd.errors import RunInterrupted, TinykdError
+from tinykd.models.checkpoint import versioned
 from tinykd.models.outputs import call_model
 from tinykd.recipes.schema import RuntimeSpec, TrainSpec
 
@@ -149,7 +150,7 @@ class Engine:
         restored = load_resume(acc, resume_dir) if resume and resume_dir else None
         if restored is not None:
             with not_fitting(restored.path):  # before prepare: the same tensors get wrapped and moved
-                task.load_state_dict(restored.prefixed("task"))
+                task.load_state_dict(versioned(restored.prefixed("task"), task))
         optimizer = build_optimizer(task.trainable_parameters(), spec.optimizer)
         task, optimizer, train_loader = acc.prepare(task, optimizer, train_loader)
         if val_loader is not None:

@@ -69,6 +69,12 @@ class LossTerm(nn.Module):
         """Module paths in the teacher whose outputs this term reads."""
         return []
 
+    @property
+    def reads_student_features(self) -> bool:
+        """Whether the term taps the student's modules (it lists `student_taps`): a student exported as one graph
+        has no modules to hook."""
+        return type(self).student_taps is not LossTerm.student_taps
+
     def build(self, student: Outputs, teacher: Outputs | None) -> None:
         """Called once with the outputs of a probe batch, before training: size adapters, check shapes."""
 

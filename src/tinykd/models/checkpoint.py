@@ -19,6 +19,7 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from tinykd.errors import TinykdError
+from tinykd.models.qat import is_pt2e, plain_state
 from tinykd.version import __version__
 
 META_KEY = "tinykd"
@@ -108,6 +109,8 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str | None = No
     file = resolve_checkpoint(path)
     meta = read_meta(file) if file.suffix == ".safetensors" else {}
     state = load_state(file)
+    if meta.get("qat") == "pt2e" and not is_pt2e(model):  # a plain model takes the weights, not the quantizers
+        state = plain_state(state, model)
     saved_name = meta.get("model")
     if meta.get("pruned") and (model_name is None or saved_name in (None, model_name)):
         shrink_to_state(model, state)  # a pruned checkpoint: narrow the freshly built model to its shapes
@@ -125,8 +128,20 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str | None = No
         )
         target = model_name or type(model).__name__
         raise TinykdError(f"checkpoint {file} does not fit model '{target}'{made_for}: {detail}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(versioned(state, model), strict=True)
     return meta
+
+
+def versioned(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """`state` carrying the module versions of `model`'s own state dict, for `load_state_dict`.
+
+    safetensors keeps no `_metadata`, and without it a module that migrates old checkpoints takes ours for its
+    oldest format: torchao's observers then reset their `eps`, and a resumed QAT run drifts from the original."""
+    from collections import OrderedDict
+
+    out: Any = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", None)
+    return out
 
 
 def shrink_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:

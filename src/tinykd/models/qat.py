@@ -10,8 +10,15 @@ one did (tests assert equality on a batch).
 
 The scales are computed from the weights at every step (symmetric min-max, per channel or per group), so the
 fake-quantized model has no state of its own: its state_dict is the fp32 model's, checkpoints and `--resume`
-are unchanged, and a resumed run stays bit for bit. Convolutions are not covered by torchao's QAT of modules
-(that is its PT2E flow); a student with convolutions is refused in one line rather than half quantized.
+are unchanged, and a resumed run stays bit for bit.
+
+Convolutional students go through torchao's PT2E flow instead (its module QAT covers linear layers only): the
+student is exported as one graph (`torch.export`, batch dimension dynamic), `prepare_qat_pt2e` with torchao's x86
+quantizer inserts fake quantizers (per-channel symmetric weights in [-127, 127] or [-7, 7], uint8 per-tensor
+activations, moving-average observers) and folds each BatchNorm into its convolution the way the converted model
+will; `convert_pt2e` then gives a graph of quantize/dequantize ops around fp32 ones, which `torch.onnx` writes as
+ONNX QDQ. The observers' ranges are buffers of that graph, so they are in every checkpoint and resume restores
+them. Observers learn in training steps only: `eval()` freezes them, so evaluation never moves a scale.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def _base_config(spec: Any) -> Any:
         from torchao.quantization.granularity import PerAxis, PerGroup
     except ImportError:
         raise TinykdError("recipe section 'quantize' needs torchao: pip install 'tinykd[qat]' (or torchao)") from None
-    granularity = PerGroup(spec.group_size) if spec.granularity == "per-group" else PerAxis(0)
+    granularity = PerAxis(0) if spec.granularity == "per-channel" else PerGroup(spec.group_size)
     dtype = WEIGHT_DTYPES[spec.weights]
     if spec.activations == "int8":
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
@@ -44,29 +51,33 @@ def _base_config(spec: Any) -> Any:
 
 def describe(spec: Any) -> str:
     """E.g. `int4 weights (per group of 32), int8 activations`."""
-    how = f"per group of {spec.group_size}" if spec.granularity == "per-group" else "per channel"
+    how = "per channel" if spec.granularity == "per-channel" else f"per group of {spec.group_size}"
     acts = "int8 activations (dynamic, per token)" if spec.activations == "int8" else "fp32 activations"
     return f"{spec.weights} weights ({how}), {acts}"
 
 
-def prepare_qat(model: nn.Module, spec: Any) -> list[str]:
-    """Swap the linear layers of `model` (in place) for fake-quantized ones; the names of those layers.
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
-    One line, before any training, when torchao cannot cover the model: convolutions, no linear layer, or a
-    per-group size that does not divide a layer's input width."""
+
+def prepare_qat(model: nn.Module, spec: Any, example: Any = None) -> nn.Module:
+    """The student to train with fake quantization: `model` itself with its linear layers swapped (torchao's module
+    QAT), or, for a convolutional student, a new exported graph prepared by torchao's PT2E flow (`example`, a
+    batch of inputs, traces it).
+
+    One line, before any training, when torchao cannot cover the model: no linear layer, or a per-group size that
+    does not divide a layer's input width; for convolutional students, what PT2E here does not do."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if convs:
-        raise TinykdError(f"quantize: torchao's quantization-aware training covers linear layers; the student has "
-                          f"{len(convs)} convolution(s) ({convs[0]}, ...): use an MLP or transformer student, or "
-                          "post-training int8 (tinykd quantize) for convolutional ones")  # fmt: skip
+    _base_config(spec)  # torchao is installed
+    if has_convolutions(model):
+        return prepare_pt2e_qat(model, spec, example)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise TinykdError("quantize: the student has no nn.Linear layer for quantization-aware training (GPT-2's "
                           "transformers Conv1D layers are not nn.Linear)")  # fmt: skip
-    if spec.granularity == "per-group":
+    if spec.granularity != "per-channel":
         for name in linears:
             width = model.get_submodule(name).in_features
             if width % spec.group_size:
@@ -74,7 +85,7 @@ def prepare_qat(model: nn.Module, spec: Any) -> list[str]:
                                   f"layer {name}; give a group_size that divides every linear layer's input width "
                                   "or granularity: per-channel")  # fmt: skip
     quantize_(model, QATConfig(_base_config(spec), step="prepare"))
-    return linears
+    return model
 
 
 def convert_qat(model: nn.Module, spec: Any) -> nn.Module:
@@ -82,6 +93,12 @@ def convert_qat(model: nn.Module, spec: Any) -> nn.Module:
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
+    if is_pt2e(model):
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        converted = convert_pt2e(copy.deepcopy(model).cpu())
+        _train_eval_freezes_observers(converted)
+        return converted.eval()
     converted = copy.deepcopy(model).cpu().eval()
     quantize_(converted, QATConfig(_base_config(spec), step="convert"))
     return converted
@@ -92,3 +109,119 @@ def state_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return len(buffer.getvalue())
+
+
+# --- convolutional students: torchao's PT2E flow --------------------------------------------------------------
+
+PT2E_MARK = "_tinykd_pt2e_qat"  # set on the graphs prepared here
+FAKE_QUANT_PREFIX = "activation_post_process_"  # the names PT2E gives its fake quantizers in the graph
+
+
+def is_pt2e(model: nn.Module) -> bool:
+    """Whether `model` is a student prepared (or converted) by `prepare_pt2e_qat`."""
+    return bool(getattr(model, PT2E_MARK, False))
+
+
+def _quantizer(spec: Any) -> Any:
+    """torchao's x86 quantizer, QAT configuration: uint8 per-tensor activations and symmetric per-channel weights
+    in [-127, 127], or [-7, 7] for 4-bit weights (stored in int8 until export packs them).
+
+    The fake quantizers are torchao's plain `FakeQuantize` with the default's moving-average observers, not its
+    fused kernel: the fused kernel's scales are not those that `convert_pt2e` reads back from the observers (up
+    to 7% apart here, and only 72% of the 4-bit student's predictions survived conversion); with the plain one
+    the converted student computes exactly what the trained one did (test)."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import (
+        FakeQuantize,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    config = get_default_x86_inductor_quantization_config(is_qat=True)
+    bound = 7 if spec.weights == "int4" else 127
+    observer = MovingAveragePerChannelMinMaxObserver  # the default's, without the fused kernel
+    weight = dataclasses.replace(config.weight, quant_min=-bound, quant_max=bound,
+                                 observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=observer, eps=2**-12))
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+        observer=MovingAverageMinMaxObserver, eps=2**-12))  # fmt: skip
+    config = dataclasses.replace(config, input_activation=act, output_activation=act, weight=weight)
+    return X86InductorQuantizer().set_global(config)
+
+
+def _train_eval_freezes_observers(graph: nn.Module) -> None:
+    """`train()`/`eval()` on an exported graph: switch its BatchNorm and dropout ops (torchao's
+    `move_exported_model_to_train/eval`), and let the observers learn ranges in training only."""
+    import types
+
+    from torchao.quantization.pt2e import (
+        disable_observer,
+        enable_observer,
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
+
+    def train(self: nn.Module, mode: bool = True) -> nn.Module:
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        self.apply(enable_observer if mode else disable_observer)
+        self.training = mode
+        return self
+
+    def evaluate(self: nn.Module) -> nn.Module:
+        return self.train(False)
+
+    graph.train = types.MethodType(train, graph)  # type: ignore[method-assign]
+    graph.eval = types.MethodType(evaluate, graph)  # type: ignore[method-assign]
+    setattr(graph, PT2E_MARK, True)
+
+
+def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
+    """`model` exported (dynamic batch) and prepared for QAT by torchao's PT2E flow, observers sized on `example`.
+
+    The observers see `example` once (BatchNorm in eval mode, so its statistics do not move): per-channel scales
+    then have their final shapes, and a checkpoint of the graph loads into a freshly prepared one."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    if spec.activations != "int8":
+        raise TinykdError("quantize.activations: none is for linear layers; a convolutional student is quantized "
+                          "by torchao's PT2E flow with int8 activations: set activations: int8")  # fmt: skip
+    if spec.granularity == "per-group":
+        raise TinykdError("quantize.granularity: per-group is for linear layers; a convolutional student's weights "
+                          "are quantized per output channel: set granularity: per-channel")  # fmt: skip
+    if not isinstance(example, torch.Tensor):
+        raise TinykdError("quantize: a convolutional student is prepared from a batch of image tensors")
+    example = example.detach().cpu().float()
+    if len(example) < 2:  # a batch of 1 would make torch.export fix the batch size
+        example = example.repeat(2, *[1] * (example.dim() - 1))
+    model = model.cpu().eval()
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        graph = prepare_qat_pt2e(exported, _quantizer(spec))
+    except Exception as exc:  # export or torchao refused the model: say so in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TinykdError(f"quantize: torchao's PT2E flow could not prepare the student ({type(exc).__name__}: "
+                          f"{first}); use post-training int8 (tinykd quantize) for it") from None  # fmt: skip
+    _train_eval_freezes_observers(graph)
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    move_exported_model_to_eval(graph)  # observers on, BatchNorm statistics frozen: one look at the example
+    with torch.no_grad():
+        graph(example)
+    return graph.train()
+
+
+def plain_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a PT2E student's state dict without its fake quantizers, for the plain `model`.
+
+    The exported graph's BatchNorm ops keep no `num_batches_tracked` (torchao's train/eval rewrite drops the
+    counter; the momentum is fixed), so those counters come from `model` itself."""
+    plain = {k: v for k, v in state.items() if not k.startswith(FAKE_QUANT_PREFIX)}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in plain:
+            plain[key] = value
+    return plain

@@ -163,18 +163,20 @@ class PruneSpec(Section):
 
 class QuantizeSpec(Section):
     """Quantization-aware training: the student trains with fake-quantized weights (and activations), then is
-    converted to real low-bit weights. Through torchao's QAT for linear layers."""
+    converted to real low-bit weights. Through torchao: its module QAT for linear layers, its PT2E flow for
+    convolutional students."""
 
     weights: Literal["int8", "int4"] = Field("int4", description="weight format: int8 or int4")
     activations: Literal["int8", "none"] = Field("int8", description="int8 (dynamic, per token) or none")
-    granularity: Literal["per-channel", "per-group"] = Field(
-        "per-group", description="one weight scale per output channel, or per group of group_size inputs"
-    )
+    granularity: Literal["per-channel", "per-group"] | None = Field(
+        None, description="one weight scale per output channel, or per group of group_size inputs (default: "
+        "per-group for linear layers, per-channel for convolutional students)"
+    )  # fmt: skip
     group_size: int = Field(32, gt=0, le=4096, description="per-group: inputs sharing one scale (a power of 2)")
 
     @model_validator(mode="after")
     def _group(self) -> QuantizeSpec:
-        if self.granularity == "per-group" and self.group_size & (self.group_size - 1):
+        if self.granularity != "per-channel" and self.group_size & (self.group_size - 1):
             raise ValueError(f"group_size must be a power of 2 (e.g. 32), got {self.group_size}")
         return self
 
