@@ -165,7 +165,22 @@ def test_a_convolutional_qat_run_ships_an_onnx_qdq_file_with_packed_int4_weights
 
     plain = create_model("cnn_tiny", num_classes=10, in_channels=1)
     load_weights(plain, tmp_path / "run", "cnn_tiny")
-    assert fp32["params"] == sum(p.numel() for p in plain.parameters())
+    assert fp32["params"] == qat["params"] == sum(p.numel() for p in plain.parameters())
+
+    # the post-training baseline in the same format, and compare marks both kinds
+    ptq = tinykd_cli("quantize", str(tmp_path / "run"), "--mode", "int4", "--calibration", "64", cwd=tmp_path)
+    assert ptq.returncode == 0, ptq.stderr
+    assert "int4 weights (torchao PT2E, ONNX QDQ)" in ptq.stdout
+    ptq_path = tmp_path / "run" / "model.int4.onnx"
+    assert sum(t.data_type == onnx.TensorProto.INT4 and len(t.dims) > 1
+               for t in onnx.load(str(ptq_path)).graph.initializer) == 4  # fmt: skip
+    from tinykd.compress.compare import compare_models, kind_of
+
+    rows, report = compare_models([str(tmp_path / "run"), str(path), str(ptq_path)], out=tmp_path / "cmp",
+                                  repeats=3, batch=4)  # fmt: skip
+    assert [kind_of(r) for r in rows] == ["fp32", "QAT", "PTQ"]
+    assert rows[1]["test_accuracy"] == pytest.approx(qat["test_accuracy"])  # the same file, the same test set
+    assert all(r["test_accuracy"] is not None for r in rows) and "plot" in report["files"]
 
 
 def test_a_killed_convolutional_qat_run_resumes_bit_for_bit(tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ def export(
 def quantize(
     source: Annotated[str, typer.Argument(help="A checkpoint, a run folder or an .onnx file.")],
     mode: Annotated[str, typer.Option(help="auto (static for images, dynamic for text), static (ORT QDQ), dynamic "
-                                           "(ORT, MatMul/Gemm) or torch-dynamic.")] = "auto",
+                                           "(ORT, MatMul/Gemm), torch-dynamic, or int4 (4-bit weights, torchao "
+                                           "PT2E, ONNX QDQ INT4).")] = "auto",
     calibration: Annotated[int, typer.Option(help="Training images that calibrate static quantization.")] = 500,
     calibration_data: Annotated[
         Path | None, typer.Option(help="An .npy file of normalised (N, C, H, W) calibration images instead.")
@@ -187,13 +188,14 @@ def quantize(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     set_: SetOption = None,
 ) -> None:
-    """Int8 post-training quantization; accuracy, size and latency before and after."""
+    """Post-training quantization (int8, or 4-bit weights); accuracy, size and latency before and after."""
     from tinykd.compress.quantize import describe_quantization, quantize_model
     from tinykd.report import format_table
 
     _, report = quantize_model(source, mode, calibration, out, calibration_data, recipe, set_, threads,
                                exporter=exporter, overwrite=overwrite)  # fmt: skip
-    print(format_table(report["rows"], title=f"{source}: int8 ({report['mode']}), test set"))
+    bits = "4-bit weights" if report["mode"] == "int4" else "int8"
+    print(format_table(report["rows"], title=f"{source}: {bits} ({report['mode']}), test set"))
     print(describe_quantization(report))
     if report.get("note"):
         print(f"note: {report['note']}")

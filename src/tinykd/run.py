@@ -19,7 +19,7 @@ from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.generation import perplexity, prompts, seq2seq_scores
-from tinykd.measure import generation_speed_row, measure_model
+from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
 from tinykd.models.qat import is_pt2e
@@ -167,7 +167,7 @@ def run(
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
     if recipe.quantize is not None and engine.device.type != "xla":
-        rows.append(_qat_row(engine, recipe, student, test_loader, meta, run_dir, probe_inputs, data.test))
+        rows.append(_qat_row(engine, recipe, data, student, test_loader, meta, run_dir, probe_inputs))
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
@@ -237,8 +237,8 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
     return stats
 
 
-def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, meta: dict[str, Any], run_dir: Path,
-             example: Any, test_set: Any) -> dict[str, Any]:  # fmt: skip
+def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loader: Any, meta: dict[str, Any],
+             run_dir: Path, example: Any) -> dict[str, Any]:  # fmt: skip
     """The quantization-aware student converted to real low-bit weights, evaluated like the others.
 
     Linear layers (torchao's module QAT): saved as `model.qat.pt` (its state_dict: torchao's tensors, which
@@ -258,8 +258,8 @@ def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, met
         if engine.is_main:
             torch.save(converted.state_dict(), run_dir / "model.qat.pt")
         return row
-    row = {"role": role, "model": meta["model"], "format": f"onnx qdq {spec.weights} weights (per channel), uint8 "
-           "activations", "test_accuracy_pytorch": scores["accuracy"]}  # fmt: skip
+    row = {"role": role, "model": meta["model"], "format": f"onnx {spec.weights} QAT",
+           "test_accuracy_pytorch": scores["accuracy"]}  # fmt: skip
     if not engine.is_main:
         return row
     from tinykd.compress.export import export_qdq_onnx
@@ -267,14 +267,18 @@ def _qat_row(engine: Engine, recipe: Recipe, student: Any, test_loader: Any, met
 
     path = run_dir / "model.qat.onnx"
     converted = converted.cpu()
-    written = export_qdq_onnx(converted, example, path, spec.weights, {k: v for k, v in meta.items() if k != "recipe"})
+    plain = plain_student(recipe, data, engine.accelerator.unwrap_model(student))
+    sizes = {"params": count_params(plain), "macs": count_macs(plain, example[:1].cpu())}
+    # the recipe is in the file's metadata: `tinykd compare` finds its test set
+    written = export_qdq_onnx(converted, example, path, spec.weights, meta | sizes)
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
     runtime = session(path, recipe.measure.threads)
     correct = total = 0
-    for images, labels in engine.loader(test_set, recipe.data.eval_batch_size, False):  # all of it, on the host
-        logits = onnx_logits(runtime, images.cpu().numpy())
-        correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
-        total += len(labels)
+    for images, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
+        logits, labels = onnx_logits(runtime, images.cpu().numpy()), labels.cpu().numpy()
+        counted = labels >= 0  # not the padding of the last batch
+        correct += int((logits.argmax(1) == labels)[counted].sum())
+        total += int(counted.sum())
     row["test_accuracy"] = correct / max(total, 1)
     if recipe.measure.enabled:
         stats = measure_onnx(path, example[:1].cpu().numpy(), recipe.measure.latency_repeats,

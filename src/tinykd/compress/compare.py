@@ -152,8 +152,23 @@ def notes(report: dict[str, Any]) -> str:
             f".onnx file with any external data).")  # fmt: skip
 
 
+MARKERS = {"QAT": "^", "PTQ": "s", "pruned": "D", "fp32": "o"}  # shape: how the model was made smaller
+
+
+def kind_of(row: dict[str, Any]) -> str:
+    """`QAT` (quantization-aware distillation), `PTQ` (quantized after training), `pruned` or `fp32`, from the
+    row's format (`onnx int4 QAT`, `onnx int8`, `pytorch fp32 (pruned)`, ...)."""
+    fmt = str(row.get("format", ""))
+    if "QAT" in fmt:
+        return "QAT"
+    if any(bits in fmt for bits in ("int8", "int4", "PTQ")):
+        return "PTQ"
+    return "pruned" if "pruned" in fmt else "fp32"
+
+
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int | None = None) -> bool:
-    """Accuracy against batch-1 latency, marker area by file size; False when no row has an accuracy."""
+    """Accuracy against batch-1 latency, marker area by file size and shape by kind (circle fp32, square PTQ,
+    triangle QAT, diamond pruned); False when no row has an accuracy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -170,7 +185,7 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int |
         x, y = row["latency_ms_p50"], 100 * row["test_accuracy"]
         label = f"{i + 1}. {row['role']} ({row.get('format', '?')}, {human_bytes(row['size_bytes'])})"
         ax.scatter([x], [y], s=40 + 1600 * row["size_bytes"] / biggest, color=f"C{i % 10}", alpha=0.55,
-                   edgecolors="k", label=label)  # fmt: skip
+                   edgecolors="k", label=label, marker=MARKERS[kind_of(row)])  # fmt: skip
         ax.annotate(str(i + 1), (x, y), ha="center", va="center", fontsize=8)
     legend = ax.legend(fontsize=8, loc="best", labelspacing=1.0)
     for handle in legend.legend_handles:
@@ -181,7 +196,8 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int |
     ax.margins(0.25)
     ax.set_xlabel(f"latency at batch 1, p50 (ms, CPU{f', threads: {threads}' if threads else ''})")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy against latency (marker area: size on disk)")
+    ax.set_title("accuracy against latency (area: size on disk; circle fp32, square PTQ, triangle QAT,\n"
+                 "diamond pruned)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

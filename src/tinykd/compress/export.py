@@ -142,10 +142,11 @@ def export_onnx(
 
 
 def export_qdq_onnx(converted: nn.Module, example: torch.Tensor, path: str | Path, weights: str,
-                    meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                    meta: dict[str, Any] | None = None, kind: str = "QAT") -> dict[str, Any]:  # fmt: skip
     """Write a student converted by torchao's PT2E flow (`models/qat.py`) as one ONNX QDQ file: its
     quantize/dequantize ops become QuantizeLinear/DequantizeLinear, weights stored as int8 or, for 4-bit weights,
-    packed as ONNX INT4 (two per byte, opset 21), so the file on disk is the size of the low-bit model."""
+    packed as ONNX INT4 (two per byte, opset 21), so the file on disk is the size of the low-bit model. `meta`
+    should carry the fp32 model's `params` and `macs`: the converted graph holds its weights as constants."""
     import onnx
 
     path = Path(path)
@@ -160,8 +161,7 @@ def export_qdq_onnx(converted: nn.Module, example: torch.Tensor, path: str | Pat
     del proto.graph.value_info[:]  # intermediate shapes: runtimes infer them, and at this size they are a quarter
     packed = pack_int4_weights(proto) if weights == "int4" else 0
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    info = {**(meta or {}), "format": f"onnx qdq {weights} weights, uint8 activations",
-            "params": count_params(converted), "int4_tensors": packed, "opset": opset}  # fmt: skip
+    info = {**(meta or {}), "format": f"onnx {weights} {kind}", "int4_tensors": packed, "opset": opset}
     proto.metadata_props.add(key="tinykd", value=_json(info))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(path.name + ".tmp")

@@ -7,6 +7,9 @@ Three modes:
 - `dynamic`: ONNX Runtime, int8 weights of MatMul/Gemm only, activations quantized on the fly. Convolutions
   stay fp32, because ORT's dynamic ConvInteger is several times slower than fp32 on CPU.
 - `torch-dynamic`: PyTorch's `quantize_dynamic` on the nn.Linear layers (for MLPs and transformers).
+- `int4`: 4-bit weights (per channel, symmetric [-7, 7]) and uint8 activations calibrated on N training images,
+  through torchao's PT2E flow, written as ONNX QDQ with the weights packed as INT4: the post-training baseline of
+  quantization-aware distillation (recipe section `quantize`), in the same format.
 
 Accuracy is measured on the whole test set of the model's own recipe, before and after, with the same runtime.
 """
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinykd.compress.export import export_onnx, verify_onnx
+from tinykd.compress.export import export_onnx, export_qdq_onnx, verify_onnx
 from tinykd.compress.generative import OrtGenerator, _files, generative_size
 from tinykd.compress.onnxrt import (
     check_images_fit,
@@ -58,8 +61,9 @@ from tinykd.errors import TinykdError
 from tinykd.measure import count_macs, count_params, first_sample, percentile, repeat_sample, time_calls, torch_threads
 from tinykd.models.outputs import call_model
 
-MODES = ("static", "dynamic", "torch-dynamic")
-SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt"}
+MODES = ("static", "dynamic", "torch-dynamic", "int4")
+SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt",
+            "int4": ".int4.onnx"}  # fmt: skip
 DYNAMIC_OPS = ("MatMul", "Gemm")
 TEXT_DYNAMIC_OPS = (*DYNAMIC_OPS, "Gather")  # a text model's token embeddings are a Gather: often most of it
 
@@ -211,8 +215,8 @@ def quantize_model(
     if calibration < 1:
         raise TinykdError(f"--calibration must be at least 1 image, not {calibration}")
     is_onnx = str(source).endswith(".onnx")
-    if is_onnx and mode == "torch-dynamic":
-        raise TinykdError("--mode torch-dynamic quantizes a PyTorch checkpoint, not an .onnx file")
+    if is_onnx and mode in ("torch-dynamic", "int4"):
+        raise TinykdError(f"--mode {mode} quantizes a PyTorch checkpoint or run folder, not an .onnx file")
     loaded = None if is_onnx else load_checkpoint_model(source)
     meta = loaded.meta if loaded is not None else onnx_meta(source)
     rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
@@ -225,7 +229,7 @@ def quantize_model(
     text = isinstance(images, dict)
     if mode == "auto":
         mode = "dynamic" if text else "static"
-    if text and mode == "static":
+    if text and mode in ("static", "int4"):
         raise TinykdError("static int8 (calibrated activations) is for image models; quantize a text model with "
                           "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly)")  # fmt: skip
     repeats = repeats or rec.measure.latency_repeats
@@ -252,11 +256,14 @@ def quantize_model(
             check_images_fit(fp32, take(images, 0, 1), "test images")
             if mode == "static":
                 info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
+            elif mode == "int4":
+                info |= _post_training_int4(loaded, path, _calibration_set(rec, calibration, calibration_data))
             else:
                 info |= quantize_dynamic_onnx(fp32, path, TEXT_DYNAMIC_OPS if text else DYNAMIC_OPS)
                 if not info["quantized_nodes"]:
                     info["note"] = "the model has no MatMul/Gemm node: nothing was quantized; use --mode static"
-            models = (("fp32", fp32, "onnx fp32"), (f"int8 {mode}", path, "onnx int8"))
+            after = ("int4 weights", path, "onnx int4 PTQ") if mode == "int4" else (f"int8 {mode}", path, "onnx int8")
+            models = (("fp32", fp32, "onnx fp32"), after)
             rows = [_onnx_row(role, file, fmt, name, images, labels, **timing) for role, file, fmt in models]
     before, after = rows
     for row in rows:
@@ -273,6 +280,26 @@ def quantize_model(
         "threads": threads, "seconds": round(time.perf_counter() - start, 2), "rows": rows,
     }  # fmt: skip
     return path, report
+
+
+def _post_training_int4(loaded: Any, path: Path, calibration: np.ndarray) -> dict[str, Any]:
+    """--mode int4: torchao PT2E post-training quantization, written as ONNX QDQ with INT4 weights."""
+    from tinykd.models.qat import post_training_pt2e
+
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise TinykdError("--mode int4 needs torchao: pip install 'tinykd[qat]' (or torchao)") from None
+    start = time.perf_counter()
+    converted = post_training_pt2e(loaded.model, "int4", torch.from_numpy(np.asarray(calibration, np.float32)))
+    example = torch.from_numpy(np.asarray(calibration[:1], np.float32))
+    meta = {**loaded.meta, "quantization": "torchao PT2E post-training, int4 weights per channel, uint8 "
+            "activations", "calibration_images": len(calibration), "params": count_params(loaded.model),
+            "macs": count_macs(loaded.model, example)}  # fmt: skip
+    written = export_qdq_onnx(converted, torch.from_numpy(np.asarray(calibration[:2], np.float32)), path, "int4",
+                              meta, kind="PTQ")  # fmt: skip
+    return {"format": "QDQ, INT4 weights", "calibration_images": len(calibration), "int4_tensors":
+            written["int4_tensors"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
 def _onnx_row(role: str, file: Path, fmt: str, name: str, images: Any, labels: np.ndarray, repeats: int,
@@ -370,7 +397,8 @@ def describe_quantization(report: dict[str, Any]) -> str:
                 f"{fp32['gen_tokens_per_s']:.0f} -> {int8['gen_tokens_per_s']:.0f} tokens/s (threads: "
                 f"{report['threads']}); written to {report['out']}")  # fmt: skip
 
-    return (f"int8 ({report['mode']}): test accuracy {report['accuracy_before']:.2%} -> "
+    what = "int4 weights (torchao PT2E, ONNX QDQ)" if report["mode"] == "int4" else f"int8 ({report['mode']})"
+    return (f"{what}: test accuracy {report['accuracy_before']:.2%} -> "
             f"{report['accuracy_after']:.2%} ({-report['accuracy_drop_points']:+.2f} points); size "
             f"{human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "
             f"({report['smaller']:.1f}x smaller); latency b1 p50 {report['latency_ms_before']:.3f} -> "

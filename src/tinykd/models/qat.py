@@ -122,7 +122,7 @@ def is_pt2e(model: nn.Module) -> bool:
     return bool(getattr(model, PT2E_MARK, False))
 
 
-def _quantizer(spec: Any) -> Any:
+def _quantizer(spec: Any, training: bool = True) -> Any:
     """torchao's x86 quantizer, QAT configuration: uint8 per-tensor activations and symmetric per-channel weights
     in [-127, 127], or [-7, 7] for 4-bit weights (stored in int8 until export packs them).
 
@@ -142,8 +142,12 @@ def _quantizer(spec: Any) -> Any:
         get_default_x86_inductor_quantization_config,
     )
 
-    config = get_default_x86_inductor_quantization_config(is_qat=True)
     bound = 7 if spec.weights == "int4" else 127
+    if not training:  # post-training: the default's calibration observers, the same weight range
+        config = get_default_x86_inductor_quantization_config()
+        weight = dataclasses.replace(config.weight, quant_min=-bound, quant_max=bound)
+        return X86InductorQuantizer().set_global(dataclasses.replace(config, weight=weight))
+    config = get_default_x86_inductor_quantization_config(is_qat=True)
     observer = MovingAveragePerChannelMinMaxObserver  # the default's, without the fused kernel
     weight = dataclasses.replace(config.weight, quant_min=-bound, quant_max=bound,
                                  observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=observer, eps=2**-12))
@@ -213,6 +217,33 @@ def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
     with torch.no_grad():
         graph(example)
     return graph.train()
+
+
+def post_training_pt2e(model: nn.Module, weights: str, calibration: torch.Tensor, batch: int = 64) -> nn.Module:
+    """Post-training quantization of `model` in the same format as QAT (per-channel symmetric `weights`, int8 or
+    [-7, 7], uint8 activations) through torchao's PT2E flow: export, prepare, observe `calibration`, convert. The
+    baseline that quantization-aware distillation is measured against."""
+    from types import SimpleNamespace
+
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if weights not in WEIGHT_DTYPES:
+        raise TinykdError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not '{weights}'")
+    calibration = torch.as_tensor(calibration).float()
+    example = calibration[:2] if len(calibration) >= 2 else calibration[:1].repeat(2, *[1] * (calibration.dim() - 1))
+    model = copy.deepcopy(model).cpu().eval()
+    try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        graph = prepare_pt2e(exported.module(), _quantizer(SimpleNamespace(weights=weights), training=False))
+    except Exception as exc:  # export or torchao refused the model: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TinykdError(f"torchao's PT2E flow could not prepare the model ({type(exc).__name__}: {first})") from None
+    with torch.no_grad():
+        for start in range(0, len(calibration), batch):
+            graph(calibration[start : start + batch])
+    converted = convert_pt2e(graph)
+    _train_eval_freezes_observers(converted)
+    return converted.eval()
 
 
 def plain_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
