@@ -148,6 +148,8 @@ def run(
     for role, model in models.items():
         name = meta["model"] if role != "teacher" else " + ".join(spec.name for spec in recipe.teacher_specs)
         row: dict[str, Any] = {"role": role, "model": name}
+        if model is not student and role != "teacher":  # the QAT-trained weights without their quantizers
+            row["format"] = "pytorch fp32 (QAT weights, unquantized)"
         scores = engine.evaluate(model, test_loader)
         row["test_accuracy"] = scores["accuracy"]
         if data.task in GENERATIVE_TASKS:  # accuracy is per predicted token; perplexity of the same tokens
