@@ -17,6 +17,7 @@ from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
+from tinykd.engine.trackers import check_trackers
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.generation import perplexity, prompts, seq2seq_scores
 from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model
@@ -66,6 +67,7 @@ def run(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     _check_mode(recipe, mode)
+    check_trackers(recipe.runtime.log_with)  # before any work: a tracker asked for but not installed is one line
     start = time.perf_counter()
     engine = Engine(recipe.runtime)  # first: it knows the ranks, and only the main process touches the folder
     engine.seed(recipe.seed)

@@ -173,6 +173,8 @@ class Engine:
             log.write({"event": "resume", "step": pos.step, "epoch": pos.epoch_done + 1, "from": str(restored.path)})
         elif resume:
             log.keep_until(0)  # killed before its first checkpoint: start again from step 0 in the same folder
+        config = {"train": spec.model_dump(mode="json"), "runtime": self.runtime.model_dump(mode="json")}
+        log.open_trackers(self.runtime.log_with, run_dir.name if run_dir else "run", flat(config), pos.step)
         step_boundary(self.device)  # on XLA: run what set-up left pending, so it is not counted as a training step
         start, seconds_before = time.perf_counter(), pos.seconds  # pos.seconds: the time of the run before this one
         graphs = GraphCounts(self.device)
@@ -190,7 +192,7 @@ class Engine:
             saved = checkpoint()
             return RunInterrupted(signal_name, epoch, pos.step, str(saved) if saved else None)
 
-        with faults.StopSignals() as signals, progress_bar(self.is_main) as bar:
+        with faults.StopSignals() as signals, progress_bar(self.is_main) as bar, log:
             for epoch in range(pos.epoch_done + 1, spec.epochs + 1):
                 task.train()
                 if hasattr(acc.unwrap_model(task), "set_epoch"):
@@ -354,6 +356,17 @@ class Engine:
             sums = acc.reduce(sums, reduction="sum")
         correct, loss, count = sums.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+
+def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as `train.optimizer.lr: 0.1`: what trackers take as hyperparameters (lists as text)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out
 
 
 def top1_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,15 +19,33 @@ def say(message: str) -> None:
 
 
 class MetricsLog:
-    """Append-only JSON lines (`metrics.jsonl`), written by the main process only."""
+    """Append-only JSON lines (`metrics.jsonl`), written by the main process only, and copied to the run's
+    trackers (`runtime.log_with`) once they are opened; as a context manager it closes them."""
 
     def __init__(self, path: Path | None, enabled: bool) -> None:
         self.path = path if enabled else None
+        self.trackers: Any = None
+
+    def open_trackers(self, names: list[str], run_name: str, config: dict[str, Any], resume_step: int) -> None:
+        if self.path is not None and names:
+            from tinykd.engine.trackers import Trackers
+
+            self.trackers = Trackers(names, self.path.parent, run_name, config, resume_step)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
 
     def keep_until(self, step: int) -> None:
         """On resume: drop the records of steps after the checkpoint (they will be made again)."""

@@ -138,6 +138,9 @@ class RuntimeSpec(Section):
     compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
+    log_with: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        default_factory=list, description="experiment trackers that get metrics.jsonl's scalars (main process only)"
+    )  # fmt: skip
 
 
 class MeasureSpec(Section):
