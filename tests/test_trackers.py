@@ -1,5 +1,6 @@
 """Experiment trackers (`runtime.log_with`): a digits distillation's scalars reach TensorBoard, read back with
-TensorBoard's own event reader; a tracker that is not installed is one line naming the package."""
+TensorBoard's own event reader; a tracker that is not installed is one line naming the package. And the run's
+time breakdown (teacher forward, student, data, evaluation), measured by the engine's clock."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def test_a_run_logs_its_per_term_losses_and_validation_accuracy_to_tensorboard(t
     wanted = [r["val_accuracy"] for r in records if r.get("event") == "epoch"]
     assert val == pytest.approx(wanted) and len(val) == 2  # the same numbers as metrics.jsonl, one per epoch
     assert [e.step for e in reader.Scalars("train/loss/kd")] == [2, 4, 6, 8, 10, 12]
+
+    parts = result.metrics["time_breakdown"]  # measured, and adding up to the training time
+    assert set(parts) == {"teacher forward", "student forward/backward", "data", "evaluation", "checkpoints", "other"}
+    assert parts["teacher forward"] > 0 and parts["student forward/backward"] > 0 and parts["evaluation"] > 0
+    assert sum(parts.values()) == pytest.approx(result.metrics["train_seconds"], rel=0.05, abs=0.05)
+    assert "- time: teacher forward" in (result.run_dir / "report.md").read_text()
 
 
 def test_a_tracker_that_is_not_installed_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

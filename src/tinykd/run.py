@@ -16,6 +16,7 @@ import torch
 from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
+from tinykd.engine.log import describe_breakdown
 from tinykd.engine.runtime import resolve_precision
 from tinykd.engine.trackers import check_trackers
 from tinykd.errors import RunInterrupted, TinykdError
@@ -179,6 +180,8 @@ def run(
         "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
+    if fit.time_breakdown is not None:
+        metrics["time_breakdown"] = fit.time_breakdown
     if recipe.train.nonfinite == "skip":
         metrics["skipped_steps"] = fit.skipped_steps
     if data.skipped:
@@ -414,6 +417,7 @@ def _report_markdown(metrics: dict[str, Any]) -> str:
         f"- best validation accuracy {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}",
         f"- training {metrics['train_seconds']} s ({metrics['train_img_per_s']} img/s); "
         f"whole run {metrics['total_seconds']} s",
+        *([f"- {describe_breakdown(metrics['time_breakdown'])}"] if metrics.get("time_breakdown") else []),
         "",
         rows_markdown(metrics["models"]),
         "",

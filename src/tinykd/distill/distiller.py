@@ -16,6 +16,7 @@ so that every term can leave padding out.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -85,6 +86,7 @@ class Distiller(nn.Module):
             except ValueError as exc:
                 raise TinykdError(f"loss term '{name}': {exc}") from None
         self.teacher_cache: Any = None  # a TeacherCache, set by the run: it serves and keeps the teacher's outputs
+        self.clock: Any = None  # the engine's clock, when it times the run: the teacher's forward is counted apart
         self.needs_index = any(term.needs_index for term in self.terms.values())
         if self.needs_index:
             if not num_samples:
@@ -222,7 +224,7 @@ class Distiller(nn.Module):
     def _teacher_outputs(self, inputs: Any) -> Outputs | None:
         if self.teacher is None:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), self.clock("teacher forward") if self.clock else contextlib.nullcontext():
             if self.teacher_dtype is not None:
                 inputs = cast_floats(inputs, self.teacher_dtype)
             out = forward_outputs(self.teacher, inputs, self._hidden_states, bool(self._attentions), "teacher")

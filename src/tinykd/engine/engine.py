@@ -27,7 +27,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from tinykd.data import EpochShuffle, PadToMultiple, make_loader
 from tinykd.engine import faults
-from tinykd.engine.log import MetricsLog, bar_stats, console, interval_means, progress_bar
+from tinykd.engine.log import (
+    NO_CLOCK,
+    Clock,
+    MetricsLog,
+    bar_stats,
+    console,
+    describe_breakdown,
+    interval_means,
+    progress_bar,
+    say,
+    time_breakdown,
+)
 from tinykd.engine.resume import FitResult, Position, Tally, load_resume, not_fitting, restore, save_resume
 from tinykd.engine.runtime import GraphCounts, describe_run, make_accelerator, resolve_precision, step_boundary
 from tinykd.engine.schedule import build_optimizer, lr_at
@@ -44,6 +55,7 @@ class Engine:
         self.runtime = runtime
         self.accelerator = make_accelerator(runtime)
         self.precision = resolve_precision(runtime.precision, self.accelerator.device.type)  # `auto` resolved
+        self._clock = NO_CLOCK  # fit's, while it runs
 
     def describe(self) -> str:
         """Where the run happens, e.g. `cpu, 2 processes (GLOO), fp32`."""
@@ -179,6 +191,13 @@ class Engine:
         start, seconds_before = time.perf_counter(), pos.seconds  # pos.seconds: the time of the run before this one
         graphs = GraphCounts(self.device)
         skip_nonfinite = spec.nonfinite == "skip"
+        # where the time goes (off on XLA: a sync there would cut the step's graph); the task times its own parts
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        clock = Clock(sync, enabled=self.runtime.time_breakdown and self.device.type != "xla")
+        self._clock = clock
+        if hasattr(acc.unwrap_model(task), "clock"):
+            acc.unwrap_model(task).clock = clock
+        fit_steps_start = pos.step
 
         def checkpoint() -> Path | None:
             if resume_dir is None:
@@ -186,7 +205,8 @@ class Engine:
             if tally.faults is not None and spec.nonfinite == "stop":  # never save a state a non-finite loss reached
                 faults.check_faults(faults.first_bad(acc, tally.faults), tally.names, steps_per_epoch, resume_dir)
             pos.seconds = seconds_before + time.perf_counter() - start
-            return save_resume(acc, resume_dir, task, optimizer, tally, pos, result, shape, spec.keep_checkpoints)
+            with clock("checkpoints"):
+                return save_resume(acc, resume_dir, task, optimizer, tally, pos, result, shape, spec.keep_checkpoints)
 
         def stop_here(signal_name: str, epoch: int) -> RunInterrupted:
             saved = checkpoint()
@@ -204,12 +224,15 @@ class Engine:
                                         stats="")  # fmt: skip
                 window_start, window_images, epoch_start = time.perf_counter(), 0, time.perf_counter()
                 graphs.begin_epoch()
+                waited = time.perf_counter()
                 for i, (inputs, targets) in enumerate(train_loader, start=skip):
+                    clock.add("data", time.perf_counter() - waited)  # the loader's time to give this batch
                     if i >= steps_per_epoch:
                         break
                     lr = lr_at(pos.step, total_steps, steps_per_epoch, spec.optimizer.lr, spec.schedule)
-                    stepped = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip, tally,
-                                               skip_nonfinite)  # fmt: skip
+                    with clock("step"):
+                        stepped = self._train_step(task, optimizer, params, inputs, targets, lr, spec.grad_clip,
+                                                   tally, skip_nonfinite)  # fmt: skip
                     pos.step, pos.batches_done = pos.step + 1, i + 1
                     pos.images += len(targets) * acc.num_processes
                     window_images += len(targets) * acc.num_processes
@@ -231,7 +254,9 @@ class Engine:
                             faults.check_faults(faults.first_bad(acc, tally.faults), tally.names, steps_per_epoch,
                                                 resume_dir)  # fmt: skip
                         log.write(record)
-                        bar.update(bar_task, completed=i + 1, stats=bar_stats(record))
+                        done = pos.step - fit_steps_start  # the rate of this process's run, evaluations included
+                        eta = (now - start) / done * (total_steps - pos.step) if done else None
+                        bar.update(bar_task, completed=i + 1, stats=bar_stats(record, eta))
                         if acc.num_processes > 1:
                             stop = faults.agree_on_stop(acc, signals.received)
                     else:
@@ -240,6 +265,7 @@ class Engine:
                         raise stop_here(stop, epoch)
                     if spec.checkpoint_every and pos.step % spec.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                         checkpoint()
+                    waited = time.perf_counter()
                 graphs.end_epoch()
                 log.write(self._end_epoch(model, val_loader, epoch, pos.step, time.perf_counter() - epoch_start,
                                           spec.epochs, result, ckpt_dir, save))  # fmt: skip
@@ -250,6 +276,10 @@ class Engine:
                 checkpoint()
         result.seconds = seconds_before + time.perf_counter() - start
         result.images_per_second = pos.images / max(result.seconds, 1e-9)
+        if clock.enabled:
+            result.time_breakdown = time_breakdown(clock, time.perf_counter() - start)
+            if self.is_main:
+                say(f"tinykd: {describe_breakdown(result.time_breakdown)}" + (" (this session)" if restored else ""))
         result.skipped_steps = pos.skipped
         result.xla = graphs.totals(train_steps=pos.step)
         if val_loader is None:
@@ -306,7 +336,8 @@ class Engine:
                    save: Callable[[nn.Module, Path], None] | None) -> dict[str, Any]:  # fmt: skip
         """Validate, keep the best and last checkpoints of `model`, and return the epoch's record."""
         acc = self.accelerator
-        val = self.evaluate(model, val_loader) if val_loader is not None else {}
+        with self._clock("evaluation"):
+            val = self.evaluate(model, val_loader) if val_loader is not None else {}
         record = {"event": "epoch", "epoch": epoch, "step": step, "seconds": round(seconds, 3)}
         record.update({f"val_{k}": v for k, v in val.items()})
         result.history.append(record)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +80,69 @@ def interval_means(totals: list[float], previous: list[float] | None, names: lis
     return record
 
 
-def bar_stats(record: dict[str, Any]) -> str:
-    return f"loss {record['loss']:.4f}  acc {record['accuracy']:.2%}  {record['img_per_s']:,.0f} img/s"
+def bar_stats(record: dict[str, Any], eta_seconds: float | None = None) -> str:
+    eta = f"  run ETA {duration(eta_seconds)}" if eta_seconds is not None and math.isfinite(eta_seconds) else ""
+    return f"loss {record['loss']:.4f}  acc {record['accuracy']:.2%}  {record['img_per_s']:,.0f} img/s{eta}"
+
+
+def duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h07m`."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Clock:
+    """Wall seconds per named section (`with clock("teacher forward"): ...`), for the end-of-run line that says
+    where the time went. On a GPU each section is closed by `sync` (the device finishes its queued kernels), or an
+    asynchronous kernel would be counted in whatever section next waits for it; a disabled clock costs nothing."""
+
+    def __init__(self, sync: Any = None, enabled: bool = True) -> None:
+        self.sync, self.enabled = sync, enabled
+        self.totals: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Any:
+        if not self.enabled:
+            yield
+            return
+        if self.sync is not None:
+            self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync is not None:
+                self.sync()
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        if self.enabled:
+            self.totals[name] = self.totals.get(name, 0.0) + seconds
+
+
+NO_CLOCK = Clock(enabled=False)
+
+
+def time_breakdown(clock: Clock, total: float) -> dict[str, float]:
+    """The fit's seconds by what they were spent on: the step's time without the teacher's forward is the
+    student's forward, backward and optimizer step; what no section counted (logging, the bar) is `other`."""
+    t = clock.totals
+    teacher = t.get("teacher forward", 0.0)
+    parts = {"teacher forward": teacher, "student forward/backward": max(t.get("step", 0.0) - teacher, 0.0),
+             "data": t.get("data", 0.0), "evaluation": t.get("evaluation", 0.0),
+             "checkpoints": t.get("checkpoints", 0.0)}  # fmt: skip
+    parts["other"] = max(total - sum(parts.values()), 0.0)
+    return {k: round(v, 3) for k, v in parts.items()}
+
+
+def describe_breakdown(parts: dict[str, float]) -> str:
+    total = sum(parts.values()) or 1.0
+    return "time: " + ", ".join(f"{name} {seconds:.1f} s ({seconds / total:.0%})" for name, seconds in parts.items()
+                                if seconds >= 0.05 or name != "other")  # fmt: skip
 
 
 def progress_bar(enabled: bool) -> Progress:

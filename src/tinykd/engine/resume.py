@@ -46,6 +46,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     xla: dict[str, int] | None = None  # compilations and graph executions during fit, on an XLA device
     skipped_steps: int = 0  # steps not applied because of a non-finite loss (train.nonfinite: skip)
+    time_breakdown: dict[str, float] | None = None  # seconds of this session by part (runtime.time_breakdown)
 
 
 @dataclass

@@ -138,6 +138,8 @@ class RuntimeSpec(Section):
     compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
+    time_breakdown: bool = Field(True, description="say at the end where the training time went (teacher forward, "
+                                 "student, data, evaluation); on a GPU it syncs the device per step; off on XLA")
     log_with: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
         default_factory=list, description="experiment trackers that get metrics.jsonl's scalars (main process only)"
     )  # fmt: skip
