@@ -68,11 +68,47 @@ def test_the_converted_student_computes_what_the_fake_quantized_one_did(spec: di
 
 
 def test_a_quantization_aware_distillation_reports_the_converted_student(tmp_path: Path) -> None:
-    result = run(load_recipe(_recipe(tmp_path)), tmp_path / "run", mode="distill")
+    recipe = _recipe(tmp_path)
+    recipe["measure"] = {"enabled": True, "latency_repeats": 3, "throughput_batch": 4}
+    result = run(load_recipe(recipe), tmp_path / "run", mode="distill")
     rows = {r["role"]: r for r in result.metrics["models"]}
     qat = rows["student (int4 QAT)"]
-    assert qat["test_accuracy"] == pytest.approx(rows["student"]["test_accuracy"])  # the same computation
-    assert "int4 weights (per group of 32)" in qat["format"] and qat["size_bytes"] > 0
+    # the converted torchao model computes what the fake-quantized student did
+    assert qat["test_accuracy_pytorch"] == pytest.approx(rows["student"]["test_accuracy"])
+    # the file: every linear layer as ONNX Runtime's MatMulNBits (4-bit codes and per-group scales; activations
+    # in fp32 there, int8 in torchao: a prediction may differ)
+    assert qat["format"] == "onnx int4 QAT (MatMulNBits)" and qat["matmul_nbits"] == "3 of 3 linear layers"
+    assert abs(qat["test_accuracy"] - qat["test_accuracy_pytorch"]) <= 0.02
+    assert qat["latency_ms_p50"] > 0 and qat["size_bytes"] == (tmp_path / "run" / "model.qat.onnx").stat().st_size
+    assert qat["weight_bytes"] * 4 < 4 * rows["student"]["params"]  # codes at half a byte, scales per 32
+
+
+def test_int4_linear_layers_become_matmul_nbits_that_compute_what_torchao_did(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime
+
+    from tinykd.compress.nbits import export_matmul_nbits
+
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=(64, 32))
+    spec = QuantizeSpec(weights="int4", activations="none", group_size=32)
+    converted = convert_qat(prepare_qat(model, spec), spec)
+    x = torch.randn(64, 1, 8, 8)
+    info = export_matmul_nbits(converted, x[:2], tmp_path / "m.onnx", {"model": "mlp"})
+    assert info["matmul_nbits"] == info["linear_layers"] == 3
+    sess = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = converted(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # weight-only: the same arithmetic
+
+
+def test_torchao_int8_linear_students_are_saved_and_timed_in_pytorch(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, weights="int8", activations="int8", granularity="per-channel")
+    recipe["measure"] = {"enabled": True, "latency_repeats": 3, "throughput_batch": 4}
+    result = run(load_recipe(recipe), tmp_path / "run", mode="distill")
+    qat = {r["role"]: r for r in result.metrics["models"]}["student (int8 QAT)"]
+    assert qat["format"].startswith("torchao int8 weights") and qat["latency_ms_p50"] > 0
     assert (tmp_path / "run" / "model.qat.pt").is_file()
 
 

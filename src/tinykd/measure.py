@@ -114,20 +114,23 @@ def measure_model(
     """All the figures for one model on the CPU, eager fp32, `example` being one input of batch 1 (an image
     (1, C, H, W), or a text model's `{input_ids, attention_mask}` of one sequence)."""
     model = model.eval().cpu()
+    speed = measure_speed(model, example, repeats, batch, threads)
+    return ModelStats(params=count_params(model), size_bytes=size_on_disk(model),
+                      macs=count_macs(model, first_sample(example)), **speed)  # fmt: skip
+
+
+def measure_speed(model: nn.Module, example: Inputs, repeats: int = 200, batch: int = 64,
+                  threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Latency at batch 1 (p50, p90) and throughput at `batch`, eager, on the CPU: for any model that runs,
+    torchao's low-bit ones included."""
+    model = model.eval().cpu()
     example = first_sample(example)
     big = repeat_sample(example, batch)
     with torch_threads(threads) as n_threads, torch.inference_mode():
         single = time_calls(lambda: call_model(model, example), repeats)
         batched = time_calls(lambda: call_model(model, big), max(10, repeats // 10), warmup=3)
-    return ModelStats(
-        params=count_params(model),
-        size_bytes=size_on_disk(model),
-        macs=count_macs(model, example),
-        latency_ms_p50=statistics.median(single) * 1e3,
-        latency_ms_p90=percentile(single, 0.9) * 1e3,
-        throughput_img_s=batch / statistics.median(batched),
-        threads=n_threads,
-    )
+    return {"latency_ms_p50": statistics.median(single) * 1e3, "latency_ms_p90": percentile(single, 0.9) * 1e3,
+            "throughput_img_s": batch / statistics.median(batched), "threads": n_threads}  # fmt: skip
 
 
 # --- generation: PyTorch's generate, timed at batch 1 with the KV cache ---------------------------------------------

@@ -21,7 +21,7 @@ from tinykd.engine.runtime import resolve_precision
 from tinykd.engine.trackers import check_trackers
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.generation import perplexity, prompts, seq2seq_scores
-from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model
+from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model, measure_speed
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
 from tinykd.models.qat import is_pt2e
@@ -172,7 +172,7 @@ def run(
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
     if recipe.quantize is not None and engine.device.type != "xla":
-        rows.append(_qat_row(engine, recipe, data, student, test_loader, meta, run_dir, probe_inputs))
+        rows.append(_qat_row(engine, recipe, data, student, test_loader, meta, run_dir, example))
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
@@ -248,10 +248,12 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
              run_dir: Path, example: Any) -> dict[str, Any]:  # fmt: skip
     """The quantization-aware student converted to real low-bit weights, evaluated like the others.
 
-    Linear layers (torchao's module QAT): saved as `model.qat.pt` (its state_dict: torchao's tensors, which
-    safetensors cannot hold), timed in PyTorch. A convolutional student (torchao's PT2E flow): written as ONNX QDQ
-    to `model.qat.onnx` (4-bit weights packed two per byte), and its accuracy and latency are ONNX Runtime's, the
-    file a user ships; the converted PyTorch graph's accuracy is kept beside it."""
+    Where a runtime can run it, the row is a file in ONNX Runtime (`RUN/model.qat.onnx`: its test accuracy, size
+    on disk and latency), with the converted PyTorch model's accuracy beside it:
+    - a convolutional student (torchao's PT2E flow): ONNX QDQ, 4-bit weights packed two per byte as INT4;
+    - int4 per-group linear layers of a classifier (torchao's module QAT): ONNX Runtime's `MatMulNBits`.
+    Otherwise (int8 or per-channel linear weights, generative students) the torchao model itself is the row:
+    saved as `model.qat.pt` (its state_dict: torchao's tensors, which safetensors cannot hold), timed in PyTorch."""
     from tinykd.models.qat import convert_qat, describe, state_bytes
 
     spec = recipe.quantize
@@ -259,41 +261,56 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     converted = convert_qat(engine.accelerator.unwrap_model(student), spec)
     role = f"student ({spec.weights} QAT)"
     scores = engine.evaluate(converted.to(engine.device), test_loader)
-    if not is_pt2e(converted):
+    pt2e = is_pt2e(converted)
+    nbits = (not pt2e and spec.weights == "int4" and spec.granularity != "per-channel" and spec.group_size >= 16
+             and data.task not in GENERATIVE_TASKS)  # fmt: skip
+    if not (pt2e or nbits):
         row = {"role": role, "model": meta["model"], "format": f"torchao {describe(spec)}",
                "test_accuracy": scores["accuracy"], "size_bytes": state_bytes(converted)}  # fmt: skip
         if engine.is_main:
             torch.save(converted.state_dict(), run_dir / "model.qat.pt")
+            if recipe.measure.enabled:  # torchao's low-bit model as it runs in PyTorch
+                speed = measure_speed(converted, example, recipe.measure.latency_repeats,
+                                      recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
+                row.update({k: v for k, v in speed.items() if k != "threads"})
         return row
-    row = {"role": role, "model": meta["model"], "format": f"onnx {spec.weights} QAT",
-           "test_accuracy_pytorch": scores["accuracy"]}  # fmt: skip
+    fmt = f"onnx {spec.weights} QAT" if pt2e else "onnx int4 QAT (MatMulNBits)"
+    row = {"role": role, "model": meta["model"], "format": fmt, "test_accuracy_pytorch": scores["accuracy"]}
     if not engine.is_main:
         return row
-    from tinykd.compress.export import export_qdq_onnx
-    from tinykd.compress.onnxrt import measure_onnx, onnx_logits, session
+    from tinykd.compress.onnxrt import measure_onnx, onnx_logits, onnx_size, session
 
     path = run_dir / "model.qat.onnx"
     converted = converted.cpu()
-    plain = plain_student(recipe, data, engine.accelerator.unwrap_model(student))
-    sizes = {"params": count_params(plain), "macs": count_macs(plain, example[:1].cpu())}
-    # the recipe is in the file's metadata: `tinykd compare` finds its test set
-    written = export_qdq_onnx(converted, example, path, spec.weights, meta | sizes)
+    one = {k: v[:1].cpu() for k, v in example.items()} if isinstance(example, dict) else example[:1].cpu()
+    if pt2e:
+        from tinykd.compress.export import export_qdq_onnx
+
+        plain = plain_student(recipe, data, engine.accelerator.unwrap_model(student))
+        sizes = {"params": count_params(plain), "macs": count_macs(plain, one)}
+        # the recipe is in the file's metadata: `tinykd compare` finds its test set
+        written = export_qdq_onnx(converted, example, path, spec.weights, meta | sizes)
+    else:
+        from tinykd.compress.nbits import export_matmul_nbits
+
+        written = export_matmul_nbits(converted, example, path, meta)
+        row["matmul_nbits"] = f"{written['matmul_nbits']} of {written['linear_layers']} linear layers"
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
     runtime = session(path, recipe.measure.threads)
     correct = total = 0
-    for images, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
-        logits, labels = onnx_logits(runtime, images.cpu().numpy()), labels.cpu().numpy()
+    for inputs, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
+        arrays = {k: v.cpu().numpy() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.numpy()
+        logits, labels = onnx_logits(runtime, arrays), labels.cpu().numpy()
         counted = labels >= 0  # not the padding of the last batch
-        correct += int((logits.argmax(1) == labels)[counted].sum())
+        correct += int((logits.argmax(-1) == labels)[counted].sum())
         total += int(counted.sum())
     row["test_accuracy"] = correct / max(total, 1)
     if recipe.measure.enabled:
-        stats = measure_onnx(path, example[:1].cpu().numpy(), recipe.measure.latency_repeats,
-                             recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
+        numpy = {k: v.numpy() for k, v in one.items()} if isinstance(one, dict) else one.numpy()
+        stats = measure_onnx(path, numpy, recipe.measure.latency_repeats, recipe.measure.throughput_batch,
+                             recipe.measure.threads)  # fmt: skip
         row.update({k: v for k, v in stats.items() if k != "threads"})
     else:
-        from tinykd.compress.onnxrt import onnx_size
-
         row["size_bytes"] = onnx_size(path)
     return row
 
