@@ -209,7 +209,7 @@ def test_bad_inputs_are_one_line_errors(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(TinykdError, match="between 0 and 1"):
         prune_command(trained, ratio=1.5)
     with pytest.raises(TinykdError, match="--mode"):
-        quantize_model(trained, "int4")
+        quantize_model(trained, "int3")
 
 
 def test_profile_pytorch_and_onnxruntime_rows(tmp_path: Path) -> None:
