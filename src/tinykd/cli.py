@@ -283,6 +283,18 @@ def compare(
 
 
 @app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Finished run folders (one: RUN/report.html by default).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The page to write (for several runs).")] = None,
+) -> None:
+    """Rebuild report.html: one self-contained page (curves, tables, per-class accuracy, agreement) that opens
+    offline; several runs go into one page."""
+    from tinykd.html_report import write_html_report
+
+    print(f"report: {write_html_report(runs, out)}")
+
+
+@app.command()
 def env() -> None:
     """Versions, devices, and which backend each runtime.device value would use here."""
     from tinykd.engine.runtime import describe_environment

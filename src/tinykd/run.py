@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from tinykd.data.text import GENERATIVE_TASKS
+from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.log import describe_breakdown
@@ -24,6 +24,7 @@ from tinykd.generation import perplexity, prompts, seq2seq_scores
 from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model, measure_speed
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
+from tinykd.models.outputs import call_model
 from tinykd.models.qat import is_pt2e
 from tinykd.pipeline import (
     build_data,
@@ -198,11 +199,76 @@ def run(
         if is_hf_model(engine.accelerator.unwrap_model(student)):  # the best student as a Hugging Face directory
             save_hf_directory(engine.accelerator.unwrap_model(student), run_dir / "model", data.tokenizer)
             metrics["hf_model"] = str(run_dir / "model")
+        if data.classes:
+            metrics["classes"] = list(data.classes)
         (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (run_dir / "report.md").write_text(_report_markdown(metrics))
+        _write_page(engine, models, data, recipe, run_dir)
         print(format_table(rows, title=f"{recipe.name}: test set"))
         print(f"run folder: {run_dir}")
     return RunResult(run_dir, metrics, engine.accelerator.unwrap_model(student))
+
+
+def _write_page(engine: Engine, models: dict[str, Any], data: Any, recipe: Recipe, run_dir: Path) -> None:
+    """report.html, with the predictions it shows per class (classification runs): a failure here is one line,
+    the run folder stays as it is."""
+    from tinykd.html_report import write_html_report
+
+    try:
+        if data.task not in TOKEN_TASKS and data.task != "masked-lm":
+            save_predictions(engine, models, data.test, recipe.data.eval_batch_size, run_dir, data.classes)
+        write_html_report([run_dir])
+    except Exception as exc:  # the run's results are saved already: say what failed, keep going
+        print(f"tinykd: report.html not written: {type(exc).__name__}: {str(exc).strip().splitlines()[:1]}")
+
+
+def save_predictions(engine: Engine, models: dict[str, Any], test_set: Any, batch: int, run_dir: Path,
+                     classes: list[str] | None = None, grid: int = 16) -> None:  # fmt: skip
+    """`predictions.npz` (test labels and each model's top-1) and, for images, `disagreements.png`: up to `grid`
+    test images where teacher and student disagree, with both predictions."""
+    import numpy as np
+    from accelerate.utils import send_to_device
+
+    labels: list[Any] = []
+    preds: dict[str, list[Any]] = {role: [] for role in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()
+        for inputs, targets in engine.loader(test_set, batch, False):
+            keep = targets >= 0  # not the padding of the last batch
+            labels.append(targets[keep].numpy())
+            inputs = send_to_device(inputs, engine.device)
+            for role, model in models.items():
+                logits = call_model(engine.accelerator.unwrap_model(model), inputs).float()
+                preds[role].append(logits.argmax(-1).cpu()[keep].numpy())
+    saved = {"labels": np.concatenate(labels), **{role: np.concatenate(p) for role, p in preds.items()}}
+    np.savez_compressed(run_dir / "predictions.npz", **saved)
+    if "teacher" not in saved or "student" not in saved:
+        return
+    differ = np.flatnonzero(saved["teacher"] != saved["student"])[:grid]
+    first = test_set[int(differ[0])][0] if len(differ) else None
+    if not isinstance(first, torch.Tensor) or first.dim() != 3:
+        return  # text, or nothing to show
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+
+    def name(c: int) -> str:
+        return str(classes[c]) if classes and c < len(classes) else str(c)
+
+    cols = min(8, len(differ))
+    fig = Figure(figsize=(1.6 * cols, 2.0 * -(-len(differ) // cols)))
+    FigureCanvasAgg(fig)
+    for k, index in enumerate(differ):
+        image = test_set[int(index)][0].float()
+        image = (image - image.min()) / (image.max() - image.min() + 1e-8)  # normalised for the eye
+        ax = fig.add_subplot(-(-len(differ) // cols), cols, k + 1)
+        ax.imshow((image[0] if image.shape[0] == 1 else image[:3].permute(1, 2, 0)).numpy(), cmap="gray")
+        ax.set_title(f"{name(int(saved['labels'][index]))}\nT: {name(int(saved['teacher'][index]))}\n"
+                     f"S: {name(int(saved['student'][index]))}", fontsize=7)  # fmt: skip
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(run_dir / "disagreements.png", dpi=90)
 
 
 def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str, Any]:
