@@ -13,7 +13,7 @@ XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
 # about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
 WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
-.PHONY: demo test test-main test-xla data lint bench bench-text clean
+.PHONY: demo test test-main test-xla data browser lint bench bench-text clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,19 @@ data: $(STAMP)
 		|| $(PY) -c "from tinykd.data import build_datasets as b; b('fashion-mnist', download=True)"; \
 	else $(PY) -c "from tinykd.data import build_datasets as b; b('fashion-mnist', download=True)"; fi
 
+# Chromium renders report.html in the tests: Debian's package where apt is there (skipped, and said, elsewhere)
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then echo "Chromium: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "Chromium: not installed"; \
+	else echo "Chromium: not installed (the browser test of report.html will be skipped)"; fi
+
 demo: $(STAMP) data
 	$(VENV)/bin/tinykd demo
 
 test: test-main test-xla
 
-test-main: $(STAMP) data
+test-main: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest -q
 
