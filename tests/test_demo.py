@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,7 @@ def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
         assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)
     assert "Distillation gain" in proc.stdout and "student (distilled)" in proc.stdout
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# tinykd demo")
+    page = (tmp_path / "demo" / "report.html").read_text()  # the whole story on one self-contained page
+    assert "Teacher and students on the test set" in page and "student (int8 onnx)" in page
+    assert "Distillation gain" in page and page.count("Models on the test set") == 2  # distilled, scratch
+    assert page.count("data:image/png;base64,") >= 6 and not re.search(r'(src|href)="(?!data:)', page)

@@ -18,6 +18,7 @@ from typing import Any
 
 from tinykd.compress.quantize import export_for_demo, quantize_for_demo
 from tinykd.errors import TinykdError
+from tinykd.html_report import write_story_page
 from tinykd.recipes import load_recipe
 from tinykd.report import format_table, rows_markdown
 from tinykd.run import run
@@ -130,9 +131,11 @@ def run_demo(
               f">= {demo.edge_goal:.0f}x in the same runtime: {verdict}.")
     (run_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.md").write_text(f"# tinykd demo: {demo.title}\n\n{rows_markdown(rows)}\n\n{story}\n")
+    page = write_story_page(run_dir / "report.html", f"tinykd demo: {demo.title}", story, rows,
+                            [distilled.run_dir, scratch.run_dir])  # fmt: skip
     print(format_table(rows, title=f"tinykd demo: {demo.title} test set (CPU)"))
     print(story)
-    print(f"demo folder: {run_dir}")
+    print(f"demo folder: {run_dir}; the whole story on one page: {page}")
     return summary
 
 

@@ -212,6 +212,40 @@ def run_section(run_dir: Path) -> str:
     ])  # fmt: skip
 
 
+def pareto(rows: list[dict[str, Any]]) -> str:
+    """compare's accuracy-against-latency plot (marker shape by fp32/PTQ/QAT/pruned), inline."""
+    import tempfile
+
+    from tinykd.compress.compare import plot_accuracy_latency
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pareto.png"
+        if not plot_accuracy_latency(rows, path):
+            return ""
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="accuracy against latency" src="data:image/png;base64,{data}">'
+
+
+def write_story_page(out: str | Path, title: str, story: str, rows: list[dict[str, Any]],
+                     run_dirs: list[Path]) -> Path:  # fmt: skip
+    """The demo's one page: the whole story (teacher, scratch, distilled, int8) in one table and one plot, then
+    each run's own section."""
+    sections = [f"<h1>{html.escape(title)}</h1>", f'<p class="lead">{html.escape(story)}</p>',
+                "<h2>Teacher and students on the test set</h2>", models_table(rows), pareto(rows)]  # fmt: skip
+    sections += [run_section(d) for d in run_dirs]
+    return _write_page(Path(out), title, "<hr>".join(sections))
+
+
+def _write_page(out: Path, title: str, body: str) -> Path:
+    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
 def write_html_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
     """One page for one run (default: RUN/report.html) or for several (give `out`)."""
     dirs = [Path(d) for d in run_dirs]
@@ -224,13 +258,5 @@ def write_html_report(run_dirs: list[str | Path], out: str | Path | None = None)
         if len(dirs) > 1:
             raise TinykdError("several runs go into one page: give --out PAGE.html")
         out = dirs[0] / "report.html"
-    out = Path(out)
     sections = [run_section(d) for d in dirs]
-    title = "tinykd: " + ", ".join(d.name for d in dirs)
-    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{'<hr>'.join(sections)}</body></html>\n")  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return _write_page(Path(out), "tinykd: " + ", ".join(d.name for d in dirs), "<hr>".join(sections))
