@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,qat,trackers]"
+	$(PY) -m pip install --quiet -e ".[dev,all]"
 	touch $(STAMP)
 
 $(XSTAMP): pyproject.toml
@@ -27,7 +27,7 @@ $(XSTAMP): pyproject.toml
 	$(XVENV)/bin/python -m pip install --quiet --upgrade pip
 	mkdir -p $(WHEELS)
 	$(XVENV)/bin/python -m pip install --quiet --find-links $(WHEELS) $(XTORCH)
-	$(XVENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(XVENV)/bin/python -m pip install --quiet -e ".[dev,edge,text]"
 	PJRT_DEVICE=CPU $(XVENV)/bin/python -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0')"
 	touch $(XSTAMP)
 

@@ -323,6 +323,13 @@ def main(argv: list[str] | None = None) -> Any:
         return result
     except TinykdError as exc:
         _fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:  # an optional part of tinykd that is not installed: say which extra
+        from tinykd.extras import missing_extra
+
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        _fail(message, 2)
     except errors as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""

@@ -212,7 +212,7 @@ def _has_classifier(config: Any) -> bool:
 
 def is_hf_model(model: nn.Module) -> bool:
     """A transformers `PreTrainedModel` (without importing transformers when nothing has)."""
-    if "transformers" not in sys.modules:
+    if sys.modules.get("transformers") is None:
         return False
     from transformers import PreTrainedModel
 
