@@ -186,6 +186,10 @@ def run_section(run_dir: Path) -> str:
     env = [f"device: {report.get('device', '?')}", f"epochs: {report.get('epochs')}",
            f"training: {report.get('train_seconds')} s ({report.get('train_img_per_s')} samples/s)",
            f"whole run: {report.get('total_seconds')} s"]  # fmt: skip
+    where = report.get("environment") or {}
+    if where:
+        env.insert(0, f"run on: {where.get('run')} ({where.get('machine')}, {where.get('cpus')} CPUs)")
+        env.append("versions: " + ", ".join(f"{k} {v}" for k, v in where.get("versions", {}).items()))
     if report.get("time_breakdown"):
         from tinykd.engine.log import describe_breakdown
 

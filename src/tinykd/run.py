@@ -181,6 +181,7 @@ def run(
         "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
+    metrics["environment"] = environment(engine)
     if fit.time_breakdown is not None:
         metrics["time_breakdown"] = fit.time_breakdown
     if recipe.train.nonfinite == "skip":
@@ -207,6 +208,23 @@ def run(
         print(format_table(rows, title=f"{recipe.name}: test set"))
         print(f"run folder: {run_dir}")
     return RunResult(run_dir, metrics, engine.accelerator.unwrap_model(student))
+
+
+def environment(engine: Engine) -> dict[str, Any]:
+    """Where the run happened, for the report: device, processes, precision and the versions that matter."""
+    import os
+    import platform
+    import sys
+
+    from tinykd.version import __version__
+
+    versions = {"tinykd": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for name in ("transformers", "torchao", "torch_xla", "onnxruntime"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    return {"run": engine.describe(), "processes": engine.accelerator.num_processes, "precision": engine.precision,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions}  # fmt: skip
 
 
 def _write_page(engine: Engine, models: dict[str, Any], data: Any, recipe: Recipe, run_dir: Path) -> None:
