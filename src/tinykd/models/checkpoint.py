@@ -68,7 +68,11 @@ def read_meta(path: Path) -> dict[str, Any]:
             raw = (f.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
         raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
-    return json.loads(raw) if raw else {}
+    try:
+        return json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise TinykdError(f"{path} has damaged tinykd metadata ({exc.msg} at character {exc.pos}); use another "
+                          "checkpoint of the run, or retrain") from None  # fmt: skip
 
 
 def run_folder_of(checkpoint: Path) -> Path:
