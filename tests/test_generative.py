@@ -1,7 +1,7 @@
 """Generative students: causal-lm and seq2seq data, token_kd, layer-copied decoders, generation scores, runs.
 
 Everything is tiny (32-wide models, a 100-token vocabulary, a few hundred short made-up texts written here);
-nothing touches the network or ../shared.
+nothing touches the network or the benchmark data folder.
 """
 
 from __future__ import annotations
