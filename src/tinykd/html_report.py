@@ -194,14 +194,7 @@ def run_section(run_dir: Path) -> str:
         from tinykd.engine.log import describe_breakdown
 
         env.append(describe_breakdown(report["time_breakdown"]))
-    classes = None
-    try:
-        import yaml
-
-        classes = (yaml.safe_load(recipe) or {}).get("data", {}).get("classes") if recipe else None
-    except yaml.YAMLError:
-        classes = None
-    classes = report.get("classes") or classes
+    classes = report.get("classes")  # the run writes them for classification
     return "\n".join([
         f"<h1>{html.escape(str(report.get('name', run_dir.name)))} <small>({html.escape(str(run_dir))})</small></h1>",
         lead,

@@ -183,6 +183,21 @@ def _train_eval_freezes_observers(graph: nn.Module) -> None:
     setattr(graph, PT2E_MARK, True)
 
 
+def _exported_and_prepared(model: nn.Module, example: torch.Tensor, prepare: Any) -> tuple[nn.Module, torch.Tensor]:
+    """`model` exported by torch.export with a dynamic batch, then `prepare`d by torchao (QAT or post-training);
+    the example as traced. What export or torchao refuse is one line."""
+    example = example.detach().cpu().float()
+    if len(example) < 2:  # a batch of 1 would make torch.export fix the batch size
+        example = example[:1].repeat(2, *[1] * (example.dim() - 1))
+    try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        return prepare(exported.module()), example
+    except Exception as exc:  # export or torchao refused the model: say so in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TinykdError(f"quantize: torchao's PT2E flow could not prepare the model ({type(exc).__name__}: "
+                          f"{first}); use post-training int8 (tinykd quantize) for it") from None  # fmt: skip
+
+
 def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
     """`model` exported (dynamic batch) and prepared for QAT by torchao's PT2E flow, observers sized on `example`.
 
@@ -198,18 +213,8 @@ def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
                           "are quantized per output channel: set granularity: per-channel")  # fmt: skip
     if not isinstance(example, torch.Tensor):
         raise TinykdError("quantize: a convolutional student is prepared from a batch of image tensors")
-    example = example.detach().cpu().float()
-    if len(example) < 2:  # a batch of 1 would make torch.export fix the batch size
-        example = example.repeat(2, *[1] * (example.dim() - 1))
-    model = model.cpu().eval()
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
-        graph = prepare_qat_pt2e(exported, _quantizer(spec))
-    except Exception as exc:  # export or torchao refused the model: say so in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TinykdError(f"quantize: torchao's PT2E flow could not prepare the student ({type(exc).__name__}: "
-                          f"{first}); use post-training int8 (tinykd quantize) for it") from None  # fmt: skip
+    quantizer = _quantizer(spec)
+    graph, example = _exported_and_prepared(model.cpu().eval(), example, lambda g: prepare_qat_pt2e(g, quantizer))
     _train_eval_freezes_observers(graph)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
@@ -230,14 +235,9 @@ def post_training_pt2e(model: nn.Module, weights: str, calibration: torch.Tensor
     if weights not in WEIGHT_DTYPES:
         raise TinykdError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not '{weights}'")
     calibration = torch.as_tensor(calibration).float()
-    example = calibration[:2] if len(calibration) >= 2 else calibration[:1].repeat(2, *[1] * (calibration.dim() - 1))
-    model = copy.deepcopy(model).cpu().eval()
-    try:
-        exported = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-        graph = prepare_pt2e(exported.module(), _quantizer(SimpleNamespace(weights=weights), training=False))
-    except Exception as exc:  # export or torchao refused the model: one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TinykdError(f"torchao's PT2E flow could not prepare the model ({type(exc).__name__}: {first})") from None
+    quantizer = _quantizer(SimpleNamespace(weights=weights), training=False)
+    graph, _ = _exported_and_prepared(copy.deepcopy(model).cpu().eval(), calibration[:2],
+                                      lambda g: prepare_pt2e(g, quantizer))  # fmt: skip
     with torch.no_grad():
         for start in range(0, len(calibration), batch):
             graph(calibration[start : start + batch])
