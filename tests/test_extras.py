@@ -57,5 +57,5 @@ main(["profile", "cnn_tiny", "--repeats", "2", "--batch", "2"])
 def test_missing_modules_map_to_their_extra() -> None:
     assert "tinykd[text]" in missing_extra(ModuleNotFoundError("x", name="transformers.models"))
     assert "tinykd[qat]" in missing_extra(ModuleNotFoundError("x", name="torchao"))
-    assert "torch_xla" in missing_extra(ModuleNotFoundError("x", name="torch_xla.core"))
+    assert "tinykd[xla]" in missing_extra(ModuleNotFoundError("x", name="torch_xla.core"))
     assert missing_extra(ModuleNotFoundError("x", name="some_typo_module")) is None

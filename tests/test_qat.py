@@ -240,3 +240,63 @@ def test_feature_terms_on_a_convolutional_qat_student_are_one_line(tmp_path: Pat
     with pytest.raises(TinykdError) as exc:
         run(load_recipe(recipe), tmp_path / "run", mode="distill")
     assert "fitnet" in str(exc.value) and "logit terms" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _tiny_bert() -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=3)  # fmt: skip
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nbits(tmp_path: Path) -> None:
+    """`embeddings: true`: the tables (most of a small text model) are 4-bit too; torchao's converted model
+    computes what the fake-quantized one did, and ONNX Runtime computes what the converted one does."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    from tinykd.compress.nbits import export_matmul_nbits
+
+    model = _tiny_bert()
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    spec = QuantizeSpec(weights="int4", activations="none", group_size=16, embeddings=True)
+    prepare_qat(model, spec)
+    assert type(model.bert.embeddings.word_embeddings).__name__ == "FakeQuantizedEmbedding"
+    batch = {"input_ids": torch.randint(0, 96, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long)}
+    batch["attention_mask"][:3, 9:] = 0  # padding
+    with torch.no_grad():
+        fake = model(**batch).logits
+        converted = convert_qat(model, spec)
+        torch.testing.assert_close(converted(**batch).logits, fake, rtol=0, atol=1e-6)
+    info = export_matmul_nbits(converted, batch, tmp_path / "m.onnx", {"model": "hf:bert"})
+    assert info["matmul_nbits"] == info["linear_layers"] == 14
+    assert info["quantized_tables"] == info["embedding_tables"] == 3  # words, positions, token types
+    assert info["weight_bytes"] * 4 < fp32_bytes  # half a byte per weight, a 4-byte scale per 16
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert len(int4) == 3 and not any(t.data_type == onnx.TensorProto.FLOAT and tuple(t.dims) == (96, 32)
+                                      for t in proto.graph.initializer)  # fmt: skip  # no fp32 table is left
+    sess = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    got = sess.run(None, {i.name: batch[i.name].numpy() for i in sess.get_inputs()})[0]
+    np.testing.assert_allclose(got, fake.numpy(), rtol=0, atol=1e-5)
+
+
+def test_embedding_options_that_cannot_work_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(TinykdError, match="convolutional student has none"):
+        prepare_qat(create_model("cnn_small", num_classes=10, in_channels=1), QuantizeSpec(embeddings=True),
+                    torch.randn(4, 1, 8, 8))  # fmt: skip
+    with pytest.raises(TinykdError, match="no nn.Embedding table"):
+        prepare_qat(create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=(64, 32)),
+                    QuantizeSpec(embeddings=True, group_size=16))  # fmt: skip
+    narrow_table = torch.nn.ModuleDict({"table": torch.nn.Embedding(10, 8), "head": torch.nn.Linear(32, 2)})
+    with pytest.raises(TinykdError, match="group_size=16 does not divide the 8 inputs of layer table"):
+        prepare_qat(narrow_table, QuantizeSpec(embeddings=True, group_size=16, activations="none"))
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=16)
+    tied = transformers.AutoModelForCausalLM.from_config(config)
+    tied.lm_head = torch.nn.Linear(32, 64, bias=False)
+    tied.lm_head.weight = tied.transformer.wte.weight  # the head shares the token table
+    with pytest.raises(TinykdError, match="tied to the linear layer lm_head"):
+        prepare_qat(tied, QuantizeSpec(embeddings=True, group_size=16, activations="none"))

@@ -74,6 +74,15 @@ def test_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> None:
     assert Path(r.teacher.checkpoint) == tmp_path / "sub" / "t.safetensors"
 
 
+def test_a_builtin_recipe_finds_its_shipped_files_and_the_users_runs(tmp_path: Path, monkeypatch) -> None:
+    """The shipped teacher lies beside the built-in recipes; `runs/sst2-teacher` is the user's, in the current
+    directory (where `tinykd train sst2-teacher --out runs/sst2-teacher` wrote it), not in the installed package."""
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(load_recipe("fmnist-distill").teacher.checkpoint)
+    assert shipped.is_file() and shipped.parent.parent == builtin_recipes()["fmnist-distill"].parent
+    assert Path(load_recipe("sst2-distill").teacher.checkpoint) == tmp_path / "runs" / "sst2-teacher"
+
+
 def test_unreadable_recipes(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     with pytest.raises(TinykdError, match="not valid YAML at line"):

@@ -170,6 +170,37 @@ def test_the_edge_tools_on_a_text_student(workdir: Path, teacher_run: Path, monk
     assert all(r["test_accuracy"] > 0.8 for r in rows) and rows[1]["compression"] > 1
 
 
+def test_a_text_student_distilled_to_4_bit_weights_and_tables_ships_as_one_onnx_file(workdir: Path,
+                                                                                     teacher_run: Path) -> None:
+    """Quantization-aware distillation of a text student (recipe `quantize` with `embeddings: true`) against
+    post-training int4 of the same student (`quantize --mode int4`): both are ONNX files with MatMulNBits and
+    INT4 tables, and ONNX Runtime's accuracy is the converted PyTorch model's."""
+    pytest.importorskip("torchao")
+    from tinykd.compress.quantize import quantize_model
+
+    if not (workdir / "student").is_dir():
+        pytest.skip("needs the student of test_distilbert_style_student_from_every_other_layer")
+    path, ptq = quantize_model(str(workdir / "student"), "int4", repeats=3, batch=4, group_size=16)
+    assert path == workdir / "student" / "model.int4.onnx" and path.is_file()
+    assert ptq["matmul_nbits"] == "8 of 8 linear layers" and ptq["int4_tables"] == "3 of 3 embedding tables"
+    # the tensors: half a byte per weight and a scale per 16 (a file this tiny is mostly its graph)
+    assert ptq["weight_bytes"] * 3 < 4 * ptq["params"] and ptq["size_after"] * 2 < ptq["size_before"], ptq
+    assert ptq["accuracy_after"] > 0.7, ptq
+    with pytest.raises(Exception, match="--group-size=64 does not divide the 32 inputs"):
+        quantize_model(str(workdir / "student"), "int4", repeats=3, batch=4, group_size=64, overwrite=True)
+    spec = {"weights": "int4", "activations": "none", "granularity": "per-group", "group_size": 16,
+            "embeddings": True}  # fmt: skip
+    qat = recipe(workdir, "qat", teacher={"name": "hf:bert", "checkpoint": "teacher"},
+                 student={"name": "hf:bert", "checkpoint": "student"}, train={"epochs": 1}, quantize=spec,
+                 loss_terms={"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "temperature": 2.0}})  # fmt: skip
+    run_cli(workdir, "distill", str(qat), "--out", "qat")
+    rows = {r["role"]: r for r in report(workdir / "qat")["models"]}
+    row = rows["student (int4 QAT)"]
+    assert row["format"] == "onnx int4 QAT (MatMulNBits)" and row["int4_tables"] == "3 of 3 embedding tables"
+    assert abs(row["test_accuracy"] - row["test_accuracy_pytorch"]) <= 1 / 80, row  # weight-only: the same sums
+    assert row["test_accuracy"] > 0.7 and row["weight_bytes"] * 3 < 4 * rows["student"]["params"], row
+
+
 def test_tinybert_and_minilm_terms_train_a_narrow_student(workdir: Path, teacher_run: Path) -> None:
     narrow = {**TINY, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
               "attention_probs_dropout_prob": 0.0}  # fmt: skip

@@ -175,8 +175,8 @@ def export(
 def quantize(
     source: Annotated[str, typer.Argument(help="A checkpoint, a run folder or an .onnx file.")],
     mode: Annotated[str, typer.Option(help="auto (static for images, dynamic for text), static (ORT QDQ), dynamic "
-                                           "(ORT, MatMul/Gemm), torch-dynamic, or int4 (4-bit weights, torchao "
-                                           "PT2E, ONNX QDQ INT4).")] = "auto",
+                                           "(ORT, MatMul/Gemm), torch-dynamic, or int4 (4-bit weights through "
+                                           "torchao: ONNX QDQ INT4 for images, MatMulNBits for text).")] = "auto",
     calibration: Annotated[int, typer.Option(help="Training images that calibrate static quantization.")] = 500,
     calibration_data: Annotated[
         Path | None, typer.Option(help="An .npy file of normalised (N, C, H, W) calibration images instead.")
@@ -186,6 +186,8 @@ def quantize(
     threads: ThreadsOption = None,
     exporter: ExporterOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    group_size: Annotated[int, typer.Option(help="--mode int4 of a text model: weights per scale (a power of 2, "
+                                                 ">= 16).")] = 32,
     set_: SetOption = None,
 ) -> None:
     """Post-training quantization (int8, or 4-bit weights); accuracy, size and latency before and after."""
@@ -193,7 +195,7 @@ def quantize(
     from tinykd.report import format_table
 
     _, report = quantize_model(source, mode, calibration, out, calibration_data, recipe, set_, threads,
-                               exporter=exporter, overwrite=overwrite)  # fmt: skip
+                               exporter=exporter, overwrite=overwrite, group_size=group_size)  # fmt: skip
     bits = "4-bit weights" if report["mode"] == "int4" else "int8"
     print(format_table(report["rows"], title=f"{source}: {bits} ({report['mode']}), test set"))
     print(describe_quantization(report))

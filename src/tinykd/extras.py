@@ -3,6 +3,7 @@
 The core (`pip install tinykd`) distils and trains vision models and writes their reports; the extras add:
 `edge` (ONNX export, ONNX Runtime, quantization, pruning), `text` (Hugging Face models, tokenizers, datasets,
 generation metrics), `qat` (torchao quantization-aware training), `trackers` (TensorBoard); `all` is all of them.
+`xla` (torch_xla, for TPUs) stands apart: it must match torch's version exactly.
 Every import of an optional package in tinykd is inside the function that needs it, so the core never loads one.
 """
 
@@ -19,8 +20,8 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     """The one line for a module of an extra that is not installed, or None for any other missing module."""
     top = (exc.name or "").split(".")[0]
     if top == "torch_xla":
-        return ("runtime.device: xla needs torch_xla, installed to match your torch exactly (torch 2.9.0 with "
-                "torch_xla 2.9.0; see docs/tpu.md)")  # fmt: skip
+        return ("runtime.device: xla needs torch_xla at your torch's exact version: pip install 'tinykd[xla]' "
+                "torch==2.9.0 torch_xla==2.9.0 (see docs/tpu.md)")  # fmt: skip
     extra = EXTRA_OF.get(top)
     if extra is None:
         return None

@@ -335,7 +335,8 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     Where a runtime can run it, the row is a file in ONNX Runtime (`RUN/model.qat.onnx`: its test accuracy, size
     on disk and latency), with the converted PyTorch model's accuracy beside it:
     - a convolutional student (torchao's PT2E flow): ONNX QDQ, 4-bit weights packed two per byte as INT4;
-    - int4 per-group linear layers of a classifier (torchao's module QAT): ONNX Runtime's `MatMulNBits`.
+    - int4 per-group linear layers of a classifier (torchao's module QAT): ONNX Runtime's `MatMulNBits`, and its
+      quantized embedding tables (`quantize.embeddings`) as INT4 behind a DequantizeLinear.
     Otherwise (int8 or per-channel linear weights, generative students) the torchao model itself is the row:
     saved as `model.qat.pt` (its state_dict: torchao's tensors, which safetensors cannot hold), timed in PyTorch."""
     from tinykd.models.qat import convert_qat, describe, state_bytes
@@ -379,6 +380,8 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
 
         written = export_matmul_nbits(converted, example, path, meta)
         row["matmul_nbits"] = f"{written['matmul_nbits']} of {written['linear_layers']} linear layers"
+        if written["embedding_tables"]:
+            row["int4_tables"] = f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables"
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
     runtime = session(path, recipe.measure.threads)
     correct = total = 0

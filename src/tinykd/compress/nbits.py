@@ -7,6 +7,10 @@ found in the graph by value and its MatMul/Gemm replaced by `com.microsoft.MatMu
 two per byte, and the scales: the file is the size of a 4-bit model, and ONNX Runtime computes what the converted
 student did (checked on test inputs). Layers that do not fit (an asymmetric zero point, a group size under 16,
 a weight used elsewhere) keep their dequantized fp32 weights, and the count says so.
+
+Quantized embedding tables (`quantize.embeddings`) become standard ONNX: the table stored as INT4 (or INT8) codes
+with their scales, one per row or per block of a row, behind a `DequantizeLinear` (opset 21, blocked) that feeds
+the `Gather`: the file holds 4-bit tables, and any runtime with opset 21 reads them.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ def _codes(weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None
 
 
 def dequantized(converted: nn.Module) -> nn.Module:
-    """A plain copy of a torchao-converted model whose linear weights are the dequantized low-bit ones."""
+    """A plain copy of a torchao-converted model whose linear weights and embedding tables are the dequantized
+    low-bit ones."""
     plain = copy.deepcopy(converted)
     for module in plain.modules():
-        if isinstance(module, nn.Linear) and hasattr(module.weight, "dequantize") and hasattr(module.weight, "qdata"):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and hasattr(module.weight, "dequantize") \
+                and hasattr(module.weight, "qdata"):
             module.weight = nn.Parameter(module.weight.dequantize().detach().float().clone(), requires_grad=False)
     return plain
 
@@ -58,19 +64,22 @@ def _pack(codes: np.ndarray, block: int) -> np.ndarray:
 
 
 def export_matmul_nbits(converted: nn.Module, example: Any, path: str | Path,
-                        meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write `converted` (torchao int4 per-group linear layers) as one ONNX file with MatMulNBits nodes."""
+                        meta: dict[str, Any] | None = None, fmt: str = "onnx int4 QAT (MatMulNBits)") -> dict[str, Any]:
+    """Write `converted` (torchao int4 per-group linear layers, and its quantized embedding tables) as one ONNX
+    file with MatMulNBits nodes; `fmt` is the format its metadata names."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     path = Path(path)
     plain = dequantized(converted).eval()
-    layers = []
+    layers, tables = [], []
+    plain_modules = dict(plain.named_modules())
     for module_name, module in converted.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             found = _codes(module.weight)
             if found is not None:
-                layers.append((module_name, found, dict(plain.named_modules())[module_name].weight.detach().numpy()))
+                entry = (module_name, found, plain_modules[module_name].weight.detach().numpy())
+                (layers if isinstance(module, nn.Linear) else tables).append(entry)
     if not layers:
         raise TinykdError("the quantized student has no int4 per-group linear layer for MatMulNBits")
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,9 +112,17 @@ def export_matmul_nbits(converted: nn.Module, example: Any, path: str | Path,
             return source.input[0], True
         return None
 
-    replaced, done = 0, set()
+    replaced, done, tables_done = 0, set(), set()
     new_nodes = []
     for node in graph.node:
+        if node.op_type == "Gather" and node.input[0] in arrays and users.get(node.input[0], 0) == 1:
+            value = arrays[node.input[0]]
+            table = next((i for i, (_, found, w) in enumerate(tables) if i not in tables_done and not found[2].any()
+                          and w.shape == value.shape and np.array_equal(w, value)), None)  # fmt: skip
+            if table is not None:
+                tables_done.add(table)
+                new_nodes.extend(_dequantized_table(node, tables[table][1], f"table_{len(tables_done) - 1}", graph))
+                continue
         target = weight_of(node) if node.op_type in ("MatMul", "Gemm") else None
         match = None
         if target is not None and users.get(target[0], 0) == 1:
@@ -146,11 +163,44 @@ def export_matmul_nbits(converted: nn.Module, example: Any, path: str | Path,
     graph.initializer.extend(keep)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if tables_done:  # DequantizeLinear with INT4 and blocks: opset 21
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = max(entry.version, 21)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp_path))
-    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": "onnx int4 QAT (MatMulNBits)",
-                               "matmul_nbits": replaced})  # fmt: skip
+    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": fmt, "matmul_nbits": replaced,
+                               "quantized_tables": len(tables_done)})  # fmt: skip
     tmp_path.replace(path)
     return {"path": str(path), "size_bytes": onnx_size(path), "matmul_nbits": replaced, "linear_layers": len(layers),
+            "quantized_tables": len(tables_done), "embedding_tables": len(tables),
             "weight_bytes": sum(t.ByteSize() for t in proto.graph.initializer)}  # fmt: skip
+
+
+def _dequantized_table(gather: Any, found: tuple[np.ndarray, np.ndarray, np.ndarray, int], tag: str,
+                       graph: Any) -> list[Any]:  # fmt: skip
+    """The nodes that replace `gather` of an fp32 table: the table's codes (INT4 when they fit [-8, 7], else INT8)
+    and scales as initializers, a DequantizeLinear (one scale per row, or per block of `block` values of a row),
+    and the Gather itself. Symmetric codes only (the zero point is 0), as torchao writes them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tinykd.compress.export import _pack_nibbles
+
+    codes, scales, _, block = found
+    rows, width = codes.shape
+    if codes.min() >= -8 and codes.max() <= 7:
+        data = helper.make_tensor(f"{tag}.codes", TensorProto.INT4, codes.shape, _pack_nibbles(codes), True)
+    else:
+        data = numpy_helper.from_array(codes.astype(np.int8), f"{tag}.codes")
+    if block == width:  # one scale per row
+        scale, attributes = scales.reshape(rows), {"axis": 0}
+    else:
+        scale, attributes = scales, {"axis": 1, "block_size": block}
+    graph.initializer.extend([data, numpy_helper.from_array(scale.astype(np.float32), f"{tag}.scales")])
+    table = f"{tag}.table"
+    dequantize = helper.make_node("DequantizeLinear", [data.name, f"{tag}.scales"], [table], name=f"{tag}.dequantize",
+                                  **attributes)  # fmt: skip
+    lookup = helper.make_node("Gather", [table, *gather.input[1:]], list(gather.output), name=gather.name,
+                              **{a.name: helper.get_attribute_value(a) for a in gather.attribute})  # fmt: skip
+    return [dequantize, lookup]

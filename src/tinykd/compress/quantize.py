@@ -7,9 +7,11 @@ Three modes:
 - `dynamic`: ONNX Runtime, int8 weights of MatMul/Gemm only, activations quantized on the fly. Convolutions
   stay fp32, because ORT's dynamic ConvInteger is several times slower than fp32 on CPU.
 - `torch-dynamic`: PyTorch's `quantize_dynamic` on the nn.Linear layers (for MLPs and transformers).
-- `int4`: 4-bit weights (per channel, symmetric [-7, 7]) and uint8 activations calibrated on N training images,
-  through torchao's PT2E flow, written as ONNX QDQ with the weights packed as INT4: the post-training baseline of
-  quantization-aware distillation (recipe section `quantize`), in the same format.
+- `int4`: 4-bit weights, the post-training baseline of quantization-aware distillation (recipe section
+  `quantize`), in the same format. Image models: per channel, symmetric [-7, 7], and uint8 activations calibrated
+  on N training images, through torchao's PT2E flow, written as ONNX QDQ with the weights packed as INT4. Text
+  classifiers: weight-only, per group of `group_size` inputs, linear layers and embedding tables (torchao's
+  `quantize_`), written with ONNX Runtime's `MatMulNBits` and INT4 tables.
 
 Accuracy is measured on the whole test set of the model's own recipe, before and after, with the same runtime.
 """
@@ -203,12 +205,14 @@ def quantize_model(
     batch: int | None = None,
     exporter: str = "auto",
     overwrite: bool = False,
+    group_size: int = 32,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a checkpoint, run folder or .onnx file; evaluate and measure before and after.
 
     `mode` auto is static for images and dynamic for text (ONNX Runtime's usual choice for transformers).
     `recipe` names the data for an .onnx file without tinykd metadata; `calibration_data` is an .npy file of
-    normalised (N, C, H, W) images to use instead of the first `calibration` training images.
+    normalised (N, C, H, W) images to use instead of the first `calibration` training images; `group_size` is the
+    block of a text model's int4 weights.
     """
     if mode not in (*MODES, "auto"):
         raise TinykdError(f"--mode must be one of auto, {', '.join(MODES)}, not '{mode}'")
@@ -229,9 +233,13 @@ def quantize_model(
     text = isinstance(images, dict)
     if mode == "auto":
         mode = "dynamic" if text else "static"
-    if text and mode in ("static", "int4"):
+    if text and mode == "static":
         raise TinykdError("static int8 (calibrated activations) is for image models; quantize a text model with "
-                          "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly)")  # fmt: skip
+                          "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly) or "
+                          "--mode int4 (4-bit weights)")  # fmt: skip
+    if mode == "int4" and (group_size < 16 or group_size & (group_size - 1)):
+        raise TinykdError(f"--group-size must be a power of 2 of at least 16 (ONNX Runtime's MatMulNBits), not "
+                          f"{group_size}")  # fmt: skip
     repeats = repeats or rec.measure.latency_repeats
     batch = batch or rec.measure.throughput_batch
     threads = threads or rec.measure.threads or torch.get_num_threads()
@@ -256,6 +264,8 @@ def quantize_model(
             check_images_fit(fp32, take(images, 0, 1), "test images")
             if mode == "static":
                 info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
+            elif mode == "int4" and text:
+                info |= _post_training_int4_text(loaded, path, group_size, to_torch(take(images, 0, 2)))
             elif mode == "int4":
                 info |= _post_training_int4(loaded, path, _calibration_set(rec, calibration, calibration_data))
             else:
@@ -298,8 +308,30 @@ def _post_training_int4(loaded: Any, path: Path, calibration: np.ndarray) -> dic
             "macs": count_macs(loaded.model, example)}  # fmt: skip
     written = export_qdq_onnx(converted, torch.from_numpy(np.asarray(calibration[:2], np.float32)), path, "int4",
                               meta, kind="PTQ")  # fmt: skip
-    return {"format": "QDQ, INT4 weights", "calibration_images": len(calibration), "int4_tensors":
+    return {"format": "torchao PT2E, ONNX QDQ", "calibration_images": len(calibration), "int4_tensors":
             written["int4_tensors"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def _post_training_int4_text(loaded: Any, path: Path, group_size: int, example: Any) -> dict[str, Any]:
+    """--mode int4 of a text classifier: torchao weight-only int4 per group (linear layers and embedding tables),
+    written with MatMulNBits and INT4 tables; no calibration (the weights alone set the scales)."""
+    from types import SimpleNamespace
+
+    from tinykd.compress.nbits import export_matmul_nbits
+    from tinykd.models.qat import post_training_linear
+
+    start = time.perf_counter()
+    spec = SimpleNamespace(weights="int4", activations="none", granularity="per-group", group_size=group_size,
+                           embeddings=True)  # fmt: skip
+    quantized = post_training_linear(loaded.model, spec, "--group-size")
+    meta = {**loaded.meta, "quantization": f"torchao post-training, int4 weights per group of {group_size} "
+            "(linear layers and embedding tables), fp32 activations", "params": count_params(loaded.model)}  # fmt: skip
+    written = export_matmul_nbits(quantized, example, path, meta, fmt="onnx int4 PTQ (MatMulNBits)")
+    return {"format": "torchao, ONNX MatMulNBits and INT4 tables", "group_size": group_size,
+            "matmul_nbits": f"{written['matmul_nbits']} of {written['linear_layers']} linear layers",
+            "int4_tables": f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables",
+            "weight_bytes": written["weight_bytes"], "params": meta["params"],
+            "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
 def _onnx_row(role: str, file: Path, fmt: str, name: str, images: Any, labels: np.ndarray, repeats: int,
@@ -397,7 +429,9 @@ def describe_quantization(report: dict[str, Any]) -> str:
                 f"{fp32['gen_tokens_per_s']:.0f} -> {int8['gen_tokens_per_s']:.0f} tokens/s (threads: "
                 f"{report['threads']}); written to {report['out']}")  # fmt: skip
 
-    what = "int4 weights (torchao PT2E, ONNX QDQ)" if report["mode"] == "int4" else f"int8 ({report['mode']})"
+    what = f"int8 ({report['mode']})"
+    if report["mode"] == "int4":
+        what = f"int4 weights ({report['format']})"
     return (f"{what}: test accuracy {report['accuracy_before']:.2%} -> "
             f"{report['accuracy_after']:.2%} ({-report['accuracy_drop_points']:+.2f} points); size "
             f"{human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "

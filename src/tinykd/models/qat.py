@@ -6,7 +6,9 @@ the fly, int8 or int4 weights) or `IntxWeightOnlyConfig`. `QATConfig(base, step=
 `nn.Linear` for torchao's `FakeQuantizedLinear`, which rounds its weights (and inputs) to the target grid in the
 forward pass and lets gradients through (straight-through estimator) while the teacher distils into it;
 `step="convert"` then stores the real low-bit weights, and the converted model computes what the fake-quantized
-one did (tests assert equality on a batch).
+one did (tests assert equality on a batch). With `embeddings: true` the nn.Embedding tables are fake-quantized
+too, weight-only in the same format (torchao's `FakeQuantizedEmbedding`): in a small text student the token
+embeddings are most of the weights, and a 4-bit file needs them 4-bit.
 
 The scales are computed from the weights at every step (symmetric min-max, per channel or per group), so the
 fake-quantized model has no state of its own: its state_dict is the fp32 model's, checkpoints and `--resume`
@@ -35,8 +37,9 @@ from tinykd.errors import TinykdError
 WEIGHT_DTYPES = {"int8": torch.int8, "int4": torch.int4}
 
 
-def _base_config(spec: Any) -> Any:
-    """torchao's post-training configuration that the QAT prepares for and converts to."""
+def _base_config(spec: Any, embedding: bool = False) -> Any:
+    """torchao's post-training configuration that the QAT prepares for and converts to: for an embedding table,
+    always weight-only (a table lookup has no activations to quantize), one scale per row or per group of it."""
     try:
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
         from torchao.quantization.granularity import PerAxis, PerGroup
@@ -44,15 +47,47 @@ def _base_config(spec: Any) -> Any:
         raise TinykdError("recipe section 'quantize' needs torchao: pip install 'tinykd[qat]' (or torchao)") from None
     granularity = PerAxis(0) if spec.granularity == "per-channel" else PerGroup(spec.group_size)
     dtype = WEIGHT_DTYPES[spec.weights]
-    if spec.activations == "int8":
+    if spec.activations == "int8" and not embedding:
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
     return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
+
+
+def _is_embedding(module: nn.Module, name: str = "") -> bool:
+    return isinstance(module, nn.Embedding)
+
+
+def quantize_tables(spec: Any) -> bool:
+    """Whether the spec quantizes embedding tables too (`embeddings: true`; absent in older specs)."""
+    return bool(getattr(spec, "embeddings", False))
+
+
+def _check_widths(model: nn.Module, spec: Any, option: str = "quantize.group_size") -> None:
+    """One line when a per-group size does not divide a layer's input width (an embedding's row width), or an
+    embedding table to quantize is tied to a linear layer (a language model's head)."""
+    tables = {n: m for n, m in model.named_modules() if _is_embedding(m)} if quantize_tables(spec) else {}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if spec.granularity != "per-channel":
+        widths = [(n, m.in_features) for n, m in linears.items()] + [(n, m.embedding_dim) for n, m in tables.items()]
+        for name, width in widths:
+            if width % spec.group_size:
+                raise TinykdError(f"{option}={spec.group_size} does not divide the {width} inputs of layer {name}; "
+                                  "give a group size (a power of 2) that divides every layer's input width, or "
+                                  "granularity: per-channel")  # fmt: skip
+    if quantize_tables(spec) and not tables:
+        raise TinykdError("quantize.embeddings: the student has no nn.Embedding table; set embeddings: false")
+    shared = {id(m.weight): n for n, m in linears.items()}
+    for name, table in tables.items():
+        if id(table.weight) in shared:
+            raise TinykdError(f"quantize.embeddings: the table {name} is tied to the linear layer "
+                              f"{shared[id(table.weight)]} (a language model's head); set embeddings: false")
 
 
 def describe(spec: Any) -> str:
     """E.g. `int4 weights (per group of 32), int8 activations`."""
     how = "per channel" if spec.granularity == "per-channel" else f"per group of {spec.group_size}"
     acts = "int8 activations (dynamic, per token)" if spec.activations == "int8" else "fp32 activations"
+    if quantize_tables(spec):
+        acts += ", embedding tables too"
     return f"{spec.weights} weights ({how}), {acts}"
 
 
@@ -77,13 +112,9 @@ def prepare_qat(model: nn.Module, spec: Any, example: Any = None) -> nn.Module:
     if not linears:
         raise TinykdError("quantize: the student has no nn.Linear layer for quantization-aware training (GPT-2's "
                           "transformers Conv1D layers are not nn.Linear)")  # fmt: skip
-    if spec.granularity != "per-channel":
-        for name in linears:
-            width = model.get_submodule(name).in_features
-            if width % spec.group_size:
-                raise TinykdError(f"quantize.group_size={spec.group_size} does not divide the {width} inputs of "
-                                  f"layer {name}; give a group_size that divides every linear layer's input width "
-                                  "or granularity: per-channel")  # fmt: skip
+    _check_widths(model, spec)
+    if quantize_tables(spec):
+        quantize_(model, QATConfig(_base_config(spec, embedding=True), step="prepare"), filter_fn=_is_embedding)
     quantize_(model, QATConfig(_base_config(spec), step="prepare"))
     return model
 
@@ -100,8 +131,25 @@ def convert_qat(model: nn.Module, spec: Any) -> nn.Module:
         _train_eval_freezes_observers(converted)
         return converted.eval()
     converted = copy.deepcopy(model).cpu().eval()
+    if quantize_tables(spec):
+        quantize_(converted, QATConfig(_base_config(spec, embedding=True), step="convert"), filter_fn=_is_embedding)
     quantize_(converted, QATConfig(_base_config(spec), step="convert"))
     return converted
+
+
+def post_training_linear(model: nn.Module, spec: Any, option: str = "quantize.group_size") -> nn.Module:
+    """Post-training quantization of a copy of `model` in the format QAT converts to (torchao's `quantize_` with
+    the same base configurations, no training): the baseline that quantization-aware distillation of a
+    transformer is measured against."""
+    from torchao.quantization import quantize_
+
+    _base_config(spec)  # torchao is installed
+    _check_widths(model, spec, option)
+    quantized = copy.deepcopy(model).cpu().eval()
+    if quantize_tables(spec):
+        quantize_(quantized, _base_config(spec, embedding=True), filter_fn=_is_embedding)
+    quantize_(quantized, _base_config(spec))
+    return quantized
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -205,6 +253,9 @@ def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
     then have their final shapes, and a checkpoint of the graph loads into a freshly prepared one."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    if quantize_tables(spec):
+        raise TinykdError("quantize.embeddings is for the nn.Embedding tables of a transformer student; a "
+                          "convolutional student has none: set embeddings: false")  # fmt: skip
     if spec.activations != "int8":
         raise TinykdError("quantize.activations: none is for linear layers; a convolutional student is quantized "
                           "by torchao's PT2E flow with int8 activations: set activations: int8")  # fmt: skip

@@ -2,7 +2,10 @@
 
 Relative paths written in a recipe file are relative to that file, so a recipe
 and its teacher checkpoint can travel together; paths given with `--set` are
-relative to the current directory, as on any command line.
+relative to the current directory, as on any command line. A built-in recipe's
+paths name its shipped files (the Fashion-MNIST teacher) where those exist, and
+otherwise the current directory (`runs/sst2-teacher`: where the recipe that
+makes it writes), never the installed package's folder.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
         if not isinstance(data, dict):
             raise recipe_error(path, f"must be a mapping of sections (data, student, ...), not {type(data).__name__}")
         base = path.parent
-        _resolve_paths(data, base)
+        builtin = path in builtin_recipes().values()
+        _resolve_paths(data, base, Path.cwd() if builtin else None)
     for item in overrides or []:
         apply_override(data, item)
     return validate_recipe(data)
@@ -144,15 +148,22 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+def _resolve_paths(data: dict[str, Any], base: Path, fallback: Path | None = None) -> None:
+    """Make the recipe's relative paths absolute against `base`, or against `fallback` for a path that is not
+    there (a built-in recipe's runs/..., in the current directory)."""
+
+    def absolute(value: str, where: str) -> str:
+        found = fallback is None or _exists(base, value)
+        return _absolute_path(value, base if found else fallback, where)  # type: ignore[arg-type]
+
     for section, key in PATH_FIELDS:
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
-            sec[key] = _absolute_path(sec[key], base, f"recipe key '{section}.{key}'")
+            sec[key] = absolute(sec[key], f"recipe key '{section}.{key}'")
     teachers = data.get("teachers")
     for i, sec in enumerate(teachers if isinstance(teachers, list) else []):  # each of several teachers' weights
         if isinstance(sec, dict) and isinstance(sec.get("checkpoint"), str) and sec["checkpoint"]:
-            sec["checkpoint"] = _absolute_path(sec["checkpoint"], base, f"recipe key 'teachers.{i}.checkpoint'")
+            sec["checkpoint"] = absolute(sec["checkpoint"], f"recipe key 'teachers.{i}.checkpoint'")
     # Names that may be a folder or a hub id (`hf:./my-bert`, `tokenizer: ../tok`): a folder next to the recipe
     # is made absolute, anything else (`hf:bert`, `bert-base-uncased`) is left as written.
     for section, key, prefix in (("teacher", "name", "hf:"), ("student", "name", "hf:"), ("model", "name", "hf:"),
@@ -163,6 +174,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             rest = value[len(prefix):]
             if rest.startswith((".", "~")) or (base / rest).is_dir():
                 sec[key] = prefix + _absolute_path(rest, base, f"recipe key '{section}.{key}'")
+
+
+def _exists(base: Path, value: str) -> bool:
+    try:
+        return (base / Path(value).expanduser()).exists()
+    except (ValueError, RuntimeError, OSError):
+        return False
 
 
 def _absolute_path(value: str, base: Path, where: str, resolve: bool = False) -> str:
