@@ -12,6 +12,13 @@ Every quantized row is a file ONNX Runtime runs; accuracy on the 10,000 test ima
     python bench/qat_kd.py --distilled runs/fmnist-distill                      # seeds 0 1 2, 1 epoch each
     python bench/qat_kd.py --distilled RUN --teacher-cache CACHE --seeds 0      # seed 0 from a teacher cache
 
+With --text DATA, the same rows for a text student on SST-2 (DATA holds sst2/train.tsv and dev.tsv): --distilled
+is a finished sst2-tinybert run (its teacher is the recipe's), PTQ int8 is ONNX Runtime dynamic (MatMul/Gemm and
+the embedding Gathers), 4-bit rows are weight-only per group of --group-size, linear layers as MatMulNBits and the
+embedding tables as INT4, and QAT-KD fine-tunes the student for --steps steps (ce + kd) with those fake-quantized:
+
+    python bench/qat_kd.py --text /data --distilled runs/text-kd/small-distill-1 --steps 300
+
 Finished runs are reused: run the same command (same --out) again to continue.
 """
 
@@ -45,10 +52,15 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override, QAT runs")
+    parser.add_argument("--text", metavar="DATA", help="a text student on SST-2: a folder with sst2/ (see above)")
+    parser.add_argument("--steps", type=int, default=300, help="--text: QAT-KD steps per run")
+    parser.add_argument("--group-size", type=int, default=16, help="--text: weights per int4 scale")
     parser.add_argument("--out", default=f"runs/qat-kd-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.text:
+        return text_main(args, out)
     distilled = Path(args.distilled)
     rows: list[dict[str, Any]] = []
 
@@ -108,10 +120,74 @@ def main() -> None:
     print(markdown(summary))
 
 
+def text_main(args: argparse.Namespace, out: Path) -> None:
+    """The text student's rows: teacher, fp32 student, PTQ int8 and int4, QAT-KD int8 and int4 over seeds."""
+    import os
+
+    os.environ["TINYKD_DATA"] = str(Path(args.text).resolve())
+    distilled = Path(args.distilled)
+    threads = args.threads or 2
+    rows: list[dict[str, Any]] = []
+
+    def measured(label: str, row: dict[str, Any], **extra: Any) -> None:
+        rows.append({"row": label, "test_accuracy": row["test_accuracy"], "size_bytes": row["size_bytes"],
+                     "latency_ms_p50": row.get("latency_ms_p50"), **extra})  # fmt: skip
+        print(f"{label}: {row['test_accuracy']:.2%}, {human_bytes(row['size_bytes'])}", file=sys.stderr)
+
+    source = load_recipe(distilled / "recipe.yaml")
+    measured("teacher (PyTorch fp32)", compare_row(str(source.teacher.checkpoint), threads, 100, 64))
+    student = compare_row(str(distilled), threads, 100, 64)
+    measured("distilled student (PyTorch fp32)", student)
+    _, report = quantize_model(distilled, "dynamic", out=out / "student.int8.onnx", threads=threads, repeats=100,
+                               overwrite=True)  # fmt: skip
+    measured("distilled student (ONNX fp32)", report["rows"][0])
+    measured("PTQ int8 (ORT dynamic)", report["rows"][1])
+    _, report = quantize_model(distilled, "int4", out=out / "student.int4.onnx", threads=threads, repeats=100,
+                               overwrite=True, group_size=args.group_size)  # fmt: skip
+    measured("PTQ int4 weights (torchao, MatMulNBits)", report["rows"][1], weight_bytes=report["weight_bytes"])
+    specs = {"int8": {"weights": "int8", "activations": "int8", "granularity": "per-channel", "embeddings": True},
+             "int4": {"weights": "int4", "activations": "none", "granularity": "per-group",
+                      "group_size": args.group_size, "embeddings": True}}  # fmt: skip
+    for weights in args.weights:
+        runs = []
+        for seed in args.seeds:
+            folder = out / f"qat-{weights}-seed{seed}"
+            if (folder / "report.json").is_file():
+                metrics = json.loads((folder / "report.json").read_text())
+            else:
+                overrides = [f"seed={seed}", f"name=qat-kd-text-{weights}", f"student.checkpoint={distilled}",
+                             "train.epochs=1", f"train.max_steps_per_epoch={args.steps}",
+                             f"train.optimizer.lr={args.lr}", "train.schedule.name=cosine",
+                             "measure.enabled=true", "measure.latency_repeats=100", f"runtime.threads={threads}",
+                             f"measure.threads={threads}"]  # fmt: skip
+                recipe = load_recipe(distilled / "recipe.yaml", [*overrides, *args.overrides]).model_dump(mode="json")
+                recipe["loss_terms"] = {"ce": {"weight": 0.2}, "kd": {"weight": 0.8, "temperature": 2.0}}
+                recipe["quantize"] = specs[weights]
+                metrics = run(recipe, folder, overwrite=True, mode="distill").metrics
+            qat = next(r for r in metrics["models"] if "QAT" in r["role"])
+            runs.append({**qat, "seed": seed, "train_seconds": metrics["train_seconds"]})
+            pytorch = qat.get("test_accuracy_pytorch", qat["test_accuracy"])
+            print(f"QAT-KD {weights} seed {seed}: {qat['test_accuracy']:.2%} (PyTorch {pytorch:.2%}), "
+                  f"{human_bytes(qat['size_bytes'])}, {metrics['train_seconds']:.0f} s", file=sys.stderr)
+        accs = [r["test_accuracy"] for r in runs]
+        rows.append({"row": f"QAT-KD {weights} ({len(runs)} seeds, {runs[0]['format']})",
+                     "test_accuracy": statistics.mean(accs),
+                     "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "per_seed": accs, "size_bytes": runs[0]["size_bytes"], "weight_bytes": runs[0].get("weight_bytes"),
+                     "latency_ms_p50": statistics.median(r["latency_ms_p50"] for r in runs),
+                     "train_seconds": [r["train_seconds"] for r in runs]})  # fmt: skip
+    summary = {"rows": rows, "fp32_params": student["params"], "steps": args.steps, "lr": args.lr,
+               "group_size": args.group_size, "distilled": str(distilled), "task": "SST-2 dev (872 sentences)"}
+    (out / "qat_kd.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "qat_kd.md").write_text(markdown(summary))
+    print(markdown(summary))
+
+
 def markdown(summary: dict[str, Any]) -> str:
     by = {r["row"].split(" (")[0]: r for r in summary["rows"]}  # "distilled student": its ONNX fp32 row (last)
-    lines = ["Fashion-MNIST test set (10,000 images), resnet8x4 -> cnn_compact; ONNX Runtime rows: CPU, batch 1",
-             "", "| model | test acc | size on disk | latency b1 p50 |", "|---|---|---|---|"]  # fmt: skip
+    title = summary.get("task", "Fashion-MNIST test set (10,000 images), resnet8x4 -> cnn_compact")
+    lines = [f"{title}; ONNX Runtime rows: CPU, batch 1", "",
+             "| model | test acc | size on disk | latency b1 p50 |", "|---|---|---|---|"]  # fmt: skip
     for r in summary["rows"]:
         acc = f"{r['test_accuracy']:.2%}" + (f" ± {r['test_accuracy_std']:.2%}" if "test_accuracy_std" in r else "")
         latency = f"{r['latency_ms_p50']:.3f} ms" if r.get("latency_ms_p50") else "-"
