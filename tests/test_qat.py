@@ -195,7 +195,19 @@ def test_a_convolutional_qat_run_ships_an_onnx_qdq_file_with_packed_int4_weights
     # nodes are a fixed cost that dominates only for a model this tiny (6k parameters)
     assert qat["weight_bytes"] * 4 < 4 * fp32["params"] and qat["size_bytes"] * 2 < fp32["size_bytes"]
     assert abs(qat["test_accuracy"] - qat["test_accuracy_pytorch"]) <= 0.03  # ONNX Runtime runs what PyTorch did
-    onnxruntime.InferenceSession(str(path))  # a real runtime loads it
+    # two runtimes read the file: ONNX Runtime (integer kernels) and ONNX's own reference evaluator (numpy, op by
+    # op as the standard defines them) predict the same digits
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from tinykd.compress.source import dataset_arrays
+
+    images, _ = dataset_arrays(load_recipe(_cnn_recipe(tmp_path)), "test", 64)
+    session = onnxruntime.InferenceSession(str(path))
+    name = session.get_inputs()[0].name
+    by_ort = session.run(None, {name: images})[0].argmax(1)
+    by_reference = ReferenceEvaluator(proto).run(None, {name: images})[0].argmax(1)
+    assert np.mean(by_ort == by_reference) >= 0.95
     # the run's checkpoints hold the fake quantizers too, and a plain model (export, quantize) takes the weights
     from tinykd.models.checkpoint import load_weights
 
