@@ -15,7 +15,7 @@ Every quantized row is a file ONNX Runtime runs; accuracy on the 10,000 test ima
 With --text DATA, the same rows for a text student on SST-2 (DATA holds sst2/train.tsv and dev.tsv): --distilled
 is a finished sst2-tinybert run (its teacher is the recipe's), PTQ int8 is ONNX Runtime dynamic (MatMul/Gemm and
 the embedding Gathers), 4-bit rows are weight-only per group of --group-size, linear layers as MatMulNBits and the
-embedding tables as INT4, and QAT-KD fine-tunes the student for --steps steps (ce + kd) with those fake-quantized:
+embedding tables as INT4 (one scale per row, --tables), and QAT-KD fine-tunes the student for --steps steps (ce + kd) with those fake-quantized:
 
     python bench/qat_kd.py --text /data --distilled runs/text-kd/small-distill-1 --steps 300
 
@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override, QAT runs")
     parser.add_argument("--text", metavar="DATA", help="a text student on SST-2: a folder with sst2/ (see above)")
     parser.add_argument("--steps", type=int, default=300, help="--text: QAT-KD steps per run")
-    parser.add_argument("--group-size", type=int, default=16, help="--text: weights per int4 scale")
+    parser.add_argument("--group-size", type=int, default=16, help="--text: linear weights per int4 scale")
+    parser.add_argument("--tables", default="per-row", choices=["per-row", "per-group"],
+                        help="--text: int4 embedding tables' scales, one per row or per group")
     parser.add_argument("--out", default=f"runs/qat-kd-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     out = Path(args.out)
@@ -143,11 +145,11 @@ def text_main(args: argparse.Namespace, out: Path) -> None:
     measured("distilled student (ONNX fp32)", report["rows"][0])
     measured("PTQ int8 (ORT dynamic)", report["rows"][1])
     _, report = quantize_model(distilled, "int4", out=out / "student.int4.onnx", threads=threads, repeats=100,
-                               overwrite=True, group_size=args.group_size)  # fmt: skip
+                               overwrite=True, group_size=args.group_size, tables=args.tables)  # fmt: skip
     measured("PTQ int4 weights (torchao, MatMulNBits)", report["rows"][1], weight_bytes=report["weight_bytes"])
     specs = {"int8": {"weights": "int8", "activations": "int8", "granularity": "per-channel", "embeddings": True},
              "int4": {"weights": "int4", "activations": "none", "granularity": "per-group",
-                      "group_size": args.group_size, "embeddings": True}}  # fmt: skip
+                      "group_size": args.group_size, "embeddings": args.tables}}  # fmt: skip
     for weights in args.weights:
         runs = []
         for seed in args.seeds:
@@ -177,7 +179,8 @@ def text_main(args: argparse.Namespace, out: Path) -> None:
                      "latency_ms_p50": statistics.median(r["latency_ms_p50"] for r in runs),
                      "train_seconds": [r["train_seconds"] for r in runs]})  # fmt: skip
     summary = {"rows": rows, "fp32_params": student["params"], "steps": args.steps, "lr": args.lr,
-               "group_size": args.group_size, "distilled": str(distilled), "task": "SST-2 dev (872 sentences)"}
+               "group_size": args.group_size, "tables": args.tables, "distilled": str(distilled),
+               "task": "SST-2 dev (872 sentences)"}  # fmt: skip
     (out / "qat_kd.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "qat_kd.md").write_text(markdown(summary))
     print(markdown(summary))

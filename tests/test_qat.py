@@ -262,9 +262,12 @@ def _tiny_bert() -> torch.nn.Module:
     return transformers.BertForSequenceClassification(config).eval()
 
 
-def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nbits(tmp_path: Path) -> None:
-    """`embeddings: true`: the tables (most of a small text model) are 4-bit too; torchao's converted model
-    computes what the fake-quantized one did, and ONNX Runtime computes what the converted one does."""
+@pytest.mark.parametrize("tables", [True, "per-row"])
+def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nbits(tmp_path: Path,
+                                                                                  tables: Any) -> None:  # fmt: skip
+    """`embeddings: true` (per group, as the weights) or `per-row`: the tables (most of a small text model) are
+    4-bit too; torchao's converted model computes what the fake-quantized one did, and ONNX Runtime computes what
+    the converted one does."""
     import numpy as np
     import onnx
     import onnxruntime
@@ -273,7 +276,7 @@ def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nb
 
     model = _tiny_bert()
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    spec = QuantizeSpec(weights="int4", activations="none", group_size=16, embeddings=True)
+    spec = QuantizeSpec(weights="int4", activations="none", group_size=16, embeddings=tables)
     prepare_qat(model, spec)
     assert type(model.bert.embeddings.word_embeddings).__name__ == "FakeQuantizedEmbedding"
     batch = {"input_ids": torch.randint(0, 96, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long)}
@@ -288,6 +291,8 @@ def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nb
     assert info["weight_bytes"] * 4 < fp32_bytes  # half a byte per weight, a 4-byte scale per 16
     proto = onnx.load(str(tmp_path / "m.onnx"))
     int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    scales = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.name == "table_0.scales"}
+    assert scales == {"table_0.scales": (96,) if tables == "per-row" else (96, 2)}  # one per row, or per 16
     assert len(int4) == 3 and not any(t.data_type == onnx.TensorProto.FLOAT and tuple(t.dims) == (96, 32)
                                       for t in proto.graph.initializer)  # fmt: skip  # no fp32 table is left
     sess = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
@@ -305,6 +310,7 @@ def test_embedding_options_that_cannot_work_are_one_line(tmp_path: Path) -> None
     narrow_table = torch.nn.ModuleDict({"table": torch.nn.Embedding(10, 8), "head": torch.nn.Linear(32, 2)})
     with pytest.raises(TinykdError, match="group_size=16 does not divide the 8 inputs of layer table"):
         prepare_qat(narrow_table, QuantizeSpec(embeddings=True, group_size=16, activations="none"))
+    prepare_qat(narrow_table, QuantizeSpec(embeddings="per-row", group_size=16, activations="none"))  # one scale a row
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=16)
     tied = transformers.AutoModelForCausalLM.from_config(config)

@@ -188,6 +188,8 @@ def quantize(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     group_size: Annotated[int, typer.Option(help="--mode int4 of a text model: weights per scale (a power of 2, "
                                                  ">= 16).")] = 32,
+    tables: Annotated[str, typer.Option(help="--mode int4 of a text model: embedding-table scales, per-group or "
+                                             "per-row.")] = "per-group",
     set_: SetOption = None,
 ) -> None:
     """Post-training quantization (int8, or 4-bit weights); accuracy, size and latency before and after."""
@@ -195,7 +197,8 @@ def quantize(
     from tinykd.report import format_table
 
     _, report = quantize_model(source, mode, calibration, out, calibration_data, recipe, set_, threads,
-                               exporter=exporter, overwrite=overwrite, group_size=group_size)  # fmt: skip
+                               exporter=exporter, overwrite=overwrite, group_size=group_size,
+                               tables=tables)  # fmt: skip
     bits = "4-bit weights" if report["mode"] == "int4" else "int8"
     print(format_table(report["rows"], title=f"{source}: {bits} ({report['mode']}), test set"))
     print(describe_quantization(report))

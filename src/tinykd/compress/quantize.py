@@ -206,13 +206,14 @@ def quantize_model(
     exporter: str = "auto",
     overwrite: bool = False,
     group_size: int = 32,
+    tables: str = "per-group",
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a checkpoint, run folder or .onnx file; evaluate and measure before and after.
 
     `mode` auto is static for images and dynamic for text (ONNX Runtime's usual choice for transformers).
     `recipe` names the data for an .onnx file without tinykd metadata; `calibration_data` is an .npy file of
     normalised (N, C, H, W) images to use instead of the first `calibration` training images; `group_size` is the
-    block of a text model's int4 weights.
+    block of a text model's int4 weights, and `tables` (per-group or per-row) the scales of its embedding tables.
     """
     if mode not in (*MODES, "auto"):
         raise TinykdError(f"--mode must be one of auto, {', '.join(MODES)}, not '{mode}'")
@@ -240,6 +241,8 @@ def quantize_model(
     if mode == "int4" and (group_size < 16 or group_size & (group_size - 1)):
         raise TinykdError(f"--group-size must be a power of 2 of at least 16 (ONNX Runtime's MatMulNBits), not "
                           f"{group_size}")  # fmt: skip
+    if tables not in ("per-group", "per-row"):
+        raise TinykdError(f"--tables must be per-group or per-row, not '{tables}'")
     repeats = repeats or rec.measure.latency_repeats
     batch = batch or rec.measure.throughput_batch
     threads = threads or rec.measure.threads or torch.get_num_threads()
@@ -265,7 +268,7 @@ def quantize_model(
             if mode == "static":
                 info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
             elif mode == "int4" and text:
-                info |= _post_training_int4_text(loaded, path, group_size, to_torch(take(images, 0, 2)))
+                info |= _post_training_int4_text(loaded, path, group_size, tables, to_torch(take(images, 0, 2)))
             elif mode == "int4":
                 info |= _post_training_int4(loaded, path, _calibration_set(rec, calibration, calibration_data))
             else:
@@ -312,7 +315,7 @@ def _post_training_int4(loaded: Any, path: Path, calibration: np.ndarray) -> dic
             written["int4_tensors"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
-def _post_training_int4_text(loaded: Any, path: Path, group_size: int, example: Any) -> dict[str, Any]:
+def _post_training_int4_text(loaded: Any, path: Path, group_size: int, tables: str, example: Any) -> dict[str, Any]:
     """--mode int4 of a text classifier: torchao weight-only int4 per group (linear layers and embedding tables),
     written with MatMulNBits and INT4 tables; no calibration (the weights alone set the scales)."""
     from types import SimpleNamespace
@@ -322,12 +325,12 @@ def _post_training_int4_text(loaded: Any, path: Path, group_size: int, example: 
 
     start = time.perf_counter()
     spec = SimpleNamespace(weights="int4", activations="none", granularity="per-group", group_size=group_size,
-                           embeddings=True)  # fmt: skip
+                           embeddings=tables)  # fmt: skip
     quantized = post_training_linear(loaded.model, spec, "--group-size")
-    meta = {**loaded.meta, "quantization": f"torchao post-training, int4 weights per group of {group_size} "
-            "(linear layers and embedding tables), fp32 activations", "params": count_params(loaded.model)}  # fmt: skip
+    meta = {**loaded.meta, "quantization": f"torchao post-training, int4 weights per group of {group_size}, "
+            f"embedding tables {tables}, fp32 activations", "params": count_params(loaded.model)}  # fmt: skip
     written = export_matmul_nbits(quantized, example, path, meta, fmt="onnx int4 PTQ (MatMulNBits)")
-    return {"format": "torchao, ONNX MatMulNBits and INT4 tables", "group_size": group_size,
+    return {"format": "torchao, ONNX MatMulNBits and INT4 tables", "group_size": group_size, "tables": tables,
             "matmul_nbits": f"{written['matmul_nbits']} of {written['linear_layers']} linear layers",
             "int4_tables": f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables",
             "weight_bytes": written["weight_bytes"], "params": meta["params"],

@@ -45,7 +45,8 @@ def _base_config(spec: Any, embedding: bool = False) -> Any:
         from torchao.quantization.granularity import PerAxis, PerGroup
     except ImportError:
         raise TinykdError("recipe section 'quantize' needs torchao: pip install 'tinykd[qat]' (or torchao)") from None
-    granularity = PerAxis(0) if spec.granularity == "per-channel" else PerGroup(spec.group_size)
+    per_channel = table_granularity(spec) == "per-row" if embedding else spec.granularity == "per-channel"
+    granularity = PerAxis(0) if per_channel else PerGroup(spec.group_size)
     dtype = WEIGHT_DTYPES[spec.weights]
     if spec.activations == "int8" and not embedding:
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
@@ -61,18 +62,27 @@ def quantize_tables(spec: Any) -> bool:
     return bool(getattr(spec, "embeddings", False))
 
 
+def table_granularity(spec: Any) -> str:
+    """per-row or per-group: `embeddings` itself, or for `true` the weights' (per-channel is per-row)."""
+    tables = getattr(spec, "embeddings", False)
+    if tables in ("per-row", "per-group"):
+        return tables
+    return "per-row" if spec.granularity == "per-channel" else "per-group"
+
+
 def _check_widths(model: nn.Module, spec: Any, option: str = "quantize.group_size") -> None:
     """One line when a per-group size does not divide a layer's input width (an embedding's row width), or an
     embedding table to quantize is tied to a linear layer (a language model's head)."""
     tables = {n: m for n, m in model.named_modules() if _is_embedding(m)} if quantize_tables(spec) else {}
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if spec.granularity != "per-channel":
-        widths = [(n, m.in_features) for n, m in linears.items()] + [(n, m.embedding_dim) for n, m in tables.items()]
-        for name, width in widths:
-            if width % spec.group_size:
-                raise TinykdError(f"{option}={spec.group_size} does not divide the {width} inputs of layer {name}; "
-                                  "give a group size (a power of 2) that divides every layer's input width, or "
-                                  "granularity: per-channel")  # fmt: skip
+    widths = [(n, m.in_features) for n, m in linears.items()] if spec.granularity != "per-channel" else []
+    if table_granularity(spec) == "per-group":
+        widths += [(n, m.embedding_dim) for n, m in tables.items()]
+    for name, width in widths:
+        if width % spec.group_size:
+            raise TinykdError(f"{option}={spec.group_size} does not divide the {width} inputs of layer {name}; "
+                              "give a group size (a power of 2) that divides every layer's input width, or "
+                              "granularity: per-channel (embeddings: per-row for a table)")  # fmt: skip
     if quantize_tables(spec) and not tables:
         raise TinykdError("quantize.embeddings: the student has no nn.Embedding table; set embeddings: false")
     shared = {id(m.weight): n for n, m in linears.items()}
@@ -87,7 +97,8 @@ def describe(spec: Any) -> str:
     how = "per channel" if spec.granularity == "per-channel" else f"per group of {spec.group_size}"
     acts = "int8 activations (dynamic, per token)" if spec.activations == "int8" else "fp32 activations"
     if quantize_tables(spec):
-        acts += ", embedding tables too"
+        tables = "per row" if table_granularity(spec) == "per-row" else f"per group of {spec.group_size}"
+        acts += f", embedding tables too ({tables})"
     return f"{spec.weights} weights ({how}), {acts}"
 
 

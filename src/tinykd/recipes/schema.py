@@ -178,9 +178,9 @@ class QuantizeSpec(Section):
         "per-group for linear layers, per-channel for convolutional students)"
     )  # fmt: skip
     group_size: int = Field(32, gt=0, le=4096, description="per-group: inputs sharing one scale (a power of 2)")
-    embeddings: bool = Field(
-        False, description="also the nn.Embedding tables, weight-only in the same format (a small text model's "
-        "token embeddings are most of its weights)"
+    embeddings: bool | Literal["per-row", "per-group"] = Field(
+        False, description="also the nn.Embedding tables, weight-only (a small text model's token embeddings are "
+        "most of its weights): true in the weights' granularity, or per-row (one scale per row) or per-group"
     )  # fmt: skip
 
     @model_validator(mode="after")
