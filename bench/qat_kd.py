@@ -14,8 +14,9 @@ Every quantized row is a file ONNX Runtime runs; accuracy on the 10,000 test ima
 
 With --text DATA, the same rows for a text student on SST-2 (DATA holds sst2/train.tsv and dev.tsv): --distilled
 is a finished sst2-tinybert run (its teacher is the recipe's), PTQ int8 is ONNX Runtime dynamic (MatMul/Gemm and
-the embedding Gathers), 4-bit rows are weight-only per group of --group-size, linear layers as MatMulNBits and the
-embedding tables as INT4 (one scale per row, --tables), and QAT-KD fine-tunes the student for --steps steps (ce + kd) with those fake-quantized:
+the embedding Gathers), 4-bit rows are weight-only: linear layers per group of --group-size as MatMulNBits, the
+embedding tables as INT4 (one scale per row, --tables); QAT-KD fine-tunes the student for --steps steps (ce + kd)
+with those fake-quantized:
 
     python bench/qat_kd.py --text /data --distilled runs/text-kd/small-distill-1 --steps 300
 
