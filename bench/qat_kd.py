@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--text", metavar="DATA", help="a text student on SST-2: a folder with sst2/ (see above)")
     parser.add_argument("--steps", type=int, default=300, help="--text: QAT-KD steps per run")
     parser.add_argument("--group-size", type=int, default=16, help="--text: linear weights per int4 scale")
+    parser.add_argument("--int8-seeds", type=int, nargs="+", help="--text: seeds of the int8 QAT runs (--seeds)")
     parser.add_argument("--tables", default="per-row", choices=["per-row", "per-group"],
                         help="--text: int4 embedding tables' scales, one per row or per group")
     parser.add_argument("--out", default=f"runs/qat-kd-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -153,7 +154,7 @@ def text_main(args: argparse.Namespace, out: Path) -> None:
                       "group_size": args.group_size, "embeddings": args.tables}}  # fmt: skip
     for weights in args.weights:
         runs = []
-        for seed in args.seeds:
+        for seed in (args.int8_seeds or args.seeds) if weights == "int8" else args.seeds:
             folder = out / f"qat-{weights}-seed{seed}"
             if (folder / "report.json").is_file():
                 metrics = json.loads((folder / "report.json").read_text())
