@@ -46,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--distilled", required=True, help="a finished fmnist-distill run folder (the fp32 student)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--weights", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    parser.add_argument("--weights", nargs="+", default=["int8", "int4"], choices=["int8", "int4", "int8-7bit"],
+                        help="QAT runs: int8-7bit is int8 with reduce_range (weights in [-63, 63])")
     parser.add_argument("--epochs", type=int, default=1, help="quantization-aware fine-tuning epochs per run")
     parser.add_argument("--lr", type=float, default=0.01, help="its peak learning rate (cosine to 0)")
     parser.add_argument("--teacher-cache", help="a teacher cache filled for the distill recipe (seed 0 runs)")
@@ -103,7 +104,8 @@ def main() -> None:
                 if threads:
                     overrides += [f"runtime.threads={threads}", f"measure.threads={threads}"]
                 recipe = load_recipe(DISTILL_RECIPE, [*overrides, *args.overrides]).model_dump(mode="json")
-                recipe["quantize"] = {"weights": weights, "activations": "int8", "granularity": "per-channel"}
+                recipe["quantize"] = {"weights": weights.split("-")[0], "activations": "int8",
+                                      "granularity": "per-channel", "reduce_range": weights == "int8-7bit"}
                 metrics = run(recipe, folder, overwrite=True, mode="distill").metrics
             qat = next(r for r in metrics["models"] if "QAT" in r["role"])
             runs.append({**qat, "seed": seed, "train_seconds": metrics["train_seconds"]})
@@ -199,11 +201,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {r['row']} | {acc} | {human_bytes(r['size_bytes'])} | {latency} |")
     fp32 = by.get("distilled student")
     goals = []
-    for bits in ("int8", "int4"):
-        qat, ptq = by.get(f"QAT-KD {bits}"), by.get(f"PTQ {bits}" if bits == "int8" else "PTQ int4 weights")
+    for bits in ("int8", "int8-7bit", "int4"):
+        qat, ptq = by.get(f"QAT-KD {bits}"), by.get("PTQ int4 weights" if bits == "int4" else "PTQ int8")
         if qat and ptq:
-            goals.append(f"QAT-KD {bits} - PTQ {bits}: {100 * (qat['test_accuracy'] - ptq['test_accuracy']):+.2f} "
-                         "points")  # fmt: skip
+            goals.append(f"QAT-KD {bits} - PTQ {bits[:4]}: {100 * (qat['test_accuracy'] - ptq['test_accuracy']):+.2f}"
+                         " points")  # fmt: skip
         if qat and fp32:
             gap = 100 * (qat["test_accuracy"] - fp32["test_accuracy"])
             goals.append(f"QAT-KD {bits} - fp32 distilled: {gap:+.2f} points")

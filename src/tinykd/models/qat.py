@@ -123,6 +123,9 @@ def prepare_qat(model: nn.Module, spec: Any, example: Any = None) -> nn.Module:
     if not linears:
         raise TinykdError("quantize: the student has no nn.Linear layer for quantization-aware training (GPT-2's "
                           "transformers Conv1D layers are not nn.Linear)")  # fmt: skip
+    if getattr(spec, "reduce_range", False):
+        raise TinykdError("quantize.reduce_range is for convolutional students (ONNX Runtime's int8 convolutions); "
+                          "torchao's linear layers quantize activations per token: set reduce_range: false")
     _check_widths(model, spec)
     if quantize_tables(spec):
         quantize_(model, QATConfig(_base_config(spec, embedding=True), step="prepare"), filter_fn=_is_embedding)
@@ -183,7 +186,8 @@ def is_pt2e(model: nn.Module) -> bool:
 
 def _quantizer(spec: Any, training: bool = True) -> Any:
     """torchao's x86 quantizer, QAT configuration: uint8 per-tensor activations and symmetric per-channel weights
-    in [-127, 127], or [-7, 7] for 4-bit weights (stored in int8 until export packs them).
+    in [-127, 127] ([-63, 63] with `reduce_range`), or [-7, 7] for 4-bit weights (stored in int8 until export
+    packs them).
 
     The fake quantizers are torchao's plain `FakeQuantize` with the default's moving-average observers, not its
     fused kernel: the fused kernel's scales are not those that `convert_pt2e` reads back from the observers (up
@@ -201,7 +205,7 @@ def _quantizer(spec: Any, training: bool = True) -> Any:
         get_default_x86_inductor_quantization_config,
     )
 
-    bound = 7 if spec.weights == "int4" else 127
+    bound = 7 if spec.weights == "int4" else 63 if getattr(spec, "reduce_range", False) else 127
     if not training:  # post-training: the default's calibration observers, the same weight range
         config = get_default_x86_inductor_quantization_config()
         weight = dataclasses.replace(config.weight, quant_min=-bound, quant_max=bound)

@@ -178,6 +178,11 @@ class QuantizeSpec(Section):
         "per-group for linear layers, per-channel for convolutional students)"
     )  # fmt: skip
     group_size: int = Field(32, gt=0, le=4096, description="per-group: inputs sharing one scale (a power of 2)")
+    reduce_range: bool = Field(
+        False, description="int8 weights of a convolutional student in [-63, 63]: ONNX Runtime's int8 kernels on "
+        "x86 CPUs without VNNI (AVX2) add pairs of uint8 x int8 products in int16, which full-range weights "
+        "saturate; 7-bit weights never do"
+    )  # fmt: skip
     embeddings: bool | Literal["per-row", "per-group"] = Field(
         False, description="also the nn.Embedding tables, weight-only (a small text model's token embeddings are "
         "most of its weights): true in the weights' granularity, or per-row (one scale per row) or per-group"
@@ -187,6 +192,8 @@ class QuantizeSpec(Section):
     def _group(self) -> QuantizeSpec:
         if self.granularity != "per-channel" and self.group_size & (self.group_size - 1):
             raise ValueError(f"group_size must be a power of 2 (e.g. 32), got {self.group_size}")
+        if self.reduce_range and self.weights != "int8":
+            raise ValueError("reduce_range narrows int8 weights to [-63, 63]; int4 weights need no narrowing")
         return self
 
 
