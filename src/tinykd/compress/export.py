@@ -208,10 +208,15 @@ def pack_int4_weights(proto: Any) -> int:
             zero.CopyFrom(helper.make_tensor(zero.name, TensorProto.INT4, z.shape, _pack_nibbles(z), True))
         packed += 1
     if packed:
-        for entry in proto.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = max(entry.version, 21)
+        raise_opset(proto, 21)
     return packed
+
+
+def raise_opset(proto: Any, version: int) -> None:
+    """Raise the model's default-domain opset to at least `version` (21: DequantizeLinear takes INT4 and blocks)."""
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = max(entry.version, version)
 
 
 def _json(value: Any) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from tinykd.compress.export import export_onnx
+from tinykd.compress.export import export_onnx, raise_opset
 from tinykd.compress.onnxrt import onnx_meta, onnx_size, read_onnx, write_onnx_meta
 from tinykd.errors import TinykdError
 
@@ -163,10 +163,8 @@ def export_matmul_nbits(converted: nn.Module, example: Any, path: str | Path,
     graph.initializer.extend(keep)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    if tables_done:  # DequantizeLinear with INT4 and blocks: opset 21
-        for entry in proto.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = max(entry.version, 21)
+    if tables_done:
+        raise_opset(proto, 21)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp_path))

@@ -318,14 +318,13 @@ def _post_training_int4(loaded: Any, path: Path, calibration: np.ndarray) -> dic
 def _post_training_int4_text(loaded: Any, path: Path, group_size: int, tables: str, example: Any) -> dict[str, Any]:
     """--mode int4 of a text classifier: torchao weight-only int4 per group (linear layers and embedding tables),
     written with MatMulNBits and INT4 tables; no calibration (the weights alone set the scales)."""
-    from types import SimpleNamespace
-
     from tinykd.compress.nbits import export_matmul_nbits
     from tinykd.models.qat import post_training_linear
+    from tinykd.recipes.schema import QuantizeSpec
 
     start = time.perf_counter()
-    spec = SimpleNamespace(weights="int4", activations="none", granularity="per-group", group_size=group_size,
-                           embeddings=tables)  # fmt: skip
+    spec = QuantizeSpec(weights="int4", activations="none", granularity="per-group", group_size=group_size,
+                        embeddings=tables)  # fmt: skip
     quantized = post_training_linear(loaded.model, spec, "--group-size")
     meta = {**loaded.meta, "quantization": f"torchao post-training, int4 weights per group of {group_size}, "
             f"embedding tables {tables}, fp32 activations", "params": count_params(loaded.model)}  # fmt: skip
