@@ -103,13 +103,79 @@ def test_int4_linear_layers_become_matmul_nbits_that_compute_what_torchao_did(tm
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # weight-only: the same arithmetic
 
 
-def test_torchao_int8_linear_students_are_saved_and_timed_in_pytorch(tmp_path: Path) -> None:
+def test_int8_linear_students_ship_as_onnx_qdq_that_two_runtimes_run(tmp_path: Path) -> None:
+    """int8 weights and torchao's per-token int8 activations: `model.qat.onnx` is standard QDQ (opset 21), ONNX
+    Runtime predicts what the converted torchao student predicts, and ONNX's reference evaluator computes the
+    same logits as ONNX Runtime."""
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    from tinykd.compress.onnxrt import session
+
     recipe = _recipe(tmp_path, weights="int8", activations="int8", granularity="per-channel")
     recipe["measure"] = {"enabled": True, "latency_repeats": 3, "throughput_batch": 4}
     result = run(load_recipe(recipe), tmp_path / "run", mode="distill")
-    qat = {r["role"]: r for r in result.metrics["models"]}["student (int8 QAT)"]
-    assert qat["format"].startswith("torchao int8 weights") and qat["latency_ms_p50"] > 0
-    assert (tmp_path / "run" / "model.qat.pt").is_file()
+    rows = {r["role"]: r for r in result.metrics["models"]}
+    qat = rows["student (int8 QAT)"]
+    assert qat["format"] == "onnx int8 QAT (QDQ)" and qat["qdq_layers"] == "3 of 3 linear layers"
+    assert qat["test_accuracy"] == pytest.approx(qat["test_accuracy_pytorch"], abs=1 / 270)  # one image at most
+    assert qat["test_accuracy_pytorch"] == pytest.approx(rows["student"]["test_accuracy"])
+    assert qat["latency_ms_p50"] > 0 and qat["weight_bytes"] < 2 * rows["student"]["params"]  # a byte a weight
+    path = tmp_path / "run" / "model.qat.onnx"
+    proto = onnx.load(str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == 3 and ops.count("DequantizeLinear") == 6  # inputs per token, weights
+    assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in proto.graph.initializer) == 3
+    x = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    runtime = session(path, 1)
+    feed = {runtime.get_inputs()[0].name: x}
+    np.testing.assert_allclose(ReferenceEvaluator(proto).run(None, feed)[0], runtime.run(None, feed)[0],
+                               rtol=0, atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [
+    {"weights": "int8", "activations": "int8", "granularity": "per-channel"},
+    {"weights": "int4", "activations": "int8", "granularity": "per-group", "group_size": 32},
+    {"weights": "int4", "activations": "none", "granularity": "per-group", "group_size": 8},
+    {"weights": "int8", "activations": "int8", "granularity": "per-channel", "embeddings": "per-row"},
+])  # fmt: skip
+def test_qdq_export_computes_what_the_converted_student_did(tmp_path: Path, spec: dict[str, Any]) -> None:
+    """Per-token int8 activations, int8 or int4 weights, per channel or in groups under MatMulNBits' 16, and
+    int8 tables: the QDQ file's logits equal torchao's within float rounding, in ONNX Runtime with its graph
+    optimizations off (the QDQ standard) and in the reference evaluator."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx.reference import ReferenceEvaluator
+
+    from tinykd.compress.nbits import export_linear_qdq
+
+    quantize = QuantizeSpec(**spec)
+    torch.manual_seed(0)
+    if quantize.embeddings:
+        model = _tiny_bert()
+        batch: Any = {"input_ids": torch.randint(0, 96, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long)}
+        batch["attention_mask"][:3, 9:] = 0
+    else:
+        model = create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=(64, 32))
+        batch = torch.randn(32, 1, 8, 8)
+    converted = convert_qat(prepare_qat(model, quantize), quantize)
+    info = export_linear_qdq(converted, batch, tmp_path / "m.onnx", {"model": "student"})
+    assert info["qdq_layers"] == info["linear_layers"] and info["quantized_tables"] == info["embedding_tables"]
+    with torch.no_grad():
+        want = converted(**batch).logits if isinstance(batch, dict) else converted(batch)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    runtime = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), options)
+    feed = {i.name: (batch[i.name] if isinstance(batch, dict) else batch).numpy() for i in runtime.get_inputs()}
+    np.testing.assert_allclose(runtime.run(None, feed)[0], want.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ReferenceEvaluator(onnx.load(str(tmp_path / "m.onnx"))).run(None, feed)[0],
+                               want.numpy(), rtol=0, atol=1e-5)  # fmt: skip
+    low_bit = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.INT8: "int8"}
+    kinds = {low_bit[t.data_type] for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer
+             if t.data_type in low_bit and t.name.endswith(".codes")}  # fmt: skip
+    assert kinds == {spec["weights"]}
 
 
 def test_a_killed_quantization_aware_run_resumes_bit_for_bit(tmp_path: Path) -> None:
@@ -300,9 +366,11 @@ def test_embedding_tables_train_fake_quantized_and_ship_as_int4_beside_matmul_nb
     proto = onnx.load(str(tmp_path / "m.onnx"))
     int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
     scales = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.name == "table_0.scales"}
-    assert scales == {"table_0.scales": (96,) if tables == "per-row" else (96, 2)}  # one per row, or per 16
+    assert scales == {"table_0.scales": (96, 1) if tables == "per-row" else (96, 2)}  # one per row, or per 16
     assert len(int4) == 3 and not any(t.data_type == onnx.TensorProto.FLOAT and tuple(t.dims) == (96, 32)
                                       for t in proto.graph.initializer)  # fmt: skip  # no fp32 table is left
+    # ONNX Runtime's lookup dequantizes the rows it reads, not the whole table in every call
+    assert [n.op_type for n in proto.graph.node].count("GatherBlockQuantized") == 3
     sess = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
     got = sess.run(None, {i.name: batch[i.name].numpy() for i in sess.get_inputs()})[0]
     np.testing.assert_allclose(got, fake.numpy(), rtol=0, atol=1e-5)

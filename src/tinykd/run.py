@@ -335,10 +335,12 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     Where a runtime can run it, the row is a file in ONNX Runtime (`RUN/model.qat.onnx`: its test accuracy, size
     on disk and latency), with the converted PyTorch model's accuracy beside it:
     - a convolutional student (torchao's PT2E flow): ONNX QDQ, 4-bit weights packed two per byte as INT4;
-    - int4 per-group linear layers of a classifier (torchao's module QAT): ONNX Runtime's `MatMulNBits`, and its
-      quantized embedding tables (`quantize.embeddings`) as INT4 behind a DequantizeLinear.
-    Otherwise (int8 or per-channel linear weights, generative students) the torchao model itself is the row:
-    saved as `model.qat.pt` (its state_dict: torchao's tensors, which safetensors cannot hold), timed in PyTorch."""
+    - int4 per-group linear layers of a classifier (groups of 16 or more): ONNX Runtime's `MatMulNBits`;
+    - other linear layers of a classifier (int8, per channel, small groups): standard ONNX QDQ, the codes behind
+      DequantizeLinear and torchao's per-token int8 activations as a blocked QuantizeLinear/DequantizeLinear;
+    and its quantized embedding tables (`quantize.embeddings`) as INT4 or INT8 behind a DequantizeLinear.
+    Generative students keep the torchao model itself as the row: saved as `model.qat.pt` (its state_dict:
+    torchao's tensors, which safetensors cannot hold), timed in PyTorch."""
     from tinykd.models.qat import convert_qat, describe, state_bytes
 
     spec = recipe.quantize
@@ -347,9 +349,9 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     role = f"student ({spec.weights} QAT)"
     scores = engine.evaluate(converted.to(engine.device), test_loader)
     pt2e = is_pt2e(converted)
-    nbits = (not pt2e and spec.weights == "int4" and spec.granularity != "per-channel" and spec.group_size >= 16
-             and data.task not in GENERATIVE_TASKS)  # fmt: skip
-    if not (pt2e or nbits):
+    form = "pt2e" if pt2e else "pytorch" if data.task in GENERATIVE_TASKS else \
+        "nbits" if spec.weights == "int4" and spec.granularity != "per-channel" and spec.group_size >= 16 else "qdq"
+    if form == "pytorch":
         row = {"role": role, "model": meta["model"], "format": f"torchao {describe(spec)}",
                "test_accuracy": scores["accuracy"], "size_bytes": state_bytes(converted)}  # fmt: skip
         if engine.is_main:
@@ -359,7 +361,8 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
                                       recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
                 row.update({k: v for k, v in speed.items() if k != "threads"})
         return row
-    fmt = f"onnx {spec.weights} QAT" if pt2e else "onnx int4 QAT (MatMulNBits)"
+    fmt = {"pt2e": f"onnx {spec.weights} QAT", "nbits": "onnx int4 QAT (MatMulNBits)",
+           "qdq": f"onnx {spec.weights} QAT (QDQ)"}[form]  # fmt: skip
     row = {"role": role, "model": meta["model"], "format": fmt, "test_accuracy_pytorch": scores["accuracy"]}
     if not engine.is_main:
         return row
@@ -376,12 +379,15 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
         # the recipe is in the file's metadata: `tinykd compare` finds its test set
         written = export_qdq_onnx(converted, example, path, spec.weights, meta | sizes)
     else:
-        from tinykd.compress.nbits import export_matmul_nbits
+        from tinykd.compress.nbits import export_linear_qdq, export_matmul_nbits
 
-        written = export_matmul_nbits(converted, example, path, meta)
-        row["matmul_nbits"] = f"{written['matmul_nbits']} of {written['linear_layers']} linear layers"
+        export = export_matmul_nbits if form == "nbits" else export_linear_qdq
+        written = export(converted, example, path, meta, fmt=fmt)
+        row["matmul_nbits" if form == "nbits" else "qdq_layers"] = \
+            f"{written['replaced']} of {written['linear_layers']} linear layers"  # fmt: skip
         if written["embedding_tables"]:
-            row["int4_tables"] = f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables"
+            tables = f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables"
+            row[f"{spec.weights}_tables"] = tables
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
     runtime = session(path, recipe.measure.threads)
     correct = total = 0
