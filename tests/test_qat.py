@@ -172,9 +172,12 @@ def test_qdq_export_computes_what_the_converted_student_did(tmp_path: Path, spec
     np.testing.assert_allclose(runtime.run(None, feed)[0], want.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(ReferenceEvaluator(onnx.load(str(tmp_path / "m.onnx"))).run(None, feed)[0],
                                want.numpy(), rtol=0, atol=1e-5)  # fmt: skip
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)  # standard ONNX, shapes and types inferred throughout
+    assert {o.domain for o in proto.opset_import} == {""}  # nothing vendor-specific
     low_bit = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.INT8: "int8"}
-    kinds = {low_bit[t.data_type] for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer
-             if t.data_type in low_bit and t.name.endswith(".codes")}  # fmt: skip
+    kinds = {low_bit[t.data_type] for t in proto.graph.initializer if t.data_type in low_bit
+             and t.name.endswith(".codes")}  # fmt: skip
     assert kinds == {spec["weights"]}
 
 
