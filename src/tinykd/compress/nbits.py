@@ -202,7 +202,8 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp_path))
-    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": fmt, f"{form}_layers": replaced,
+    count = {"nbits": "matmul_nbits", "qdq": "qdq_layers"}[form]  # the file's metadata, as the report's row names it
+    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": fmt, count: replaced,
                                "quantized_tables": len(tables_done)})  # fmt: skip
     tmp_path.replace(path)
     return {"path": str(path), "size_bytes": onnx_size(path), "replaced": replaced, "linear_layers": len(layers),
