@@ -293,6 +293,8 @@ def _per_token_qdq(source: str, out: str, width: int, graph: Any) -> list[Any]:
         helper.make_node("DequantizeLinear", [f"{tag}.codes", f"{tag}.scale", f"{tag}.zero_point"], [out],
                          name=out, axis=-1, block_size=width),
     ]
+
+
 def _gather_block(width: int, block: int) -> int | None:
     """GatherBlockQuantized's block size for a table `width` wide quantized in blocks of `block` (the width: one
     scale a row), or None when it has none: its blocks are powers of 2 from 16, and one block wider than the row
