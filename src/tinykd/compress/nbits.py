@@ -311,22 +311,20 @@ def _dequantized_table(gather: Any, found: tuple[np.ndarray, np.ndarray, np.ndar
     Standard ONNX: the table's codes (INT4 when they fit [-8, 7], else INT8) and scales as initializers, a
     DequantizeLinear (one scale per row, or per block of `block` values of a row) and the Gather itself; every
     call dequantizes the whole table. `fast`: ONNX Runtime's `GatherBlockQuantized`, which dequantizes only the
-    rows looked up (INT4 codes, or INT8 ones stored as uint8 plus 128), where its block sizes allow."""
+    rows looked up, for INT4 codes where its block sizes allow."""
     from onnx import helper, numpy_helper
 
     codes, scales, _, block = found
     rows, width = codes.shape
     axis = next((helper.get_attribute_value(a) for a in gather.attribute if a.name == "axis"), 0)
-    gather_block = _gather_block(width, block) if fast and axis == 0 else None
+    four_bit = _fits_int4(codes)
+    gather_block = _gather_block(width, block) if fast and four_bit and axis == 0 else None
+    data = _low_bit(codes, f"{tag}.codes", four_bit)
     if gather_block is not None:
-        four_bit = _fits_int4(codes)
-        data = _low_bit(codes, f"{tag}.codes", True) if four_bit else \
-            numpy_helper.from_array((codes.astype(np.int16) + 128).astype(np.uint8), f"{tag}.codes")  # fmt: skip
         graph.initializer.extend([data, numpy_helper.from_array(scales.astype(np.float32), f"{tag}.scales")])
         return [helper.make_node("GatherBlockQuantized", [data.name, gather.input[1], f"{tag}.scales"],
                                  list(gather.output), name=gather.name, domain="com.microsoft", gather_axis=0,
-                                 quantize_axis=1, block_size=gather_block, bits=4 if four_bit else 8)]  # fmt: skip
-    data = _low_bit(codes, f"{tag}.codes", _fits_int4(codes))
+                                 quantize_axis=1, block_size=gather_block, bits=4)]  # fmt: skip
     if block == width:  # one scale per row
         scale, attributes = scales.reshape(rows), {"axis": 0}
     else:
