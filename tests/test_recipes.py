@@ -66,6 +66,18 @@ def test_builtin_recipes_validate() -> None:
         load_recipe(name)
 
 
+@pytest.mark.parametrize(("name", "limit"), [("fmnist-best-100k", 100_000), ("fmnist-best-10k", 10_000)])
+def test_the_size_class_recipes_distil_a_student_of_their_class_from_the_shipped_teacher(name: str, limit: int) -> None:
+    from tinykd.models.registry import create_model
+
+    r = load_recipe(name)
+    student = create_model(r.student.name, 10, 1, **r.student.kwargs)
+    params = sum(p.numel() for p in student.parameters())
+    assert limit // 2 < params < limit, params  # the class's size, not a much smaller model
+    assert Path(r.teacher.checkpoint) == Path(load_recipe("fmnist-distill").teacher.checkpoint)
+    assert r.teacher.precision == "fp32" and set(r.loss_terms) == {"ce", "kd"} and r.train.epochs == 30
+
+
 def test_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "r.yaml"
