@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,18 @@ def test_auto_precision_takes_bf16_only_where_it_is_native(monkeypatch) -> None:
     assert bf16_is_fast("cpu") and resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("auto", "xla") == "bf16" and resolve_precision("fp16", "cpu") == "fp16"
     assert resolve_precision("fp32", "xla") == "fp32"
+
+
+def test_deterministic_runs_set_torchs_switches_and_give_them_back(tmp_path: Path, monkeypatch) -> None:
+    """On a GPU two runs differ unless atomics and cuDNN's autotuner are off; the switches are global, so a run that
+    did not ask must find them as they were before."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    plain = tinykd.run({**QUICK, "runtime": {"device": "cpu"}}, out=tmp_path / "plain").metrics
+    assert not torch.are_deterministic_algorithms_enabled()
+    same = tinykd.run({**QUICK, "runtime": {"device": "cpu", "deterministic": True}}, out=tmp_path / "det").metrics
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert same["models"] == plain["models"], "on a CPU the switch changes no number"
+    tinykd.run({**QUICK, "runtime": {"device": "cpu"}}, out=tmp_path / "after")
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic

@@ -133,6 +133,7 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
     precision = resolve_precision(runtime.precision, device)
     if precision == "fp16" and device in ("cpu", "xla"):
         raise TinykdError(f"runtime.precision=fp16 needs a GPU; on {device} use bf16 or fp32")
+    _set_determinism(runtime.deterministic)
     key = (device, precision, runtime.compile)
     if _current is not None and _current[0] == key:
         return _current[1]
@@ -161,6 +162,26 @@ def make_accelerator(runtime: RuntimeSpec) -> Accelerator:
         raise TinykdError(f"runtime.device={device} was resolved, but Accelerate placed the run on {got}")
     _current = (key, accelerator)
     return accelerator
+
+
+_determinism_set_here = False
+
+
+def _set_determinism(deterministic: bool) -> None:
+    """GPU kernels that use atomics (cuDNN's convolution backward, scatter-add) and cuDNN's autotuner make two runs of
+    the same recipe differ; `runtime.deterministic` turns them off. Reset only what this function set, so that a
+    user's own global setting survives the runs that did not ask."""
+    global _determinism_set_here
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any GPU work
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        _determinism_set_here = True
+    elif _determinism_set_here:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        _determinism_set_here = False
 
 
 def end_processes(finished: bool) -> None:

@@ -138,6 +138,11 @@ class RuntimeSpec(Section):
     compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
+    deterministic: bool = Field(
+        False, description="GPUs: deterministic kernels only (cuDNN autotuning off, PyTorch's deterministic "
+        "algorithms, cuBLAS's fixed workspace), so that a run repeats, and a run from a teacher cache equals the "
+        "online one, as on CPUs; slower. An op with no deterministic kernel warns once and runs anyway"
+    )  # fmt: skip
     time_breakdown: bool = Field(True, description="say at the end where the training time went (teacher forward, "
                                  "student, data, evaluation); on a GPU it syncs the device per step; off on XLA")
     log_with: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
