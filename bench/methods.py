@@ -10,12 +10,13 @@ over 20 of 240 epochs; over a few epochs that is less than one, so none), and CR
 and a second one (`--second-teacher`, e.g. a resnet8x4 trained with another seed); `born-again` is generation 2
 of `tinykd distill --generations 2` on the KD recipe.
 
-The logit methods (kd, mse, dkd) read the teacher from one fp32 teacher cache per seed, and the embedding
-methods (rkd, pkt, crd) from another (the teacher's penultimate features, 1 KiB per image): fp32 caches are
-exact, so their numbers are those of online distillation, and each cache is filled by `fill_teacher_cache`
-before the first run that reads it, so every cached run's img/s is that of reading the cache. FitNet and AT
-read whole feature maps (layer2 of the teacher alone is about 27 GB for 5 epochs), so they run the teacher
-online and their img/s includes it. Finished runs and caches are reused: run the same command to continue.
+The cached methods (kd, mse, dkd, rkd, pkt, crd, and born-again's first generation) read the teacher from one
+fp32 teacher cache per seed: its logits and its penultimate features (1 KiB per image; the logit methods read
+the same cache read-only, ignoring the features). An fp32 cache is exact, so their numbers are those of online
+distillation, and it is filled by `fill_teacher_cache` before the first run that reads it, so every cached
+run's img/s is that of reading the cache. FitNet and AT read whole feature maps (layer2 of the teacher alone is
+about 27 GB for 5 epochs), so they run the teacher online and their img/s includes it; so does multi-teacher.
+Finished runs and caches are reused: run the same command to continue.
 
     python bench/methods.py                                   # all methods, seeds 0 1 2
     python bench/methods.py --methods ce kd dkd --seeds 0 --set train.epochs=2
@@ -36,7 +37,8 @@ from tinykd.recipes import load_recipe
 from tinykd.run import fill_teacher_cache, run, run_generations
 
 CE = {"ce": {"weight": 1.0}}
-CACHED = {"kd": "logits", "mse": "logits", "dkd": "logits", "rkd": "embedding", "pkt": "embedding", "crd": "embedding"}
+CACHED = ("kd", "mse", "dkd", "rkd", "pkt", "crd", "born-again")
+FILLER = "rkd"  # the cached method whose taps (the teacher's embedding) the cache is filled for
 METHODS: dict[str, dict[str, Any]] = {
     "ce": {},
     "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
@@ -88,7 +90,8 @@ def main() -> None:
                      f"{statistics.mean(r['img_per_s'] for r in rows):.0f} |")  # fmt: skip
     lines += ["", "Notes: DKD warm-up 0 epochs (mdistiller: 20 of 240); CRD 4096 negatives (paper: 16384); "
               "img/s of kd, mse, dkd, rkd, pkt and crd is read from a teacher cache and excludes the time to fill it; "
-              "fitnet, at and multi-teacher run their teachers online."]
+              "fitnet, at and multi-teacher run their teachers online; born-again's is generation 2's, taught online "
+              "by generation 1 (a cnn_compact distilled from the cache)."]
     text = "\n".join(lines)
     print(text)
     (out / "methods.md").write_text(text + "\n")
@@ -110,11 +113,12 @@ def _run_method(method: str, seed: int, args: argparse.Namespace, folder: Path) 
         spec = recipe.teacher.model_dump()  # type: ignore[union-attr]
         update["teachers"] = [{**spec, "checkpoint": args.teacher}, {**spec, "checkpoint": args.second_teacher}]
         update["teacher"] = None
-    elif method in CACHED:  # a cache per seed and kind of teacher output, shared by the methods that read it
-        update["teacher"] = {**recipe.teacher.model_dump(), "cache": str(args.out) + f"/cache-{CACHED[method]}-{seed}"}  # type: ignore[union-attr]
+    elif method in CACHED:  # one cache per seed, shared by the methods that read it
+        cache = str(args.out) + f"/cache-embedding-{seed}"
+        update["teacher"] = {**recipe.teacher.model_dump(), "cache": cache}  # type: ignore[union-attr]
+        filler = {**recipe.model_dump(mode="json"), **update, "loss_terms": METHODS[FILLER]}
+        fill_teacher_cache(load_recipe(filler))  # a full cache is only checked: the runs never run the teacher
     recipe = load_recipe({**recipe.model_dump(mode="json"), **update})
-    if method in CACHED:
-        fill_teacher_cache(recipe)  # a full cache is only checked, so the run below never runs the teacher
     if method == "born-again":
         return run_generations(recipe, 2, folder)[-1].metrics
     return run(recipe, folder, mode="distill").metrics

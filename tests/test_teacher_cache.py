@@ -17,7 +17,7 @@ from tinykd.distill.cache import TeacherCache, _logits_from_topk, batch_key
 from tinykd.models.checkpoint import save_model
 
 
-def _recipe(folder: Path, cache: str | None, **teacher: Any) -> Path:
+def _recipe(folder: Path, cache: str | None, hint: bool = True, **teacher: Any) -> Path:
     recipe = {
         "name": "cache", "seed": 2,
         "data": {"name": "digits", "batch_size": 32, "val_size": 0.15, "augment": True},
@@ -31,7 +31,9 @@ def _recipe(folder: Path, cache: str | None, **teacher: Any) -> Path:
     }  # fmt: skip
     if cache is not None:
         recipe["teacher"]["cache"] = cache
-    path = folder / f"r-{cache or 'online'}-{len(teacher)}.yaml"
+    if not hint:  # logits only: no teacher taps
+        del recipe["loss_terms"]["hint"]
+    path = folder / f"r-{cache or 'online'}-{len(teacher)}{'' if hint else '-nohint'}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -101,6 +103,28 @@ def test_cache_teacher_fills_ahead_and_a_stale_cache_is_refused_in_one_line(fold
     (folder / "junk" / "a.txt").write_text("x")
     junk = cli("distill", str(_recipe(folder, "junk")), "--out", "v", cwd=folder)
     assert junk.returncode == 2 and "not empty and has no manifest.json" in junk.stderr
+
+
+def test_a_cache_with_more_taps_serves_a_logits_only_run_read_only(folder: Path) -> None:
+    assert cli("cache-teacher", str(_recipe(folder, "wide")), cwd=folder).returncode == 0
+    shards = sorted(p.name for p in (folder / "wide").iterdir())
+    logits_only = str(_recipe(folder, "wide", hint=False))
+    online = cli("distill", str(_recipe(folder, None, hint=False)), "--out", "kd-online", cwd=folder)
+    cached = cli("distill", logits_only, "--out", "kd-wide", cwd=folder)
+    assert online.returncode == 0 and cached.returncode == 0, online.stderr + cached.stderr
+    assert "12 batches read, 0 computed" in cached.stdout
+    want, got = _student(folder / "kd-online"), _student(folder / "kd-wide")
+    assert all(torch.equal(got[k], want[k]) for k in want)  # the extra taps change nothing
+    longer = cli("distill", logits_only, "--set", "train.epochs=3", "--out", "kd-longer", cwd=folder)
+    assert longer.returncode == 0, longer.stderr
+    assert "12 batches read, 6 computed by the teacher not added (read-only" in longer.stdout
+    assert sorted(p.name for p in (folder / "wide").iterdir()) == shards  # nothing written to it
+    fill = cli("cache-teacher", logits_only, "--set", "train.epochs=3", cwd=folder)
+    assert fill.returncode == 2 and len(fill.stderr.strip().splitlines()) == 1
+    assert "holds more teacher taps (stage2)" in fill.stderr
+    assert cli("cache-teacher", str(_recipe(folder, "narrow", hint=False)), cwd=folder).returncode == 0
+    wider = cli("distill", str(_recipe(folder, "narrow")), "--out", "hint-narrow", cwd=folder)
+    assert wider.returncode == 2 and "another teacher taps ([], this run: ['stage2'])" in wider.stderr
 
 
 @pytest.mark.parametrize("fmt", ["fp16", "topk"])

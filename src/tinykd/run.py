@@ -313,6 +313,11 @@ def fill_teacher_cache(recipe: Recipe | str | Path | dict[str, Any]) -> dict[str
                            recipe.seed)  # fmt: skip
 
     def fill(inputs: Any) -> None:
+        if inputs.teacher is None and cache.read_only:
+            taps = ", ".join(cache.manifest["taps"])
+            raise TinykdError(f"teacher cache {cache.folder} holds more teacher taps ({taps}) than this recipe's terms "
+                              "read, and lacks some of its batches: fill it with the recipe that started it, or give "
+                              "an empty folder")  # fmt: skip
         if inputs.teacher is None:  # not cached yet
             distiller.fill_cache(inputs)
 

@@ -16,7 +16,9 @@ fp32, or fp16 when the format is not fp32.
 
 A run given a cache serves the batches it holds and computes the others with the teacher, adding them (so the
 first run of a sweep fills the cache and the next ones never run the teacher); `tinykd cache-teacher` fills it
-ahead. Each process writes its own shards, so several ranks can fill one cache.
+ahead. Each process writes its own shards, so several ranks can fill one cache. A cache that holds more taps than
+a run reads (say, filled for RKD's embeddings, read by a logits-only KD run) serves that run read-only: the
+batches it lacks are computed by the teacher and not added, since they would lack the other taps.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class TeacherCache:
         self._rows: dict[int, tuple[dict[str, torch.Tensor], int]] = {}  # key -> (shard tensors, row)
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.served = self.computed = 0
+        self.read_only = False  # holds more taps than this run computes: serve rows, add none
         self._shards = 0
         self._loaded: set[str] = set()
 
@@ -107,10 +110,17 @@ class TeacherCache:
                                  ("seed", "seed"), ("data", "training set (samples, labels, augmentation)"),
                                  ("taps", "teacher taps"), ("format", "format"), ("topk", "top-k"),
                                  ("num_classes", "number of classes")):  # fmt: skip
+                if field == "taps" and _holds(have.get(field), want[field]):
+                    continue  # more taps than this run reads: served read-only below
                 if have.get(field) != want[field]:
                     was, now = _short(have.get(field)), _short(want[field])
                     raise TinykdError(f"teacher cache {folder} was filled for another {label} ({was}, this run: "
                                       f"{now}); give an empty folder or the matching recipe")  # fmt: skip
+            if have["taps"] != want["taps"]:
+                cache = cls(folder, have)
+                cache.read_only = True
+                cache._load()
+                return cache
         elif folder.is_dir() and any(folder.iterdir()):
             raise TinykdError(f"teacher cache {folder} is not empty and has no manifest.json; give an empty folder")
         else:
@@ -168,6 +178,9 @@ class TeacherCache:
 
     def add(self, key: int, logits: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
         """Keep the outputs of one batch (moved to the host), written with the next shard."""
+        if self.read_only:  # this run's teacher did not compute the cache's other taps: count, keep nothing
+            self.computed += 1
+            return
         if key in self._rows:
             return
         store: dict[str, torch.Tensor] = {}
@@ -216,8 +229,9 @@ class TeacherCache:
         return sum(p.stat().st_size for p in self.folder.glob("shard-*.safetensors"))
 
     def summary(self) -> str:
+        added = "not added (read-only: the cache holds more taps)" if self.read_only else "and added"
         return (f"teacher cache {self.folder}: {self.served} batches read, {self.computed} computed by the teacher "
-                f"and added; {len(self)} batches, {self.size_bytes() / 2**20:.1f} MiB on disk ({self.format})")
+                f"{added}; {len(self)} batches, {self.size_bytes() / 2**20:.1f} MiB on disk ({self.format})")
 
 
 class CachedBatches(BatchDataset):
@@ -251,6 +265,11 @@ def _logits_from_topk(p: torch.Tensor, i: torch.Tensor, num_classes: int) -> tor
     rest = ((1.0 - p.sum(-1, keepdim=True)).clamp_min(1e-8) / (num_classes - k)).log()
     logits = rest.expand(*p.shape[:-1], num_classes).clone()
     return logits.scatter(-1, i, p.clamp_min(1e-8).log())
+
+
+def _holds(have: Any, want: list[str]) -> bool:
+    """Whether a cache's taps include every tap a run reads (and more)."""
+    return isinstance(have, list) and set(want) < set(have)
 
 
 def _short(value: Any) -> str:
