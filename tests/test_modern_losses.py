@@ -186,6 +186,23 @@ def test_crd_reads_the_classifiers_input_and_trains_student_and_heads_only() -> 
     assert torch.equal(term.z, z)
 
 
+def test_crd_scores_against_the_whole_bank_equal_the_gathered_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tinykd.losses.crd as crd
+
+    distiller, _, _ = _crd()
+    term = distiller.terms["crd"]
+    v = torch.randn(4, 4, requires_grad=True)
+    rows = torch.randint(0, 20, (4, 6))
+    want = torch.stack([term.bank_teacher[rows[b]] @ v[b] for b in range(4)])  # by hand, row by row
+    dense = term._dots(term.bank_teacher, v, rows)  # 20 rows <= 32 x 6: the dense product
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), v)
+    monkeypatch.setattr(crd, "DENSE_RATIO", 0)  # the gathered rows
+    gathered = term._dots(term.bank_teacher, v, rows)
+    (grad_gathered,) = torch.autograd.grad(gathered.square().sum(), v)
+    assert torch.allclose(dense, want, atol=1e-6) and torch.allclose(gathered, want, atol=1e-6)
+    assert torch.allclose(grad_dense, grad_gathered, atol=1e-5)
+
+
 def test_crd_memory_is_in_the_state_dict_and_round_trips() -> None:
     from tinykd.data import Indexed
 

@@ -31,6 +31,7 @@ from torch import nn
 from tinykd.losses.base import EmbeddingTerm, Outputs, flat, register_loss
 
 EPS = 1e-7  # the authors' ContrastLoss epsilon
+DENSE_RATIO = 32  # score against the whole bank when it has at most this many times 1 + K rows (see _dots)
 
 
 def nce_loss(scores: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -98,16 +99,23 @@ class ContrastiveRD(EmbeddingTerm):
         draw = torch.randint(0, self.num_samples - 1, (batch, self.negatives), device=index.device)
         draw = draw + (draw >= index[:, None]).long()  # uniform over the other samples
         rows = torch.cat([index[:, None], draw], dim=1)  # (B, 1 + K), the positive first
-        memory_t = self.bank_teacher[rows].detach()  # (B, 1 + K, D)
-        memory_s = self.bank_student[rows].detach()
-        scores_s = torch.exp(torch.bmm(memory_t, v_s[:, :, None]).squeeze(2) / self.temperature)
-        scores_t = torch.exp(torch.bmm(memory_s, v_t[:, :, None]).squeeze(2) / self.temperature)
+        scores_s = torch.exp(self._dots(self.bank_teacher, v_s, rows) / self.temperature)
+        scores_t = torch.exp(self._dots(self.bank_student, v_t, rows) / self.temperature)
         with torch.no_grad():  # Z from the first batch, kept as a tensor (no host read)
             first = torch.stack([scores_s.mean(), scores_t.mean()]) * self.num_samples
             self.z.copy_(torch.where(self.z < 0, first, self.z))
         loss = nce_loss(scores_s / self.z[0], self.num_samples) + nce_loss(scores_t / self.z[1], self.num_samples)
         self._update_banks(index, v_s.detach(), v_t.detach())
         return loss
+
+    def _dots(self, bank: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """<bank[rows[b, j]], v[b]> as a (B, 1 + K) tensor. Gathering the (B, 1 + K, D) rows reads and writes B(1 + K)
+        vectors at random; when the bank is not much larger than that (CIFAR, Fashion-MNIST: N <= 32 (1 + K)), one
+        dense (B, N) product with the whole bank and a gather of its scores is several times faster (8x measured
+        on one CPU core, N 55,000, K 4,096, D 128, B 128). Both give the same scores up to rounding."""
+        if bank.shape[0] <= DENSE_RATIO * rows.shape[1]:  # a copy: the backward reads the bank after its update
+            return (v @ bank.detach().clone().T).gather(1, rows)
+        return torch.bmm(bank[rows].detach(), v[:, :, None]).squeeze(2)
 
     @torch.no_grad()
     def _update_banks(self, index: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
