@@ -20,6 +20,7 @@ Finished runs and caches are reused: run the same command to continue.
 
     python bench/methods.py                                   # all methods, seeds 0 1 2
     python bench/methods.py --methods ce kd dkd --seeds 0 --set train.epochs=2
+    python bench/methods.py --out runs/methods --finished      # the table of what has finished so far
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def main() -> None:
     parser.add_argument("--teacher", default=str(shipped_teacher()), help="teacher checkpoint or run folder")
     parser.add_argument("--second-teacher", help="multi-teacher: the other teacher (a resnet8x4 run or checkpoint)")
     parser.add_argument("--out", default=f"runs/methods-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--finished", action="store_true", help="only tabulate the runs already finished in --out")
     args = parser.parse_args()
-    if "multi-teacher" in args.methods and not args.second_teacher:
+    if "multi-teacher" in args.methods and not args.second_teacher and not args.finished:
         parser.error("multi-teacher needs --second-teacher (or leave it out of --methods)")
 
     out = Path(args.out)
@@ -73,20 +75,25 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             folder = out / f"{method}-{seed}"
-            metrics = _run_method(method, seed, args, folder)
+            metrics = _finished(folder)
+            if metrics is None and args.finished:
+                continue
+            metrics = metrics or _run_method(method, seed, args, folder)
             student = next(r for r in metrics["models"] if r["role"] in ("student", "model"))
-            results[method].append({"accuracy": student["test_accuracy"], "img_per_s": metrics["train_img_per_s"]})
+            results[method].append({"seed": seed, "accuracy": student["test_accuracy"],
+                                    "img_per_s": metrics["train_img_per_s"]})  # fmt: skip
             print(f"seed {seed} {method}: {student['test_accuracy']:.2%}, {metrics['train_img_per_s']:.0f} img/s",
                   file=sys.stderr)  # fmt: skip
 
+    results = {method: rows for method, rows in results.items() if rows}
     lines = [f"Fashion-MNIST test accuracy, resnet8x4 -> cnn_compact, seeds {args.seeds} "
              f"({time.perf_counter() - start:.0f} s)", "",
-             "| method | mean | std | per seed | train img/s |", "|---|---|---|---|---|"]  # fmt: skip
+             "| method | mean | std | seed: test acc | train img/s |", "|---|---|---|---|---|"]  # fmt: skip
     for method, rows in results.items():
         acc = [r["accuracy"] for r in rows]
-        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        lines.append(f"| {method} | {100 * statistics.mean(acc):.2f}% | {100 * std:.2f} | "
-                     f"{', '.join(f'{100 * a:.2f}' for a in acc)} | "
+        std = f"{100 * statistics.stdev(acc):.2f}" if len(acc) > 1 else "-"
+        per_seed = ", ".join(f"{r['seed']}: {100 * r['accuracy']:.2f}" for r in rows)
+        lines.append(f"| {method} | {100 * statistics.mean(acc):.2f}% | {std} | {per_seed} | "
                      f"{statistics.mean(r['img_per_s'] for r in rows):.0f} |")  # fmt: skip
     lines += ["", "Notes: DKD warm-up 0 epochs (mdistiller: 20 of 240); CRD 4096 negatives (paper: 16384); "
               "img/s of kd, mse, dkd, rkd, pkt and crd is read from a teacher cache and excludes the time to fill it; "
@@ -98,12 +105,16 @@ def main() -> None:
     (out / "methods.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2))
 
 
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """The report of a finished run of one method and seed (born-again: its second generation's), else None."""
+    for report in (folder / "report.json", folder / "gen2" / "report.json"):
+        if report.is_file() and (report.parent == folder or (folder / "generations.json").is_file()):
+            return json.loads(report.read_text())
+    return None
+
+
 def _run_method(method: str, seed: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """One method, one seed: its run folder's report (reused when the folder already has one)."""
-    if (folder / "report.json").is_file():
-        return json.loads((folder / "report.json").read_text())
-    if (folder / "generations.json").is_file():
-        return json.loads((folder / "gen2" / "report.json").read_text())
+    """One method, one seed: train it and return its run folder's report."""
     common = [f"seed={seed}", "measure.enabled=false", *args.overrides]
     if method == "ce":
         return run(load_recipe(SCRATCH_RECIPE, common), folder, mode="train").metrics
