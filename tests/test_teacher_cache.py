@@ -172,4 +172,5 @@ def test_a_run_reads_the_shards_a_filler_beside_it_writes(tmp_path: Path) -> Non
     assert reader.lookup(batch_key(range(8))) is None
     filler.flush()
     assert reader.refresh() == 1 and torch.equal(reader.lookup(batch_key(range(8)))["logits"], logits)
+    assert torch.equal(filler.lookup(batch_key(range(8)))["logits"], logits)  # the filler now reads its shard
     assert reader.refresh() == 0

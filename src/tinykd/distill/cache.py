@@ -216,6 +216,9 @@ class TeacherCache:
                 os.replace(tmp, self.folder / name)
             except OSError as exc:
                 raise TinykdError(f"cannot write teacher cache {self.folder}: {exc.strerror or exc}") from None
+            del tensors["keys"]
+            for row, (key, _) in enumerate(group):  # serve from the shard: one block, not a small tensor a batch
+                self._rows[key] = (tensors, row)
         self._pending.clear()
 
     def _next_shard_name(self) -> str:
