@@ -97,6 +97,7 @@ class TeacherCache:
                 "num_classes": num_classes}  # fmt: skip
         folder = Path(folder)
         path = folder / "manifest.json"
+        have = want  # a new cache is made for this run
         if folder.exists() and not folder.is_dir():
             raise TinykdError(f"teacher cache {folder} is a file, not a folder")
         if path.is_file():
@@ -111,16 +112,11 @@ class TeacherCache:
                                  ("taps", "teacher taps"), ("format", "format"), ("topk", "top-k"),
                                  ("num_classes", "number of classes")):  # fmt: skip
                 if field == "taps" and _holds(have.get(field), want[field]):
-                    continue  # more taps than this run reads: served read-only below
+                    continue  # more taps than this run reads: served read-only
                 if have.get(field) != want[field]:
                     was, now = _short(have.get(field)), _short(want[field])
                     raise TinykdError(f"teacher cache {folder} was filled for another {label} ({was}, this run: "
                                       f"{now}); give an empty folder or the matching recipe")  # fmt: skip
-            if have["taps"] != want["taps"]:
-                cache = cls(folder, have)
-                cache.read_only = True
-                cache._load()
-                return cache
         elif folder.is_dir() and any(folder.iterdir()):
             raise TinykdError(f"teacher cache {folder} is not empty and has no manifest.json; give an empty folder")
         else:
@@ -130,7 +126,9 @@ class TeacherCache:
                     _atomic_write(path, (json.dumps(want, indent=2) + "\n").encode())
             except OSError as exc:
                 raise TinykdError(f"cannot write teacher cache {folder}: {exc.strerror or exc}") from None
-        cache = cls(folder, want)
+        read_only = have["taps"] != want["taps"]  # the cache holds more taps than this run reads
+        cache = cls(folder, have if read_only else want)
+        cache.read_only = read_only
         cache._load()
         return cache
 
