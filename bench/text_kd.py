@@ -12,6 +12,8 @@
 
     python bench/text_kd.py --data ../shared/data                      # everything (hours on 2 CPU cores)
     python bench/text_kd.py --data ../shared/data --teacher runs/sst2-teacher --seeds 0 1 2
+    python bench/text_kd.py --data ../shared/data --teacher runs/sst2-teacher --augment runs/sst2-pretrain \
+        --set-distilled loss_terms.ce.weight=0                          # TinyBERT's augmentation, teacher terms only
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ def main() -> None:
                         help="only the students from scratch (they need the teacher's tokenizer, not the teacher): "
                              "run them while the teacher trains; a later run with the same --out reuses them")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every student")
+    parser.add_argument("--augment", metavar="MLM",
+                        help="TinyBERT's augmentation for the distilled students: words swapped for this masked LM's "
+                             "guesses (the teacher's sst2-pretrain run); their folders end in -aug")  # fmt: skip
+    parser.add_argument("--set-distilled", dest="distilled_overrides", action="append", default=[],
+                        help="override for the distilled students only (e.g. loss_terms.ce.weight=0)")
     parser.add_argument("--out", default=f"runs/text-kd-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
 
@@ -90,9 +97,11 @@ def main() -> None:
             if args.scratch_only:
                 print(f"seed {seed} {name}: scratch {accuracy(scratch):.2%}", file=sys.stderr)
                 continue
-            distilled_dir = out / f"{name}-distill-{seed}"
-            distilled = run_once(load_recipe(distill_recipe, [*common, f"teacher.checkpoint={teacher}"]),
-                                 distilled_dir, "distill")  # fmt: skip
+            distilled_dir = out / f"{name}-distill-{seed}{'-aug' if args.augment else ''}"
+            extra = [f"teacher.checkpoint={teacher}", *args.distilled_overrides]
+            if args.augment:
+                extra.append(f"data.text_augment.model={Path(args.augment).resolve()}")
+            distilled = run_once(load_recipe(distill_recipe, [*common, *extra]), distilled_dir, "distill")
             teacher_accuracy = accuracy(distilled, "teacher")
             results[name]["scratch"].append(accuracy(scratch))
             results[name]["distilled"].append(accuracy(distilled, "student"))

@@ -216,11 +216,17 @@ def test_tinybert_and_minilm_terms_train_a_narrow_student(workdir: Path, teacher
                for k in ("hidden", "attention", "minilm"))  # fmt: skip
 
 
-def test_masked_lm_pre_training_then_fine_tuning(workdir: Path) -> None:
+@pytest.fixture(scope="module")
+def pretrain_run(workdir: Path) -> Path:
+    """A tiny BERT masked LM pre-trained on the training texts (its WordPiece is the teacher's: same texts)."""
     path = recipe(workdir, "pretrain", data={"task": "masked-lm", "val_size": 32},
                   model={"name": "hf:bert", "kwargs": {"config": TINY}}, train={"epochs": 1})  # fmt: skip
     run_cli(workdir, "train", str(path), "--out", "pretrain")
-    metrics = report(workdir / "pretrain")
+    return workdir / "pretrain"
+
+
+def test_masked_lm_pre_training_then_fine_tuning(workdir: Path, pretrain_run: Path) -> None:
+    metrics = report(pretrain_run)
     assert 0 <= metrics["models"][0]["test_accuracy"] <= 1  # top-1 over the masked tokens
     config = json.loads((workdir / "pretrain" / "model" / "config.json").read_text())
     assert config["architectures"] == ["BertForMaskedLM"]
@@ -236,6 +242,23 @@ def test_masked_lm_pre_training_then_fine_tuning(workdir: Path) -> None:
     similarity = torch.nn.functional.cosine_similarity(before[key].flatten(), after[key].flatten(), dim=0)
     assert similarity > 0.9, similarity
     assert "classifier.weight" in after and "cls.predictions.bias" not in after
+
+
+def test_tinybert_augmentation_distils_on_swapped_words(workdir: Path, teacher_run: Path, pretrain_run: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.text_augment with a masked-LM run folder: the table is found once, then read from the cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(workdir / "cache"))
+    path = recipe(workdir, "augmented", teacher={"name": "hf:bert", "checkpoint": "teacher"},
+                  student={"name": "hf:bert", "kwargs": {"config": {**TINY, "num_hidden_layers": 1}}},
+                  data={"text_augment": {"model": "pretrain"}}, train={"epochs": 1},
+                  loss_terms={"kd": {"weight": 1.0, "temperature": 1.0}})  # fmt: skip
+    first = run_cli(workdir, "distill", str(path), "--out", "augmented")
+    assert "data.text_augment: finding 15 swaps per word of 320 texts" in first.stdout, first.stdout
+    assert (workdir / "augmented" / "recipe.yaml").read_text().count("word_prob: 0.4") == 1
+    second = run_cli(workdir, "distill", str(path), "--out", "augmented-again")
+    assert "finding" not in second.stdout and len(list((workdir / "cache").rglob("*.safetensors"))) == 1
+    assert report(workdir / "augmented")["models"][1]["test_accuracy"] == \
+        report(workdir / "augmented-again")["models"][1]["test_accuracy"]  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
 from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS, TextOptions
+from tinykd.data.text_augment import TextAugmentOptions
 from tinykd.distill import Distiller
 from tinykd.distill.cache import CachedBatches, TeacherCache
 from tinykd.distill.ensemble import TeacherEnsemble
@@ -44,15 +45,23 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
     d = recipe.data
     augment = d.augment if augment is None else augment
     text = None
+    if d.text_augment is not None and not is_text(recipe):
+        raise TinykdError(f"data.text_augment swaps words of texts; data.name {d.name} is images: remove it")
     if is_text(recipe):
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
                            label_column=d.label_column, task=d.task, max_length=d.max_length,
                            tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,
                            mlm_probability=d.mlm_probability, static_shapes=static_shapes,
                            source_column=d.source_column, target_column=d.target_column,
-                           packing=d.packing)  # fmt: skip
+                           packing=d.packing, augment=text_augment(recipe) if augment else None)  # fmt: skip
     return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size,
                           d.bad_images, text=text)  # fmt: skip
+
+
+def text_augment(recipe: Recipe) -> TextAugmentOptions | None:
+    """`data.text_augment` as the data builders take it (None: no word swaps)."""
+    spec = recipe.data.text_augment
+    return None if spec is None else TextAugmentOptions(**spec.model_dump())
 
 
 def text_tokenizer(recipe: Recipe) -> str | None:

@@ -8,6 +8,7 @@ on every machine. Text is read and tokenized in `text.py`; here is only where it
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import shutil
@@ -25,6 +26,7 @@ from tinykd.data.idx import OfficialIdx, read_idx
 from tinykd.data.loader import BatchSubset
 from tinykd.data.tensors import Augment, TensorImageDataset
 from tinykd.data.text import TextOptions, TextSplits, load_hf, read_table, text_splits
+from tinykd.data.text_augment import word_swaps
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
@@ -352,8 +354,15 @@ SST2_CLASSES = ["negative", "positive"]
 
 
 def _text_raw(splits: TextSplits, options: TextOptions) -> RawSplits:
-    """Text has no augmentation: the training set is its own evaluation view (masked-lm masks both alike)."""
-    return RawSplits(splits.train, splits.train, splits.test, splits.classes, 0, 0, tokenizer=splits.tokenizer,
+    """The training set is its own evaluation view (masked-lm masks both alike), unless `data.text_augment` swaps
+    words in training batches: the validation split then reads the original texts."""
+    train = splits.train
+    if options.augment is not None:
+        encoded = train.encoded
+        train = copy.copy(train)
+        train.swaps = word_swaps(options.augment, encoded.ids, encoded.offsets, encoded.type_ids, splits.tokenizer,
+                                 _cache_dir() / "text-augment")  # fmt: skip
+    return RawSplits(train, splits.train, splits.test, splits.classes, 0, 0, tokenizer=splits.tokenizer,
                      task=options.task, max_length=options.max_length)  # fmt: skip
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tinykd.data.loader import Batch, BatchDataset, seeded_generator, tensor_digest
+from tinykd.data.text_augment import TextAugmentOptions, WordSwaps
 from tinykd.errors import TinykdError, close_matches
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -54,6 +55,7 @@ class TextOptions:
     source_column: str | None = None  # seq2seq: None: the first of TEXT_COLUMNS present
     target_column: str = "target"  # seq2seq
     packing: bool = False  # causal-lm: the texts joined end to end and cut into blocks of max_length
+    augment: TextAugmentOptions | None = None  # classification: TinyBERT's word swaps in training batches
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,7 @@ class TextDataset(BatchDataset):
         self.pad_id = int(tokenizer.pad_token_id)
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.int64)
         self._collator: Any = None
+        self.swaps: WordSwaps | None = None  # the training view's word swaps (text_augment.py); None: none
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -506,6 +509,9 @@ class TextDataset(BatchDataset):
         index = torch.as_tensor(indices, dtype=torch.int64)
         width = self.max_length if self.static_shapes else None
         input_ids, attention = pad_samples(self.encoded, index, width, self.pad_id)
+        if self.swaps is not None:
+            input_ids = self.swaps.apply(input_ids, attention, self.encoded.offsets[index.numpy()],
+                                         seeded_generator(self.seed, index))  # fmt: skip
         inputs = {"input_ids": input_ids, "attention_mask": attention}
         types = self.encoded.type_ids
         if types is not None:
@@ -516,7 +522,8 @@ class TextDataset(BatchDataset):
         e, d = self.encoded, self.decoder
         return tensor_digest(e.ids, e.offsets, e.type_ids, self.labels, self.task, self.max_length, self.static_shapes,
                              self.mlm_probability, self.pad_id, self.special_ids, self.seed,
-                             *((d.ids, d.offsets, self.decoder_start_id) if d is not None else ()))  # fmt: skip
+                             *((d.ids, d.offsets, self.decoder_start_id) if d is not None else ()),
+                             *(self.swaps.digest_parts() if self.swaps is not None else ()))  # fmt: skip
 
     def special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where the special tokens ([CLS], [SEP], [PAD]...) are: never chosen for masking."""
@@ -569,6 +576,9 @@ def check_options(options: TextOptions) -> None:
         raise TinykdError(f"data.vocab_size={options.vocab_size} is too small; give at least 100 (e.g. 8000)")
     if not 0 < options.mlm_probability < 1:
         raise TinykdError(f"data.mlm_probability={options.mlm_probability} must be between 0 and 1 (e.g. 0.15)")
+    if options.augment is not None and options.task != "classification":
+        raise TinykdError(f"data.text_augment swaps words of labelled texts (data.task: classification); data.task is "
+                          f"{options.task}: remove data.text_augment")  # fmt: skip
     if options.packing and options.task != "causal-lm":
         raise TinykdError(f"data.packing joins texts into blocks for causal-lm; data.task is {options.task}: "
                           "remove data.packing or set data.task: causal-lm")  # fmt: skip

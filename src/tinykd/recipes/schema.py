@@ -45,6 +45,17 @@ class TeacherSpec(ModelSpec):
     weight: float = Field(1.0, gt=0, description="its weight in the teachers' mean logits (normalized to sum 1)")
 
 
+class TextAugmentSpec(Section):
+    """TinyBERT's augmentation: in training batches, words swapped for a masked LM's guesses (data/text_augment.py)."""
+
+    model: str = Field(min_length=1, description="a masked LM with the data's tokenizer: a Hugging Face directory, "
+                       "a tinykd masked-lm run folder, or a hub id")
+    top_k: int = Field(15, ge=1, le=1000, description="candidates per word: the masked LM's best guesses")
+    word_prob: float = Field(0.4, ge=0, le=1, description="chance that a word is swapped")
+    keep_original: float = Field(0.05, ge=0, le=1, description="chance that a text is left as it is (TinyBERT: "
+                                 "1 original per 20 augmented copies)")
+
+
 class DataSpec(Section):
     """Images (fashion-mnist, digits, cifar10, cifar100, imagefolder) or text (text, sst2, hf:DATASET[/CONFIG])."""
 
@@ -78,6 +89,9 @@ class DataSpec(Section):
     vocab_size: int = Field(8000, ge=100, le=1_000_000, description="text: size of a WordPiece trained here")
     lowercase: bool = Field(True, description="text: a WordPiece trained here lowercases")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: fraction of tokens to predict")
+    text_augment: TextAugmentSpec | None = Field(
+        None, description="classification: TinyBERT's word swaps in training batches (while augment is true)"
+    )
 
 
 class LossTermSpec(BaseModel):
