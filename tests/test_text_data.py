@@ -198,6 +198,10 @@ def test_empty_texts_are_allowed(tmp_path: Path) -> None:
     bundle = build_datasets("text", val_size=0, text=TextOptions(train=str(train), test=str(train), vocab_size=200))
     inputs, targets = bundle.test.get_batch([10])
     assert bundle.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0]) == ["[CLS]", "[SEP]"] and targets[0] == 1
+    blank = tmp_path / "blank.csv"  # a column of blanks only: csv readers infer numbers (all missing), not text
+    blank.write_text("sentence,label\n" + ",1\n" * 4)
+    table = text_module.read_table(blank)
+    assert text_module.read_texts(table, "sentence", "blank.csv") == [""] * 4
 
 
 def test_options_are_checked(tmp_path: Path) -> None:

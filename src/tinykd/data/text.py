@@ -270,7 +270,7 @@ def read_texts(table: Any, column: str, source: str, setting: str = "data.text_c
     if column not in table.column_names:
         raise TinykdError(f"{source} has no column '{column}' ({setting}); columns: {_columns(table)}")
     values = table.data.column(column)
-    if pa.types.is_null(values.type):
+    if pa.types.is_null(values.type) or values.null_count == len(values):  # csv reads a column of blanks as numbers
         return [""] * len(table)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise TinykdError(f"{source}: column '{column}' holds {values.type}, not text; set {setting} to the column "
