@@ -12,10 +12,15 @@ here (no pretrained weights can be downloaded); a WordPiece vocabulary is traine
 - Speed: new tokens per second at batch 1 with the KV cache and first-token latency, teacher and best student,
   in PyTorch (transformers' generate) and in ONNX Runtime (tinykd's KV-cache export), the same threads.
 
+- `--seqkd`: a third student per seed, sequence-level KD (Kim & Rush 2016): the teacher's greedy outputs for the
+  training sources (`tinykd generate`, once) replace the targets, and the student is distilled on them with the
+  same terms and budget as the distilled row ("Seq-KD + Word-KD", their best). The test set stays the real one.
+
 Finished runs are reused: run the same command again to add seeds or continue.
 
     python bench/generative_kd.py --data ../shared/data                          # both tasks, seeds 0 1 2
     python bench/generative_kd.py --data ../shared/data --tasks causal-lm --seeds 0
+    python bench/generative_kd.py --data ../shared/data --tasks seq2seq --seqkd          # adds the seq-level KD row
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tinykd.recipes import load_recipe
-from tinykd.run import run
+from tinykd.run import generate_teacher_data, run
 
 # Sized for 2 CPU cores: a teacher epoch over the 65k sentences in minutes, not hours.
 GPT2 = {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 64}
@@ -158,6 +163,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
     parser.add_argument("--threads", type=int, default=2, help="threads for the speed measurement")
     parser.add_argument("--out", default="runs/generative-kd")
+    parser.add_argument("--seqkd", action="store_true", help="add sequence-level KD students (the teacher's outputs "
+                        "as targets)")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     files = write_corpus(Path(args.data), out / "data")
@@ -169,7 +176,8 @@ def main() -> None:
         spec = recipe(task, files, f"{task}-teacher", 0, args.teacher_epochs,
                       model={"name": name, "kwargs": {"config": config}}, loss_terms={"ce": {"weight": 1.0}})
         teacher = run_once(spec, teacher_dir, "train", args.overrides)
-        rows: dict[str, list[dict[str, Any]]] = {"scratch": [], "distilled": []}
+        rows: dict[str, list[dict[str, Any]]] = {"scratch": [], "distilled": [], "seqkd": []}
+        outputs = _teacher_outputs(task, files, teacher_dir, args.overrides) if args.seqkd else None
         for seed in args.seeds:
             scratch = run_once(recipe(task, files, f"{task}-scratch", seed, args.student_epochs,
                                       teacher_dir / "tokenizer",
@@ -184,9 +192,17 @@ def main() -> None:
                                  out / task / f"distill-{seed}", "distill", args.overrides)  # fmt: skip
             rows["scratch"].append(row_of(scratch, "model"))
             rows["distilled"].append(row_of(distilled, "student"))
+            if outputs is not None:
+                seqkd = run_once(recipe(task, {**files, f"{task}-train": outputs}, f"{task}-seqkd", seed,
+                                        args.student_epochs, teacher={"name": name, "checkpoint": str(teacher_dir)},
+                                        student={"name": name, "init_from_teacher": "every-other"},
+                                        loss_terms={"ce": {"weight": 0.5},
+                                                    "token_kd": {"weight": 0.5, "temperature": 1.0}}),
+                                 out / task / f"seqkd-{seed}", "distill", args.overrides)  # fmt: skip
+                rows["seqkd"].append(row_of(seqkd, "student"))
             print(f"{task} seed {seed}: scratch ppl {rows['scratch'][-1]['test_perplexity']:.2f}, distilled "
                   f"{rows['distilled'][-1]['test_perplexity']:.2f}", file=sys.stderr)  # fmt: skip
-        results[task] = {"teacher": row_of(teacher, "model"), **rows}
+        results[task] = {"teacher": row_of(teacher, "model"), **{k: v for k, v in rows.items() if v}}
         best = min(range(len(args.seeds)), key=lambda i: rows["distilled"][i]["test_perplexity"])
         prompts = _prompts(files[f"{task}-test"], teacher_dir / "tokenizer", task)
         results[task]["speed"] = {
@@ -197,6 +213,17 @@ def main() -> None:
     print(text)
     (out / "generative_kd.md").write_text(text + "\n")
     (out / "generative_kd.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2))
+
+
+def _teacher_outputs(task: str, files: dict[str, Path], teacher_dir: Path, overrides: list[str]) -> Path:
+    """The teacher's greedy outputs for the training texts (the validation split left out), made once."""
+    target = teacher_dir.parent / "teacher-outputs.csv"
+    if not target.is_file():
+        name = TEACHERS[task][0]
+        spec = recipe(task, files, f"{task}-generate", 0, 1, teacher={"name": name, "checkpoint": str(teacher_dir)},
+                      student={"name": name}, loss_terms={"ce": {"weight": 1.0}})  # fmt: skip
+        generate_teacher_data(load_recipe(spec, overrides), target)
+    return target
 
 
 def _prompts(test_file: Path, tokenizer_dir: Path, task: str, count: int = 4) -> list[list[int]]:
@@ -225,13 +252,17 @@ def report(results: dict[str, Any], seeds: list[int], seconds: float) -> str:
         lines += [f"### {task}", "", "| model | " + " | ".join(k[1] for k in keys) + " |",
                   "|---" * (len(keys) + 1) + "|"]  # fmt: skip
         lines.append("| teacher | " + " | ".join(_stat([r["teacher"]], k, s) for k, _, s in keys) + " |")
-        for label in ("scratch", "distilled"):
+        students = [label for label in ("scratch", "distilled", "seqkd") if r.get(label)]
+        for label in students:
             lines.append(f"| {label} | " + " | ".join(_stat(r[label], k, s) for k, _, s in keys) + " |")
         ppl = [statistics.mean(x["test_perplexity"] for x in r[label]) for label in ("scratch", "distilled")]
         lines += ["", f"distilled dev perplexity vs scratch: {100 * (1 - ppl[1] / ppl[0]):+.1f}% lower"]
         if task == "seq2seq":
             rouge = [statistics.mean(x["test_rouge_l"] for x in r[label]) for label in ("scratch", "distilled")]
             lines.append(f"distilled ROUGE-L vs scratch: {100 * (rouge[1] - rouge[0]):+.2f} points")
+            if r.get("seqkd"):
+                seq = statistics.mean(x["test_rouge_l"] for x in r["seqkd"])
+                lines.append(f"seq-level KD ROUGE-L vs scratch: {100 * (seq - rouge[0]):+.2f} points")
         sp = r["speed"]
         for runtime in ("torch", "ort"):
             t, s = sp["teacher"][f"{runtime}_tokens_per_s"], sp["student"][f"{runtime}_tokens_per_s"]
