@@ -147,7 +147,7 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
         inputs = {"input_ids": input_ids, "attention_mask": attention}
         if types is not None:
             inputs["token_type_ids"] = types
-        logits = model(**inputs).logits[here, cols].float()  # (batch, vocab)
+        logits = _masked_logits(model, inputs, cols)  # (batch, vocab)
         logits[:, ~allowed] = float("-inf")
         logits[here, original] = float("-inf")
         k = min(top_k, vocab)
@@ -162,6 +162,33 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
     kept = torch.nonzero(ok).flatten()
     row_of[torch.from_numpy(positions)[kept]] = torch.arange(len(kept))
     return row_of, found[kept]
+
+
+def _masked_logits(model: nn.Module, inputs: dict[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
+    """The masked LM's logits at one position per row. The head runs on that position only (a hook keeps it from
+    the encoder's output: Hugging Face masked LMs apply their head to `base_model`'s first output); a model whose
+    head does not take that path falls back to logits at every position."""
+    here = torch.arange(len(cols))
+
+    def keep_one(module: nn.Module, args: Any, output: Any) -> Any:
+        picked = output[0][here, cols][:, None]
+        if isinstance(output, tuple):
+            return (picked, *output[1:])
+        output["last_hidden_state"] = picked
+        return output
+
+    base = getattr(model, "base_model", None)
+    if isinstance(base, nn.Module) and base is not model:
+        handle = base.register_forward_hook(keep_one)
+        try:
+            logits = model(**inputs).logits
+        except (RuntimeError, KeyError, TypeError, IndexError):
+            logits = None
+        finally:
+            handle.remove()
+        if logits is not None and logits.shape[:2] == (len(cols), 1):
+            return logits[:, 0].float()
+    return model(**inputs).logits[here, cols].float()
 
 
 def load_masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
