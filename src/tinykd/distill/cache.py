@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class TeacherCache:
         self.format, self.topk = manifest["format"], int(manifest["topk"])
         self.num_classes = int(manifest["num_classes"])
         self._rows: dict[int, tuple[dict[str, torch.Tensor], int]] = {}  # key -> (shard tensors, row)
-        self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._blocks: dict[tuple, _Block] = {}  # batches not yet written, one block per batch shape
         self.served = self.computed = 0
         self.read_only = False  # holds more taps than this run computes: serve rows, add none
         self._shards = 0
@@ -175,7 +176,11 @@ class TeacherCache:
     # --- writing ---------------------------------------------------------------------------------------------
 
     def add(self, key: int, logits: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
-        """Keep the outputs of one batch (moved to the host), written with the next shard."""
+        """Keep the outputs of one batch (moved to the host), written with the next shard.
+
+        They are copied into a block allocated for a whole shard: kept one by one, small tensors that live on
+        between the teacher's large temporaries fragmented the heap (measured, Fashion-MNIST with RKD's taps:
+        +2.2 GB over the first 256 batches, 33 MB of them stored; flat with the block)."""
         if self.read_only:  # this run's teacher did not compute the cache's other taps: count, keep nothing
             self.computed += 1
             return
@@ -191,33 +196,38 @@ class TeacherCache:
         for path, value in features.items():
             value = value.detach().float().cpu().contiguous()  # channels_last maps are stored dense
             store[f"tap.{path}"] = value if self.format == "fp32" else value.half()
-        self._pending.append((key, store))
-        self._rows[key] = ({k: v[None] for k, v in store.items()}, 0)
+        shape = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(store.items()))
+        block = self._blocks.get(shape)
+        if block is None:  # one shard per batch shape (a last, smaller batch has its own)
+            block = self._blocks[shape] = _Block({k: torch.empty((FLUSH_EVERY, *v.shape), dtype=v.dtype)
+                                                  for k, v in store.items()}, [])  # fmt: skip
+        row = len(block.keys)
+        for name, value in store.items():
+            block.tensors[name][row].copy_(value)
+        block.keys.append(key)
+        self._rows[key] = (block.tensors, row)
         self.computed += 1
-        if len(self._pending) >= FLUSH_EVERY:
-            self.flush()
+        if len(block.keys) >= FLUSH_EVERY:
+            self._write(self._blocks.pop(shape))
 
     def flush(self) -> None:
-        """Write the kept batches as one shard (atomically: a killed write leaves no half shard)."""
-        if not self._pending:
-            return
-        shapes = {}
-        for key, store in self._pending:
-            shapes.setdefault(tuple((k, tuple(v.shape)) for k, v in sorted(store.items())), []).append((key, store))
-        for group in shapes.values():  # one shard per batch shape (a last, smaller batch has its own)
-            tensors = {k: torch.stack([s[k] for _, s in group]) for k in group[0][1]}
-            tensors["keys"] = torch.tensor([key for key, _ in group], dtype=torch.int64)
-            name = self._next_shard_name()
-            tmp = self.folder / f".{name}.tmp"
-            try:
-                save_file(tensors, str(tmp))
-                os.replace(tmp, self.folder / name)
-            except OSError as exc:
-                raise TinykdError(f"cannot write teacher cache {self.folder}: {exc.strerror or exc}") from None
-            del tensors["keys"]
-            for row, (key, _) in enumerate(group):  # serve from the shard: one block, not a small tensor a batch
-                self._rows[key] = (tensors, row)
-        self._pending.clear()
+        """Write the kept batches as shards (atomically: a killed write leaves no half shard)."""
+        blocks, self._blocks = list(self._blocks.values()), {}
+        for block in blocks:
+            self._write(block)
+
+    def _write(self, block: _Block) -> None:
+        count = len(block.keys)
+        tensors = {k: v[:count].clone() if count < FLUSH_EVERY else v for k, v in block.tensors.items()}
+        name = self._next_shard_name()
+        tmp = self.folder / f".{name}.tmp"
+        try:
+            save_file({**tensors, "keys": torch.tensor(block.keys, dtype=torch.int64)}, str(tmp))
+            os.replace(tmp, self.folder / name)
+        except OSError as exc:
+            raise TinykdError(f"cannot write teacher cache {self.folder}: {exc.strerror or exc}") from None
+        for row, key in enumerate(block.keys):  # served from the shard's tensors from now on
+            self._rows[key] = (tensors, row)
 
     def _next_shard_name(self) -> str:
         while True:
@@ -233,6 +243,14 @@ class TeacherCache:
         added = "not added (read-only: the cache holds more taps)" if self.read_only else "and added"
         return (f"teacher cache {self.folder}: {self.served} batches read, {self.computed} computed by the teacher "
                 f"{added}; {len(self)} batches, {self.size_bytes() / 2**20:.1f} MiB on disk ({self.format})")
+
+
+@dataclass
+class _Block:
+    """Room for a shard's batches of one shape (FLUSH_EVERY rows per tensor), and the keys of the rows filled."""
+
+    tensors: dict[str, torch.Tensor]
+    keys: list[int]
 
 
 class CachedBatches(BatchDataset):
