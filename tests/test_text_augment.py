@@ -141,7 +141,7 @@ def test_training_batches_are_swapped_validation_is_not_and_the_table_is_cached(
 def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -> None:
     other = tmp_path / "other"
     train_wordpiece(["zebra quokka", "good bad"] * 5, vocab_size=60).save_pretrained(other)
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
     BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32)).save_pretrained(other)  # fmt: skip
@@ -156,6 +156,10 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
     one_line_error(r"text_augment.model .*other has its own tokenizer, not the data's", build, str(other))
     one_line_error(r"text_augment swaps words of labelled texts .* masked-lm", build, str(mlm_dir), task="masked-lm")
     one_line_error(r"hf:.*no-such-dir", build, str(tmp_path / "no-such-dir" / "x"))
+    classifier = tmp_path / "classifier"
+    BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=32)).save_pretrained(classifier)  # fmt: skip
+    one_line_error(r"is a BertForSequenceClassification, not a masked LM", build, str(classifier))
 
 
 def test_a_recipe_with_text_augment_on_images_is_one_line() -> None:

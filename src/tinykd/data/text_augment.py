@@ -14,6 +14,7 @@ exact. A swap replaces one token by one token, so lengths and padding are unchan
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,13 @@ def load_masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
     if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         path = path / "model"  # a tinykd run folder: its Hugging Face directory
     name = str(path) if path.is_dir() else spec
+    if path.is_dir() and (path / "config.json").is_file():
+        import json
+
+        kinds = json.loads((path / "config.json").read_text()).get("architectures") or []
+        if kinds and not any(k.endswith(("ForMaskedLM", "ForPreTraining")) for k in kinds):
+            raise TinykdError(f"data.text_augment.model {spec} is a {', '.join(kinds)}, not a masked LM; give one "
+                              "trained with data.task: masked-lm (e.g. the teacher's pre-training run)")  # fmt: skip
     own = _own_tokenizer(path) if path.is_dir() else None
     if own is not None and own.get_vocab() != tokenizer.get_vocab():
         raise TinykdError(f"data.text_augment.model {spec} has its own tokenizer, not the data's ({len(own)} vs "
@@ -239,7 +247,7 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
         print(f"tinykd: data.text_augment: {len(choices)} swappable words in {time.perf_counter() - began:.0f} s",
               flush=True)  # fmt: skip
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.{id(row_of)}.tmp")
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # ranks may write it at once: each its own
         write_tensors({"row_of": row_of, "choices": choices}, tmp, {"model": name, "top_k": options.top_k})
         tmp.replace(file)
     return WordSwaps(row_of, choices, options.word_prob, options.keep_original)
