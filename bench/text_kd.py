@@ -14,12 +14,19 @@
     python bench/text_kd.py --data ../shared/data --teacher runs/sst2-teacher --seeds 0 1 2
     python bench/text_kd.py --data ../shared/data --teacher runs/sst2-teacher --augment runs/sst2-pretrain \
         --set-distilled loss_terms.ce.weight=0                          # TinyBERT's augmentation, teacher terms only
+    python bench/text_kd.py --data ../shared/data --pretrain-text wordnet --pretrain-epochs 3 --scratch-only
+
+`--pretrain-text` adds English text to the teacher's masked-LM pre-training (its WordPiece is then trained on all
+of it): a file with one text per line, or `wordnet`, the 117,659 glosses of WordNet 3 (1.46M words: each synset's
+words, its definition and its examples), from Debian's `wordnet-base` (`apt-get install wordnet-base`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import statistics
 import sys
 import time
@@ -50,6 +57,56 @@ def run_once(recipe: Any, folder: Path, mode: str) -> dict[str, Any]:
     return run(recipe, folder, mode=mode).metrics
 
 
+WORDNET = Path("/usr/share/wordnet")
+
+
+def wordnet_texts(folder: Path = WORDNET) -> list[str]:
+    """One text per WordNet synset: "its words: its gloss" (the definition, then the quoted examples)."""
+    files = [folder / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
+    if not all(f.is_file() for f in files):
+        sys.exit(f"--pretrain-text wordnet reads WordNet's data files in {folder}; install Debian's wordnet-base "
+                 "(apt-get install wordnet-base) or give a text file")  # fmt: skip
+    texts = []
+    for file in files:
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  ") or " | " not in line:  # the licence header
+                continue
+            head, gloss = line.split(" | ", 1)
+            fields = head.split()
+            count = int(fields[3], 16)
+            words = [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in fields[4 : 4 + 2 * count : 2]]
+            texts.append(f"{', '.join(words)}: {gloss.strip()}")
+    return texts
+
+
+def pretrain_corpus(data: Path, extra: str, out: Path) -> list[str]:
+    """Overrides that pre-train on SST-2's training sentences plus `extra` (tested on SST-2's dev sentences)."""
+    texts = wordnet_texts() if extra == "wordnet" else Path(extra).read_text(encoding="utf-8").splitlines()
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, source in (("train", "train.tsv"), ("test", "dev.tsv")):
+        with (data / "sst2" / source).open(newline="") as f:
+            sentences = [row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        rows = sentences + ([t for t in texts if t.strip()] if split == "train" else [])
+        splits[split] = out / f"pretrain-{split}.csv"
+        with splits[split].open("w", newline="") as f:
+            csv.writer(f).writerows([("text",), *((r,) for r in rows)])
+    print(f"pre-training text: {len(sentences)} SST-2 sentences + {len(texts)} texts of {extra}", file=sys.stderr)
+    return ["data.name=text", f"data.train={splits['train']}", f"data.test={splits['test']}",
+            "data.text_column=text"]  # fmt: skip
+
+
+def train_once(recipe: Any, folder: Path) -> dict[str, Any]:
+    """A finished run's report is read; an interrupted one (a resume checkpoint) is resumed; else it is made."""
+    if (folder / "report.json").is_file():
+        print(f"reusing {folder}", file=sys.stderr)
+        return json.loads((folder / "report.json").read_text())
+    if (folder / "checkpoints" / "resume").is_dir():
+        print(f"resuming {folder}", file=sys.stderr)
+        return run(None, resume=folder, mode="train").metrics
+    return run(recipe, folder, mode="train").metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a folder with sst2/train.tsv and sst2/dev.tsv ($TINYKD_DATA)")
@@ -63,6 +120,10 @@ def main() -> None:
     parser.add_argument("--augment", metavar="MLM",
                         help="TinyBERT's augmentation for the distilled students: words swapped for this masked LM's "
                              "guesses (the teacher's sst2-pretrain run); their folders end in -aug")  # fmt: skip
+    parser.add_argument("--pretrain-text", metavar="TEXT", help="more text for the teacher's masked-LM "
+                        "pre-training: a file with one text per line, or 'wordnet'")  # fmt: skip
+    parser.add_argument("--pretrain-epochs", type=int, help="the pre-training's epochs (sst2-pretrain: 6)")
+    parser.add_argument("--teacher-epochs", type=int, help="the teacher's fine-tuning epochs (sst2-teacher: 3)")
     parser.add_argument("--set-distilled", dest="distilled_overrides", action="append", default=[],
                         help="override for the distilled students only (e.g. loss_terms.ce.weight=0)")
     parser.add_argument("--out", default=f"runs/text-kd-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -77,11 +138,16 @@ def main() -> None:
     teacher = Path(args.teacher) if args.teacher else None
     if teacher is None:
         t0 = time.perf_counter()
-        run(load_recipe("sst2-pretrain"), out / "sst2-pretrain", mode="train")
+        pretrain = pretrain_corpus(Path(args.data), args.pretrain_text, out / "data") if args.pretrain_text else []
+        if args.pretrain_epochs:
+            pretrain.append(f"train.epochs={args.pretrain_epochs}")
+        train_once(load_recipe("sst2-pretrain", pretrain), out / "sst2-pretrain")
         timings["pretrain_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finetune = [f"model.name=hf:{(out / 'sst2-pretrain' / 'model').resolve()}"]
-        run(load_recipe("sst2-teacher", finetune), out / "sst2-teacher", mode="train")
+        if args.teacher_epochs:
+            finetune.append(f"train.epochs={args.teacher_epochs}")
+        train_once(load_recipe("sst2-teacher", finetune), out / "sst2-teacher")
         timings["finetune_s"] = time.perf_counter() - t0
         teacher = out / "sst2-teacher"
     teacher = teacher.resolve()
