@@ -160,6 +160,12 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
     BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                              intermediate_size=32)).save_pretrained(classifier)  # fmt: skip
     one_line_error(r"is a BertForSequenceClassification, not a masked LM", build, str(classifier))
+    from transformers import PreTrainedTokenizerFast
+
+    gpt_like = PreTrainedTokenizerFast(tokenizer_object=train_wordpiece(TEXTS, vocab_size=200).backend_tokenizer,
+                                       eos_token="[SEP]", unk_token="[UNK]", pad_token="[PAD]")  # fmt: skip
+    text = TextOptions(train=str(train), test=str(test), tokenizer=gpt_like, augment=TextAugmentOptions(str(mlm_dir)))
+    one_line_error("the data's tokenizer .* has no mask token", build_datasets, "text", val_size=0, text=text)
 
 
 def test_a_recipe_with_text_augment_on_images_is_one_line() -> None:

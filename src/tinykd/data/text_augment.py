@@ -231,6 +231,10 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
     from tinykd.distill.cache import weights_digest
     from tinykd.models.checkpoint import read_tensors, write_tensors
 
+    if tokenizer.mask_token_id is None:
+        raise TinykdError(f"data.text_augment masks each word for a masked LM to guess, but the data's tokenizer "
+                          f"({type(tokenizer).__name__}) has no mask token; use a BERT-style tokenizer and masked "
+                          "LM")  # fmt: skip
     model, name = load_masked_lm(options.model, tokenizer)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     digest = tensor_digest(CANDIDATES_FILE_VERSION, ids, offsets, type_ids, options.top_k, weights_digest(model),
