@@ -362,8 +362,21 @@ def _text_raw(splits: TextSplits, options: TextOptions) -> RawSplits:
         train = copy.copy(train)
         train.swaps = word_swaps(options.augment, encoded.ids, encoded.offsets, encoded.type_ids, splits.tokenizer,
                                  _cache_dir() / "text-augment")  # fmt: skip
+        if os.environ.get("RANK", "0") == "0":
+            _show_swaps(splits.train, train)
     return RawSplits(train, splits.train, splits.test, splits.classes, 0, 0, tokenizer=splits.tokenizer,
                      task=options.task, max_length=options.max_length)  # fmt: skip
+
+
+def _show_swaps(plain: Any, swapped: Any, count: int = 2) -> None:
+    """Print a few training texts as the student will see them: what the swaps do, in words."""
+    index = list(range(min(len(plain), 64)))
+    before = plain.get_batch(index).inputs["input_ids"]
+    after = swapped.get_batch(index).inputs["input_ids"]
+    changed = [i for i in index if not torch.equal(before[i], after[i])][:count]
+    for i in changed:
+        old, new = (plain.tokenizer.decode(ids[i], skip_special_tokens=True) for ids in (before, after))
+        print(f"tinykd: data.text_augment, e.g. {old!r} -> {new!r}", flush=True)
 
 
 @DATASETS.register("text")

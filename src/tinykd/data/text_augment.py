@@ -107,7 +107,10 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
                     tokenizer: Any, top_k: int, logit_budget: int = 2**26) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_of, choices): for each swappable token, the masked LM's top `top_k` whole words when it is masked
     (the token itself left out). One masked copy of its sample per swappable token, batched by length so that
-    a batch's logits hold at most `logit_budget` floats."""
+    a batch's logits hold at most `logit_budget` floats.
+
+    A candidate must stand as a whole word somewhere in these texts: a vocabulary learned on little text has
+    word-start pieces that are no word alone (`grea` of `grea ##t`), which a swap would turn into nonsense."""
     word, continues = token_kinds(tokenizer)
     positions = swappable(ids, offsets, word, continues)
     row_of = torch.full((len(ids),), -1, dtype=torch.int64)
@@ -122,7 +125,8 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
     vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
         else len(tokenizer)  # fmt: skip
     allowed = torch.zeros(vocab, dtype=torch.bool)
-    allowed[: min(vocab, len(word))] = torch.from_numpy(word[:vocab])
+    whole = np.unique(ids[positions]).astype(np.int64)
+    allowed[torch.from_numpy(whole[whole < vocab])] = True
     found = torch.empty((len(positions), top_k), dtype=torch.int64)
     ok = torch.zeros(len(positions), dtype=torch.bool)
     mask_id, pad_id = int(tokenizer.mask_token_id), int(tokenizer.pad_token_id)
