@@ -88,10 +88,12 @@ def pretrain_corpus(data: Path, extra: str, out: Path) -> list[str]:
         with (data / "sst2" / source).open(newline="") as f:
             sentences = [row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
         rows = sentences + ([t for t in texts if t.strip()] if split == "train" else [])
+        if split == "train":
+            print(f"pre-training text: {len(sentences)} SST-2 training sentences + {len(rows) - len(sentences)} "
+                  f"texts of {extra}", file=sys.stderr)  # fmt: skip
         splits[split] = out / f"pretrain-{split}.csv"
         with splits[split].open("w", newline="") as f:
             csv.writer(f).writerows([("text",), *((r,) for r in rows)])
-    print(f"pre-training text: {len(sentences)} SST-2 sentences + {len(texts)} texts of {extra}", file=sys.stderr)
     return ["data.name=text", f"data.train={splits['train']}", f"data.test={splits['test']}",
             "data.text_column=text"]  # fmt: skip
 
