@@ -6,6 +6,7 @@ A tiny BERT masked LM and a WordPiece are made here and saved with `save_pretrai
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,12 @@ from test_text_data import make_rows, one_line_error, write
 from tinykd.data import TextOptions, build_datasets, train_wordpiece
 from tinykd.data import text_augment as augment_module
 from tinykd.data.text_augment import TextAugmentOptions, WordSwaps, find_candidates, swappable, token_kinds
+from tinykd.pipeline import masked_lm
+
+
+def augment(model: str, **options) -> TextAugmentOptions:
+    """`data.text_augment` as the pipeline makes it: with the loader of the masked LM."""
+    return TextAugmentOptions(model=model, masked_lm=partial(masked_lm, model), **options)
 
 TEXTS = [s for s, _ in make_rows(120)] + ["superb, the film", "123 movie !"]
 
@@ -39,11 +46,11 @@ def mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def bundle(tmp_path: Path, mlm_dir: Path, val_size: float = 10, **augment):
+def bundle(tmp_path: Path, mlm_dir: Path, val_size: float = 10, **options):
     train = write(tmp_path / "train.tsv", [(t, i % 2) for i, t in enumerate(TEXTS)])
     test = write(tmp_path / "test.tsv", make_rows(20, seed=1))
     options = TextOptions(train=str(train), test=str(test), vocab_size=200, tokenizer=str(mlm_dir),
-                          augment=TextAugmentOptions(model=str(mlm_dir), **augment))  # fmt: skip
+                          augment=augment(str(mlm_dir), **options))  # fmt: skip
     return build_datasets("text", val_size=val_size, seed=3, text=options)
 
 
@@ -156,7 +163,7 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
 
     def build(model: str, **options) -> None:
         text = TextOptions(train=str(train), test=str(test), tokenizer=str(mlm_dir),
-                           augment=TextAugmentOptions(model=model), **options)  # fmt: skip
+                           augment=augment(model), **options)  # fmt: skip
         build_datasets("text", val_size=0, text=text)
 
     one_line_error(r"text_augment.model .*other has its own tokenizer, not the data's", build, str(other))
@@ -170,7 +177,7 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
 
     gpt_like = PreTrainedTokenizerFast(tokenizer_object=train_wordpiece(TEXTS, vocab_size=200).backend_tokenizer,
                                        eos_token="[SEP]", unk_token="[UNK]", pad_token="[PAD]")  # fmt: skip
-    text = TextOptions(train=str(train), test=str(test), tokenizer=gpt_like, augment=TextAugmentOptions(str(mlm_dir)))
+    text = TextOptions(train=str(train), test=str(test), tokenizer=gpt_like, augment=augment(str(mlm_dir)))
     one_line_error("the data's tokenizer .* has no mask token", build_datasets, "text", val_size=0, text=text)
 
 

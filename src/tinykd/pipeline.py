@@ -6,6 +6,7 @@ dataset is made the same way everywhere. Nothing here trains, and nothing here k
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
 from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS, TextOptions
 from tinykd.data.text_augment import TextAugmentOptions
 from tinykd.distill import Distiller
-from tinykd.distill.cache import CachedBatches, TeacherCache
+from tinykd.distill.cache import CachedBatches, TeacherCache, weights_digest
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.errors import TinykdError
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
+from tinykd.models.hf import load_masked_lm
 from tinykd.models.qat import is_pt2e
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
@@ -59,9 +61,15 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
 
 
 def text_augment(recipe: Recipe) -> TextAugmentOptions | None:
-    """`data.text_augment` as the data builders take it (None: no word swaps)."""
+    """`data.text_augment` as the data builders take it (None: no word swaps), with the loader of its masked LM."""
     spec = recipe.data.text_augment
-    return None if spec is None else TextAugmentOptions(**spec.model_dump())
+    return None if spec is None else TextAugmentOptions(**spec.model_dump(), masked_lm=partial(masked_lm, spec.model))
+
+
+def masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
+    """The masked LM that proposes TinyBERT's word swaps, its name, and a digest of its weights."""
+    model, name = load_masked_lm(spec, tokenizer)
+    return model, name, weights_digest(model)
 
 
 def text_tokenizer(recipe: Recipe) -> str | None:

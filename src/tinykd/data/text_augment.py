@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class TextAugmentOptions:
     top_k: int = 15
     word_prob: float = 0.4
     keep_original: float = 0.05
+    # tokenizer -> (the masked LM, its name, a digest of its weights): models are built a layer above the data
+    masked_lm: Callable[[Any], tuple[nn.Module, str, str]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -196,56 +199,28 @@ def _masked_logits(model: nn.Module, inputs: dict[str, torch.Tensor], cols: torc
     return model(**inputs).logits[here, cols].float()
 
 
-def load_masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
-    """The masked LM named by `data.text_augment.model` and its name; its vocabulary must be the data's."""
-    from tinykd.models.hf import create_hf_model
-
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        path = path / "model"  # a tinykd run folder: its Hugging Face directory
-    name = str(path) if path.is_dir() else spec
-    if path.is_dir() and (path / "config.json").is_file():
-        import json
-
-        kinds = json.loads((path / "config.json").read_text()).get("architectures") or []
-        if kinds and not any(k.endswith(("ForMaskedLM", "ForPreTraining")) for k in kinds):
-            raise TinykdError(f"data.text_augment.model {spec} is a {', '.join(kinds)}, not a masked LM; give one "
-                              "trained with data.task: masked-lm (e.g. the teacher's pre-training run)")  # fmt: skip
-    own = _own_tokenizer(path) if path.is_dir() else None
-    if own is not None and own.get_vocab() != tokenizer.get_vocab():
-        raise TinykdError(f"data.text_augment.model {spec} has its own tokenizer, not the data's ({len(own)} vs "
-                          f"{len(tokenizer)} tokens); its guesses must be tokens of the data's tokenizer: give a "
-                          "masked LM trained with it (e.g. the teacher's masked-LM pre-training run)")  # fmt: skip
-    model = create_hf_model(name, task="masked-lm", vocab_size=len(tokenizer))
-    return model, name
-
-
-def _own_tokenizer(path: Path) -> Any:
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray, type_ids: np.ndarray | None,
                tokenizer: Any, cache_dir: Path) -> WordSwaps:  # fmt: skip
     """The swaps of a tokenized training set, read from `cache_dir` when this set and masked LM made them before."""
+    from safetensors.torch import load_file, save_file
+
     from tinykd.data.loader import tensor_digest
-    from tinykd.distill.cache import weights_digest
-    from tinykd.models.checkpoint import read_tensors, write_tensors
 
     if tokenizer.mask_token_id is None:
         raise TinykdError(f"data.text_augment masks each word for a masked LM to guess, but the data's tokenizer "
                           f"({type(tokenizer).__name__}) has no mask token; use a BERT-style tokenizer and masked "
                           "LM")  # fmt: skip
-    model, name = load_masked_lm(options.model, tokenizer)
+    if options.masked_lm is None:
+        raise TinykdError("data.text_augment: no masked LM loader was given (the pipeline gives one)")
+    model, name, weights = options.masked_lm(tokenizer)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    digest = tensor_digest(CANDIDATES_FILE_VERSION, ids, offsets, type_ids, options.top_k, weights_digest(model),
-                           vocab)  # fmt: skip
+    digest = tensor_digest(CANDIDATES_FILE_VERSION, ids, offsets, type_ids, options.top_k, weights, vocab)
     file = cache_dir / f"{digest[:32]}.safetensors"
-    if file.is_file():
-        tensors, _ = read_tensors(file)
+    try:
+        tensors = load_file(str(file)) if file.is_file() else None
+    except Exception:
+        tensors = None
+    if tensors is not None:
         row_of, choices = tensors["row_of"], tensors["choices"]
     else:
         began = time.perf_counter()
@@ -256,6 +231,7 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
               flush=True)  # fmt: skip
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # ranks may write it at once: each its own
-        write_tensors({"row_of": row_of, "choices": choices}, tmp, {"model": name, "top_k": options.top_k})
+        save_file({"row_of": row_of.contiguous(), "choices": choices.contiguous()}, str(tmp),
+                  metadata={"model": name, "top_k": str(options.top_k)})  # fmt: skip
         tmp.replace(file)
     return WordSwaps(row_of, choices, options.word_prob, options.keep_original)

@@ -10,6 +10,7 @@ tinykd never needs it.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 import warnings
@@ -309,3 +310,31 @@ def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None 
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
+
+
+def load_masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
+    """The masked LM named by `data.text_augment.model` and its name; its vocabulary must be the data's."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"  # a tinykd run folder: its Hugging Face directory
+    name = str(path) if path.is_dir() else spec
+    if path.is_dir() and (path / "config.json").is_file():
+        kinds = json.loads((path / "config.json").read_text()).get("architectures") or []
+        if kinds and not any(k.endswith(("ForMaskedLM", "ForPreTraining")) for k in kinds):
+            raise TinykdError(f"data.text_augment.model {spec} is a {', '.join(kinds)}, not a masked LM; give one "
+                              "trained with data.task: masked-lm (e.g. the teacher's pre-training run)")  # fmt: skip
+    own = _own_tokenizer(path) if path.is_dir() else None
+    if own is not None and own.get_vocab() != tokenizer.get_vocab():
+        raise TinykdError(f"data.text_augment.model {spec} has its own tokenizer, not the data's ({len(own)} vs "
+                          f"{len(tokenizer)} tokens); its guesses must be tokens of the data's tokenizer: give a "
+                          "masked LM trained with it (e.g. the teacher's masked-LM pre-training run)")  # fmt: skip
+    model = create_hf_model(name, task="masked-lm", vocab_size=len(tokenizer))
+    return model, name
+
+
+def _own_tokenizer(path: Path) -> Any:
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
