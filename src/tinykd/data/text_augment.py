@@ -114,6 +114,8 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
 
     A candidate must stand as a whole word somewhere in these texts: a vocabulary learned on little text has
     word-start pieces that are no word alone (`grea` of `grea ##t`), which a swap would turn into nonsense."""
+    from tinykd.data.text import Encoded, pad_samples  # text.py imports this module
+
     word, continues = token_kinds(tokenizer)
     positions = swappable(ids, offsets, word, continues)
     row_of = torch.full((len(ids),), -1, dtype=torch.int64)
@@ -138,16 +140,9 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
         take = order[start: start + max(1, logit_budget // (vocab * int(lengths[order[start]])))]
         while len(take) > 1 and len(take) * int(lengths[take[-1]]) * vocab > logit_budget:
             take = take[: len(take) // 2]  # sorted by length: the last is the longest
-        width, batch = int(lengths[take[-1]]), len(take)
-        input_ids = torch.full((batch, width), pad_id, dtype=torch.int64)
-        attention = torch.zeros((batch, width), dtype=torch.int64)
-        types = torch.zeros((batch, width), dtype=torch.int64) if type_ids is not None else None
-        for r, s in enumerate(sample[take].tolist()):
-            a, b = int(offsets[s]), int(offsets[s + 1])
-            input_ids[r, : b - a] = torch.from_numpy(ids[a:b].astype(np.int64))
-            attention[r, : b - a] = 1
-            if types is not None:
-                types[r, : b - a] = torch.from_numpy(type_ids[a:b].astype(np.int64))
+        batch, rows = len(take), torch.from_numpy(sample[take])
+        input_ids, attention = pad_samples(Encoded(ids, offsets), rows, None, pad_id)
+        types = pad_samples(Encoded(type_ids, offsets), rows, None, 0)[0] if type_ids is not None else None
         cols = torch.from_numpy(column[take])
         here = torch.arange(batch)
         original = input_ids[here, cols].clone()
