@@ -28,6 +28,7 @@ import torch
 
 from tinykd.data.loader import Batch, BatchDataset, seeded_generator, tensor_digest
 from tinykd.data.text_augment import TextAugmentOptions, WordSwaps
+from tinykd.data.tokens import Encoded, pad_samples
 from tinykd.errors import TinykdError, close_matches
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -393,18 +394,6 @@ def _tokenizer_name(tokenizer: Any) -> str:
     return repr(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
-@dataclass
-class Encoded:
-    """Token ids of many samples, compactly: one flat int32 array, sample i is ids[offsets[i]:offsets[i + 1]]."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    type_ids: np.ndarray | None = None  # token_type_ids in the same layout (int8), for sentence pairs
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-
 def encode(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> Encoded:
     """Every text tokenized once, in one batched call, truncated to `max_length` tokens."""
     want_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
@@ -446,20 +435,6 @@ def packed(encoded: Encoded, block: int) -> Encoded:
     if total == 0:
         offsets = np.zeros(1, np.int64)
     return Encoded(encoded.ids.copy(), offsets)
-
-
-def pad_samples(encoded: Encoded, index: torch.Tensor, width: int | None,
-                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The samples `index` right-padded to `width` (None: the longest of them): (ids, attention mask)."""
-    offsets, ids = encoded.offsets, encoded.ids
-    starts, ends = offsets[index.numpy()], offsets[index.numpy() + 1]
-    width = width or max(1, int((ends - starts).max(initial=0)))
-    out = torch.full((len(index), width), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(index), width), dtype=torch.int64)
-    for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        out[row, : end - start] = torch.from_numpy(ids[start:end])
-        mask[row, : end - start] = 1
-    return out, mask
 
 
 # --- the dataset -------------------------------------------------------------------------------------------------

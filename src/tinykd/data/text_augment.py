@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinykd.data.tokens import Encoded, pad_samples
 from tinykd.errors import TinykdError
 
 CANDIDATES_FILE_VERSION = 1
@@ -114,8 +115,6 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
 
     A candidate must stand as a whole word somewhere in these texts: a vocabulary learned on little text has
     word-start pieces that are no word alone (`grea` of `grea ##t`), which a swap would turn into nonsense."""
-    from tinykd.data.text import Encoded, pad_samples  # text.py imports this module
-
     word, continues = token_kinds(tokenizer)
     positions = swappable(ids, offsets, word, continues)
     row_of = torch.full((len(ids),), -1, dtype=torch.int64)
