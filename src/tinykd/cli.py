@@ -240,6 +240,23 @@ def shrink(
 
 
 @app.command()
+def average(
+    sources: Annotated[list[str], typer.Argument(help="Two or more runs or checkpoints of one architecture.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the averaged model.")],
+    weights: Annotated[str | None, typer.Option(help="One weight per model, like 1,1,2 (default: equal).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Average the weights of runs that share a start (a model soup): one model, often as good as their ensemble."""
+    from tinykd.compress.average import average_command
+
+    report = average_command(sources, out, weights, overwrite)
+    shares = ", ".join(f"{w:.3g}" for w in report["weights"])
+    hf = f"; Hugging Face directory in {report['hf_model']}" if report["hf_model"] else ""
+    print(f"wrote {report['out']}: mean of {len(report['sources'])} models (weights {shares}), "
+          f"{report['tensors']} tensors{hf}")
+
+
+@app.command()
 def profile(
     model: Annotated[str, typer.Argument(help="A model name, a checkpoint, a run folder or an .onnx file.")],
     threads: ThreadsOption = None,
