@@ -51,7 +51,6 @@ def test_average_is_the_weighted_mean_and_a_checkpoint_tinykd_reads(tmp_path: Pa
         if tensor.is_floating_point():
             expected = 0.25 * states[0][key] + 0.25 * states[1][key] + 0.5 * states[2][key]
             torch.testing.assert_close(tensor, expected)
-            assert not torch.equal(tensor, states[0][key]) or torch.equal(states[0][key], states[2][key])
             checked += 1
         else:  # counters are the first run's, not a mean
             assert torch.equal(tensor, states[0][key])
@@ -109,7 +108,7 @@ def test_average_refuses_what_cannot_be_averaged(tmp_path: Path) -> None:
     assert read_meta(a / "checkpoints" / "best.safetensors")["model"] == "cnn_tiny"
 
 
-@pytest.mark.parametrize("text", ["1,x", "-1,2", "0,0", "nan,1"])
+@pytest.mark.parametrize("text", ["1,x", "-1,2", "0,0", "nan,1", "inf,1"])
 def test_bad_weights_are_one_line(text: str) -> None:
     with pytest.raises(TinykdError, match="--weights"):
         parse_weights(text, 2)

@@ -14,6 +14,7 @@ normal Hugging Face directory and the run's `tokenizer/`, copied.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def parse_weights(text: str | None, count: int) -> list[float]:
         raise TinykdError(f"--weights takes numbers like 1,1,2 (one per model); got '{text}'") from None
     if len(values) != count:
         raise TinykdError(f"--weights gives {len(values)} numbers for {count} models; give one per model")
-    if any(v < 0 or v != v for v in values) or sum(values) <= 0:
+    if not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise TinykdError(f"--weights must be non-negative numbers with a positive sum; got '{text}'")
     total = sum(values)
     return [v / total for v in values]
