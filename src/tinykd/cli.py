@@ -246,7 +246,7 @@ def average(
     weights: Annotated[str | None, typer.Option(help="One weight per model, like 1,1,2 (default: equal).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
-    """Average the weights of runs that share a start (a model soup): one model, often as good as their ensemble."""
+    """Average the weights of runs that share a start (a model soup): one model at the cost of one."""
     from tinykd.compress.average import average_command
 
     report = average_command(sources, out, weights, overwrite)

@@ -1,10 +1,10 @@
 """`tinykd average`: one model whose weights are the mean of several runs' weights (a "model soup").
 
-Models fine-tuned from the same start (one pre-trained teacher, several seeds or learning rates) usually sit in
-one basin of the loss, so their mean weights are often as accurate as their ensemble at the cost of one model
-(Wortsman et al., 2022, "Model soups"). That makes a better teacher, or a better student, with no extra cost at
-inference. Models trained from different random starts do not average well (their units are permuted): average
-runs that share a start.
+Models fine-tuned from the same start (one pre-trained teacher, several seeds or learning rates) can sit in one
+basin of the loss, and then their mean weights can match their ensemble at the cost of one model (Wortsman et
+al., 2022, "Model soups"). Whether they do is measured, not assumed: on SST-2 here none of four soups beat the
+best run it averaged (README). Models trained from different random starts do not average well (their units
+are permuted): average runs that share a start.
 
 The result is a run folder like the sources': `checkpoints/best.safetensors` (the first source's metadata, so
 `tinykd eval`, `export`, `quantize` and `teacher.checkpoint` read it), and for Hugging Face models `model/` as a
@@ -45,7 +45,7 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: list[float],
                    names: list[str]) -> dict[str, torch.Tensor]:  # fmt: skip
     """The weighted mean of state dicts with the same keys and shapes, computed in float64 and stored in each
     tensor's own dtype. Integer tensors (counters such as BatchNorm's num_batches_tracked, position ids) are
-    not averaged: they are the first model's, and must agree unless they are counters."""
+    not averaged: they are the first model's."""
     first = states[0]
     for state, name in zip(states[1:], names[1:], strict=True):
         missing = [k for k in first if k not in state]
