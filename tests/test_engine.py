@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -61,6 +62,21 @@ def test_training_learns_and_writes_its_run_folder(tmp_path: Path) -> None:
     # the checkpoint holds the student alone
     state = load_file(str(folder / "checkpoints" / "best.safetensors"))
     assert set(state) == set(tinykd.create_model("cnn_small", num_classes=10, in_channels=1).state_dict())
+
+
+def test_a_finished_run_leaves_no_model_or_optimizer_alive(tmp_path: Path) -> None:
+    """Accelerate keeps what it prepares; a process that trains several times (a notebook, a sweep, a
+    multi-process job at exit, where DDP holds the process group) must not keep every run's models."""
+    quick = {**DIGITS, "train": {"epochs": 1, "max_steps_per_epoch": 3}, "measure": {"enabled": False}}
+
+    def alive() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer | torch.nn.Module)}
+
+    before = alive()
+    for i in range(2):
+        tinykd.run(quick, out=tmp_path / str(i))
+    assert not alive() - before
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ Beside this file: `faults.py` (non-finite losses, stop signals), `resume.py`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ class Engine:
         """Call `fn(inputs)` on every training batch of every epoch that `fit` would train on, in the same order,
         on the same device, memory format and autocast, without training: to precompute a frozen model's outputs
         for exactly those batches. Returns the number of batches."""
+        with self._releasing():
+            return self._replay(task, train_loader, spec, fn)
+
+    def _replay(self, task: nn.Module, train_loader: DataLoader, spec: TrainSpec, fn: Callable[[Any], None]) -> int:
         acc = self.accelerator
         if self.runtime.channels_last:
             task.to(memory_format=torch.channels_last)
@@ -152,6 +157,22 @@ class Engine:
         steps and at each epoch end; `resume` continues from the newest complete one, exactly. SIGINT and
         SIGTERM stop the loop at the next step boundary after saving one (`RunInterrupted`).
         """
+        with self._releasing():
+            return self._fit(task, model, train_loader, val_loader, spec, run_dir, save, resume)
+
+    @contextmanager
+    def _releasing(self) -> Iterator[None]:
+        """Drop Accelerate's references to what it prepared here (it keeps every model, optimizer and loader).
+        Otherwise each run in a process keeps its models alive, and a multi-process job keeps DDP, with its hold
+        on the process group, until interpreter exit, where gloo's threads can abort a finished job."""
+        try:
+            yield
+        finally:
+            self.accelerator.free_memory()
+
+    def _fit(self, task: nn.Module, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None,
+             spec: TrainSpec, run_dir: Path | None, save: Callable[[nn.Module, Path], None] | None,
+             resume: bool) -> FitResult:  # fmt: skip
         acc = self.accelerator
         if self.runtime.channels_last:
             task.to(memory_format=torch.channels_last)

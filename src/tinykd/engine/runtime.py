@@ -13,6 +13,7 @@ paths are closed here:
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import sys
@@ -192,6 +193,9 @@ def end_processes(finished: bool) -> None:
         return
     if finished and _current is not None:
         _current[1].wait_for_everyone()
+    if _current is not None:
+        _current[1].free_memory()  # what Accelerate still holds (DDP holds the group): freed while Python runs
+    gc.collect()
     torch.distributed.destroy_process_group()
 
 
