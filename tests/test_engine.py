@@ -79,6 +79,21 @@ def test_a_finished_run_leaves_no_model_or_optimizer_alive(tmp_path: Path) -> No
     assert not alive() - before
 
 
+def test_an_mlp_is_sized_for_the_data_and_a_model_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    quick = {**DIGITS, "train": {"epochs": 1, "max_steps_per_epoch": 3}, "measure": {"enabled": False}}
+    mlp = {"name": "mlp", "kwargs": {"hidden": [16]}}
+    result = tinykd.run({**quick, "student": mlp}, out=tmp_path / "sized")  # 8x8 digits, mlp's default is 28
+    state = load_file(str(result.run_dir / "checkpoints" / "last.safetensors"))
+    assert sorted(tuple(v.shape) for v in state.values() if v.ndim == 2) == [(10, 16), (16, 64)]
+    from tinykd.compress.source import load_checkpoint_model  # export, eval and compare rebuild it the same way
+
+    assert load_checkpoint_model(str(result.run_dir)).model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    wrong = {"name": "mlp", "kwargs": {"hidden": [16], "image_size": 28}}
+    with pytest.raises(TinykdError, match=r"the student cannot run on a batch of the data \(images of shape "
+                                          r"\(\d+, 1, 8, 8\)\): mat1 and mat2"):  # fmt: skip
+        tinykd.run({**quick, "student": wrong}, out=tmp_path / "wrong")
+
+
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None:
     quick = {**DIGITS, "train": {"epochs": 1, "max_steps_per_epoch": 6}, "measure": {"enabled": False}}
     runs = [tinykd.run({**quick, "seed": seed}, out=tmp_path / str(i)) for i, seed in enumerate((3, 3, 4))]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinykd.models import cifar_resnet, mobilenetv2, shufflenetv2, vgg, wrn
-from tinykd.models.registry import MODELS, create_model
+from tinykd.models.registry import MODELS, create_model, sized_for
 
 _MODULES = {m.__name__ for m in (cifar_resnet, mobilenetv2, shufflenetv2, vgg, wrn)}
 BENCHMARK_MODELS = [name for name in MODELS if MODELS.get(name).__module__ in _MODULES]
@@ -81,3 +81,13 @@ def test_feature_taps_by_module_path() -> None:
         model(torch.randn(1, 3, 32, 32))
     assert feats["layer3"].shape == (1, 256, 8, 8)
     assert feats["pool"].shape == (1, 256, 1, 1)
+
+
+def test_the_data_image_size_reaches_constructors_that_take_one() -> None:
+    assert sized_for("mlp", {"hidden": [8]}, 8) == {"hidden": [8], "image_size": 8}
+    assert sized_for("mlp", {"image_size": 14}, 8) == {"image_size": 14}  # the recipe's own value wins
+    assert sized_for("cnn_small", {}, 8) == {}  # adapts to any size: left alone
+    assert sized_for("timm:resnet18", {}, 8) == {} and sized_for("hf:bert", {}, 0) == {}
+    model = create_model("mlp", num_classes=3, in_channels=1, **sized_for("mlp", {}, 8))
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+

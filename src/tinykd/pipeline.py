@@ -26,6 +26,7 @@ from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
 from tinykd.models.hf import load_masked_lm
 from tinykd.models.qat import is_pt2e
+from tinykd.models.registry import sized_for
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
 
@@ -128,7 +129,7 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
             if str(saved.get("model", "")).startswith("hf:"):
                 name = saved["model"]
                 kwargs = {**kwargs, **saved.get("kwargs", {})}
-    model = create_model(name, **kwargs)
+    model = create_model(name, **sized_for(name, kwargs, data.image_size))
     if spec.checkpoint:
         load_weights(model, spec.checkpoint, name)
     if data.task == "seq2seq":

@@ -71,10 +71,12 @@ def compare_row(
             row["test_accuracy"] = accuracy(torch_logits(loaded.model, test[0]), test[1])
     else:
         from tinykd.models import create_model
+        from tinykd.models.registry import sized_for
 
         if Path(str(source)).suffix in (".yaml", ".yml", ".safetensors"):
             raise TinykdError(f"{source} does not exist")
-        model = create_model(str(source), num_classes=num_classes, in_channels=in_shape[0]).eval()
+        kwargs = sized_for(str(source), {}, in_shape[-1])
+        model = create_model(str(source), num_classes=num_classes, in_channels=in_shape[0], **kwargs).eval()
         row = torch_row(model, example_input(in_shape), str(source), str(source), repeats, batch, threads)
     return row
 

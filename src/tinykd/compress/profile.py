@@ -106,12 +106,14 @@ def profile_model(
             meta = loaded.meta
         else:
             from tinykd.models import create_model
+            from tinykd.models.registry import sized_for
 
             if Path(str(source)).suffix in (".yaml", ".yml", ".json"):
                 raise TinykdError(f"{source}: tinykd profile takes a model name, a checkpoint, a run folder or an "
                                   ".onnx file, not a recipe")  # fmt: skip
             name = label = str(source)
-            model = create_model(name, num_classes=num_classes, in_channels=in_channels).eval()
+            kwargs = sized_for(name, {}, image_size)
+            model = create_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs).eval()
             meta = {"model": name}
         config = getattr(model, "config", None)
         vocab = getattr(config, "vocab_size", None)

@@ -58,6 +58,7 @@ def is_checkpoint_source(source: str | Path) -> bool:
 def load_checkpoint_model(source: str | Path) -> Loaded:
     """Rebuild the model a tinykd checkpoint (or run folder) was saved from, and load its weights (eval mode)."""
     from tinykd.models import create_model
+    from tinykd.models.registry import sized_for
 
     path = resolve_checkpoint(source)
     if path.suffix != ".safetensors":
@@ -71,7 +72,8 @@ def load_checkpoint_model(source: str | Path) -> Loaded:
         num_classes, in_channels = bundle.num_classes, bundle.in_channels
     if num_classes is None or in_channels is None:
         raise TinykdError(f"{path}: its metadata gives neither num_classes and in_channels nor a recipe")
-    model = create_model(meta["model"], num_classes=num_classes, in_channels=in_channels, **meta.get("kwargs", {}))
+    kwargs = sized_for(meta["model"], meta.get("kwargs", {}), meta.get("image_size"))
+    model = create_model(meta["model"], num_classes=num_classes, in_channels=in_channels, **kwargs)
     load_weights(model, path, meta["model"])
     return Loaded(model.eval(), meta, path)
 

@@ -162,7 +162,10 @@ class Distiller(nn.Module):
         was_training = self.student.training
         self.student.eval()
         try:
-            student, teacher = self._student_outputs(example_inputs), self._teacher_outputs(example_inputs)
+            with _model_fails_on(example_inputs, "student"):
+                student = self._student_outputs(example_inputs)
+            with _model_fails_on(example_inputs, "teacher"):
+                teacher = self._teacher_outputs(example_inputs)
             if teacher is not None and teacher.logits.ndim == 3 and student.logits.ndim == 3 \
                     and teacher.logits.shape[-1] != student.logits.shape[-1]:  # fmt: skip
                 raise TinykdError(
@@ -247,3 +250,26 @@ class Distiller(nn.Module):
 
     def extra_repr(self) -> str:
         return f"loss = {self.formula()}"
+
+
+@contextlib.contextmanager
+def _model_fails_on(inputs: Any, role: str) -> Iterator[None]:
+    """A model that cannot take the data's batch (an input width or vocabulary built for other data) is a
+    mistake in the recipe: one line naming the model, the batch's shape and PyTorch's reason."""
+    try:
+        yield
+    except TinykdError:
+        raise
+    except (RuntimeError, IndexError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise TinykdError(f"the {role} cannot run on a batch of the data ({_describe(inputs)}): {reason}; build it "
+                          "for this data (its kwargs: image_size, vocab_size, in_channels)") from None  # fmt: skip
+
+
+def _describe(inputs: Any) -> str:
+    """A batch's shapes in words: `images of shape (4, 1, 8, 8)`, `input_ids (4, 12), attention_mask (4, 12)`."""
+    if isinstance(inputs, torch.Tensor):
+        return f"{'images' if inputs.ndim == 4 else 'inputs'} of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return type(inputs).__name__

@@ -1,7 +1,7 @@
 """The model registry and `create_model`, timm-style.
 
 Every built-in constructor takes `num_classes` and `in_channels` (and may take
-more keyword arguments). A spec is a registered name, `timm:NAME`,
+`image_size` and more keyword arguments). A spec is a registered name, `timm:NAME`,
 `torchvision:NAME` or `hf:NAME_OR_DIR` (transformers; `in_channels` is ignored).
 """
 
@@ -40,6 +40,15 @@ def create_model(spec: str, num_classes: int = 10, in_channels: int = 3, **kwarg
     constructor = MODELS.get(spec)
     _check_kwargs(spec, constructor, kwargs)
     return constructor(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def sized_for(spec: str, kwargs: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+    """`kwargs` with the data's `image_size` added for a registered constructor that takes one (an MLP's input
+    width depends on it) and was not given one; other models adapt to the input size and are left alone."""
+    if not image_size or "image_size" in kwargs or ":" in spec or spec not in MODELS:
+        return kwargs
+    takes = "image_size" in inspect.signature(MODELS.get(spec)).parameters
+    return {**kwargs, "image_size": image_size} if takes else kwargs
 
 
 def _check_kwargs(spec: str, constructor: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
