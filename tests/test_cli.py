@@ -139,3 +139,26 @@ def test_existing_run_folder_and_bad_checkpoint_for_eval(cli, tmp_path: Path) ->
     assert proc.returncode == 2 and "is not a readable safetensors checkpoint" in proc.stderr
     proc = cli("eval", "nothing-here")
     assert proc.returncode == 2 and "checkpoint nothing-here does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize(("world_size", "quick"), [("2", True), ("1", False), (None, False)])
+def test_a_finished_rank_of_a_multi_process_job_skips_interpreter_teardown(
+    monkeypatch: pytest.MonkeyPatch, world_size: str | None, quick: bool
+) -> None:
+    import os
+    import sys
+
+    import torch.distributed  # noqa: F401  (a job that ran on torch)
+
+    from tinykd import cli
+
+    exits: list[int] = []
+    monkeypatch.setattr(cli, "main", lambda: None)
+    monkeypatch.setattr(os, "_exit", exits.append)
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    assert "torch.distributed" in sys.modules
+    cli.entry()
+    assert exits == ([0] if quick else [])

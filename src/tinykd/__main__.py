@@ -1,6 +1,6 @@
 """`python -m tinykd ...` (also what torchrun and accelerate launch run)."""
 
-from tinykd.cli import main
+from tinykd.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -7,6 +7,7 @@ code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -333,6 +334,24 @@ def recipes() -> None:
     for name, path in sorted(builtin_recipes().items()):
         first = path.read_text().splitlines()[0] if path.stat().st_size else ""
         print(f"{name:28s} {first.lstrip('# ').strip()}")
+
+
+def entry() -> None:
+    """The `tinykd` command and `python -m tinykd` (also what torchrun and accelerate launch run).
+
+    A rank of a multi-process job that finished (its files written, every rank past the final barrier, the
+    process group destroyed) leaves with `os._exit(0)`, skipping interpreter finalization: there, after all
+    of that, a rank of a finished 2-rank CPU job once died on SIGABRT ("terminate called without an active
+    exception", from C++ threads torn down with Python), and the launcher reported finished work as failed."""
+    main()
+    if "torch.distributed" not in sys.modules:  # nothing ran on torch: no ranks, no process group
+        return
+    from tinykd.engine.runtime import launched_world_size
+
+    if launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> Any:
