@@ -162,9 +162,8 @@ class Engine:
 
     @contextmanager
     def _releasing(self) -> Iterator[None]:
-        """Drop Accelerate's references to what it prepared here (it keeps every model, optimizer and loader).
-        Otherwise each run in a process keeps its models alive, and a multi-process job keeps DDP, with its hold
-        on the process group, until interpreter exit, where gloo's threads can abort a finished job."""
+        """Drop Accelerate's references to what it prepared here (it keeps every model, optimizer and loader):
+        otherwise every run in a process (a notebook, a sweep, a multi-process job until its exit) stays alive."""
         try:
             yield
         finally:

@@ -194,7 +194,7 @@ def end_processes(finished: bool) -> None:
     if finished and _current is not None:
         _current[1].wait_for_everyone()
     if _current is not None:
-        _current[1].free_memory()  # what Accelerate still holds (DDP holds the group): freed while Python runs
+        _current[1].free_memory()  # what Accelerate still holds, freed before the group goes, not at exit
     gc.collect()
     torch.distributed.destroy_process_group()
 
