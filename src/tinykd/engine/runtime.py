@@ -193,9 +193,7 @@ def end_processes(finished: bool) -> None:
         return
     if finished and _current is not None:
         _current[1].wait_for_everyone()
-    if _current is not None:
-        _current[1].free_memory()  # what Accelerate still holds, freed before the group goes, not at exit
-    gc.collect()
+    gc.collect()  # what the runs left (Engine.fit freed Accelerate's references) goes before the group, not at exit
     torch.distributed.destroy_process_group()
 
 
