@@ -22,6 +22,7 @@ from tinykd import Distiller, create_model
 from tinykd.engine import Engine
 from tinykd.losses import build_loss_term, kd_loss
 from tinykd.recipes.schema import RuntimeSpec, TrainSpec
+from tinykd.tasks import Task
 
 
 def hand_loop(teacher, student, batches, lr: float) -> float:
@@ -48,7 +49,7 @@ def tinykd_loop(engine: Engine, teacher, student, batches, lr: float) -> float:
     spec = TrainSpec(epochs=1, log_every=len(batches), schedule={"name": "constant"},
                      optimizer={"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
     start = time.perf_counter()
-    engine.fit(distiller, student, batches, None, spec)  # a list of batches is a valid loader
+    engine.fit(distiller, student, Task(), batches, None, spec)  # a list of batches is a valid loader
     return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
 
 

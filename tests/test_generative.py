@@ -37,6 +37,7 @@ from tinykd.losses.token_kd import token_kl
 from tinykd.models.hf import save_hf_directory, student_from_teacher
 from tinykd.recipes import load_recipe
 from tinykd.run import generate_teacher_data, run
+from tinykd.tasks import get_task
 
 WORDS = ["the", "a", "good", "bad", "movie", "film", "plot", "actor", "great", "awful", "fun", "dull", "story",
          "music", "scene"]  # fmt: skip
@@ -73,7 +74,7 @@ def dataset(task: str, texts: list[str], targets: list[str] | None = None, stati
         dec = tok(targets)["input_ids"]
         decoder = Encoded(np.concatenate([np.array(e, np.int32) for e in dec]),
                           np.cumsum([0] + [len(e) for e in dec]).astype(np.int64))  # fmt: skip
-    return TextDataset(encoded, tok, task=task, max_length=16, static_shapes=static, decoder=decoder)
+    return TextDataset(encoded, tok, task=get_task(task), max_length=16, static_shapes=static, decoder=decoder)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------

@@ -198,3 +198,45 @@ def test_the_readme_lists_who_imports_whom() -> None:
     actual = {a: targets - BASE for a, targets in part_graph(import_graph()).items()
               if targets - BASE and a not in ("tinykd", "tinykd.__main__")}  # fmt: skip
     assert listed == actual
+
+
+# --- what a task means lives in tinykd/tasks ----------------------------------------------------------------------
+
+TASK_NAMES = {"classification", "masked-lm", "causal-lm", "seq2seq"}
+TASK_LISTS = {"GENERATIVE_TASKS", "TOKEN_TASKS"}
+# Modules that may still compare a task's name, each with the reason. models/hf.py: the `task` keyword of
+# create_hf_model is what tinykd checkpoints save in their kwargs (models may not import tasks to ask them).
+NAMES_ALLOWED = {"tinykd.models.hf"}
+
+
+def task_name_checks(path: Path) -> list[str]:
+    """`line: code` of each comparison with a task's name (==, !=, in, not in; a tuple or set of names counts) and
+    each use of a list of task names (GENERATIVE_TASKS, TOKEN_TASKS) in one file."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            values = [e for o in operands for e in (o.elts if isinstance(o, ast.Tuple | ast.List | ast.Set) else [o])]
+            if any(isinstance(v, ast.Constant) and v.value in TASK_NAMES for v in values):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        names = [node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute) else \
+            [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
+        if TASK_LISTS & set(names):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_outside_tasks_compares_a_task_name() -> None:
+    """Code outside `tinykd/tasks` asks a task what it is (`task.generative`, `task.per_token`, ...): a new task is
+    then one file in `tasks/`, not an edit of every module that once listed the four."""
+    found = {name: task_name_checks(path) for name, path in module_names().items()
+             if not name.startswith("tinykd.tasks") and name not in NAMES_ALLOWED}  # fmt: skip
+    assert {name: checks for name, checks in found.items() if checks} == {}
+
+
+def test_the_task_name_checker_finds_comparisons_and_lists(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text('from tinykd.data.text import GENERATIVE_TASKS\nif task == "seq2seq" or t in ("causal-lm", "x"):\n'
+                    '    pass\nok = task.generative and name != "auto"\n')  # fmt: skip
+    assert [line.split(":")[0] for line in task_name_checks(path)] == ["1", "2", "2"]

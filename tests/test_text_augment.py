@@ -16,8 +16,8 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TINYKD_OFFLINE"] = "1"
 
-from test_text_data import make_rows, one_line_error, write
-from tinykd.data import TextOptions, build_datasets, train_wordpiece
+from test_text_data import make_rows, one_line_error, text_options, write
+from tinykd.data import build_datasets, train_wordpiece
 from tinykd.data import text_augment as augment_module
 from tinykd.data.text_augment import TextAugmentOptions, WordSwaps, find_candidates, swappable, token_kinds
 from tinykd.pipeline import masked_lm
@@ -49,7 +49,7 @@ def mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(tmp_path: Path, mlm_dir: Path, val_size: float = 10, **options):
     train = write(tmp_path / "train.tsv", [(t, i % 2) for i, t in enumerate(TEXTS)])
     test = write(tmp_path / "test.tsv", make_rows(20, seed=1))
-    options = TextOptions(train=str(train), test=str(test), vocab_size=200, tokenizer=str(mlm_dir),
+    options = text_options(train=str(train), test=str(test), vocab_size=200, tokenizer=str(mlm_dir),
                           augment=augment(str(mlm_dir), **options))  # fmt: skip
     return build_datasets("text", val_size=val_size, seed=3, text=options)
 
@@ -162,7 +162,7 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
     test = write(tmp_path / "test.tsv", make_rows(10, seed=1))
 
     def build(model: str, **options) -> None:
-        text = TextOptions(train=str(train), test=str(test), tokenizer=str(mlm_dir),
+        text = text_options(train=str(train), test=str(test), tokenizer=str(mlm_dir),
                            augment=augment(model), **options)  # fmt: skip
         build_datasets("text", val_size=0, text=text)
 
@@ -177,7 +177,7 @@ def test_bad_augmentation_settings_are_one_line(tmp_path: Path, mlm_dir: Path) -
 
     gpt_like = PreTrainedTokenizerFast(tokenizer_object=train_wordpiece(TEXTS, vocab_size=200).backend_tokenizer,
                                        eos_token="[SEP]", unk_token="[UNK]", pad_token="[PAD]")  # fmt: skip
-    text = TextOptions(train=str(train), test=str(test), tokenizer=gpt_like, augment=augment(str(mlm_dir)))
+    text = text_options(train=str(train), test=str(test), tokenizer=gpt_like, augment=augment(str(mlm_dir)))
     one_line_error("the data's tokenizer .* has no mask token", build_datasets, "text", val_size=0, text=text)
 
 

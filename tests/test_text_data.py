@@ -10,6 +10,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,12 +30,18 @@ from tinykd.data import (
     make_loader,
     train_wordpiece,
 )
-from tinykd.data import text as text_module
+from tinykd.data import tables as tables_module
 from tinykd.errors import TinykdError
+from tinykd.tasks import get_task
 
 GOOD = ["good", "great", "fun", "superb", "lovely"]
 BAD = ["bad", "awful", "boring", "dull", "weak"]
 FILLER = ["the", "movie", "film", "was", "really", "plot", 'a "so-called" story', "it's", "acting"]
+
+
+def text_options(**options: Any) -> TextOptions:
+    """TextOptions as the pipeline makes them: the task (a name here, default classification) as a Task."""
+    return TextOptions(**{**options, "task": get_task(options.get("task", "classification"))})
 
 
 def make_rows(n: int = 60, seed: int = 0) -> list[tuple[str, int]]:
@@ -74,7 +81,7 @@ def text_bundle(tmp_path: Path, fmt: str = "tsv", n: int = 60, val_size: float =
     train = write(tmp_path / f"train.{fmt}", make_rows(n))
     test = write(tmp_path / f"test.{fmt}", make_rows(20, seed=1))
     return build_datasets("text", val_size=val_size, seed=seed,
-                          text=TextOptions(train=str(train), test=str(test), vocab_size=200, **options))  # fmt: skip
+                          text=text_options(train=str(train), test=str(test), vocab_size=200, **options))  # fmt: skip
 
 
 def one_line_error(match: str, call, *args, **kwargs) -> str:
@@ -90,12 +97,12 @@ def one_line_error(match: str, call, *args, **kwargs) -> str:
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
 def test_each_file_format_loads_every_row_and_keeps_quote_marks(tmp_path: Path, fmt: str) -> None:
     rows = make_rows()
-    table = text_module.read_table(write(tmp_path / f"t.{fmt}", rows))
-    assert text_module.read_texts(table, "sentence", "t") == [s for s, _ in rows]  # quotes are text, in tsv too
-    assert text_module.read_labels(table, "label", "t").tolist() == [label for _, label in rows]
+    table = tables_module.read_table(write(tmp_path / f"t.{fmt}", rows))
+    assert tables_module.read_texts(table, "sentence", "t") == [s for s, _ in rows]  # quotes are text, in tsv too
+    assert tables_module.read_labels(table, "label", "t").tolist() == [label for _, label in rows]
     bundle = text_bundle(tmp_path, fmt)
     assert (len(bundle.train), bundle.val, len(bundle.test)) == (60, None, 20)
-    assert bundle.classes == ["0", "1"] and bundle.num_classes == 2 and bundle.task == "classification"
+    assert bundle.classes == ["0", "1"] and bundle.num_classes == 2 and bundle.task.name == "classification"
     assert (bundle.in_channels, bundle.image_size, bundle.max_length) == (0, 0, 128)
     assert bundle.train.dataset.get_batch(range(60)).targets.tolist() == [label for _, label in rows]
 
@@ -105,14 +112,14 @@ def test_a_fake_sst2_folder_loads_from_root_and_from_tinykd_data(tmp_path: Path,
     folder.mkdir(parents=True)
     write(folder / "train.tsv", make_rows(40))
     write(folder / "dev.tsv", [('a "really" good film', 1), ("bad", 0), ("it's dull", 0)])
-    bundle = build_datasets("sst2", root=str(folder), val_size=0.25)
+    bundle = build_datasets("sst2", root=str(folder), val_size=0.25, text=text_options())
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (30, 10, 3)
     assert bundle.classes == ["negative", "positive"]
     tokens = bundle.tokenizer.convert_ids_to_tokens(bundle.test.get_batch([0]).inputs["input_ids"][0])
     assert tokens[:5] == ["[CLS]", "a", '"', "really", '"'] and bundle.test.get_batch([0, 1, 2]).targets.tolist() == [
         1, 0, 0]  # fmt: skip
     monkeypatch.setenv("TINYKD_DATA", str(tmp_path / "data"))
-    assert len(build_datasets("sst2", val_size=0).train) == 40
+    assert len(build_datasets("sst2", val_size=0, text=text_options()).train) == 40
 
 
 def test_missing_sst2_says_where_it_looked_and_offline_forbids_the_download(tmp_path: Path) -> None:
@@ -124,10 +131,10 @@ def test_missing_sst2_says_where_it_looked_and_offline_forbids_the_download(tmp_
 def test_the_text_column_is_found_by_name_and_can_be_chosen(tmp_path: Path) -> None:
     rows = [(i, s, f"other {i}", label) for i, (s, label) in enumerate(make_rows(30))]
     train = write(tmp_path / "train.csv", rows, ("id", "review", "content", "label"))
-    found = build_datasets("text", val_size=0, text=TextOptions(train=str(train), test=str(train), vocab_size=200))
+    found = build_datasets("text", val_size=0, text=text_options(train=str(train), test=str(train), vocab_size=200))
     decoded = found.tokenizer.decode(found.test.get_batch([3]).inputs["input_ids"][0], skip_special_tokens=True)
     assert decoded == "other 3"  # "content" comes before "review" (and "id" is no text column)
-    chosen = build_datasets("text", val_size=0, text=TextOptions(train=str(train), test=str(train), vocab_size=200,
+    chosen = build_datasets("text", val_size=0, text=text_options(train=str(train), test=str(train), vocab_size=200,
                                                                  text_column="review"))  # fmt: skip
     ids = chosen.test.get_batch([0]).inputs["input_ids"][0].tolist()
     assert ids == chosen.tokenizer(rows[0][1])["input_ids"] and len(ids) > 4
@@ -177,7 +184,7 @@ def test_bad_training_files_are_one_line_errors(tmp_path: Path, name: str, conte
     path = tmp_path / name
     path.write_text(content)
     good = write(tmp_path / "good.csv", make_rows(10))
-    one_line_error(match, build_datasets, "text", text=TextOptions(train=str(path), test=str(good)))
+    one_line_error(match, build_datasets, "text", text=text_options(train=str(path), test=str(good)))
 
 
 def test_test_labels_must_be_training_classes_and_files_must_exist(tmp_path: Path) -> None:
@@ -185,40 +192,39 @@ def test_test_labels_must_be_training_classes_and_files_must_exist(tmp_path: Pat
     test = write(tmp_path / "test.csv", [("good", 1), ("odd", 2)])
     one_line_error(r"test\.csv: column 'label' holds the label 2 in row 2, a class the training set never has; the "
                    r"classes are the training labels 0\.\.1", build_datasets, "text",
-                   text=TextOptions(train=str(train), test=str(test)))  # fmt: skip
+                   text=text_options(train=str(train), test=str(test)))  # fmt: skip
     one_line_error(r"nope\.csv does not exist", build_datasets, "text",
-                   text=TextOptions(train=str(train), test=str(tmp_path / "nope.csv")))  # fmt: skip
-    one_line_error("needs data.train and data.test", build_datasets, "text", text=TextOptions(train=str(train)))
+                   text=text_options(train=str(train), test=str(tmp_path / "nope.csv")))  # fmt: skip
+    one_line_error("needs data.train and data.test", build_datasets, "text", text=text_options(train=str(train)))
     one_line_error(r"has no column 'sentense' \(data.text_column\) \(did you mean: sentence\?\)", build_datasets,
-                   "text", text=TextOptions(train=str(train), test=str(train), text_column="sentense"))  # fmt: skip
+                   "text", text=text_options(train=str(train), test=str(train), text_column="sentense"))  # fmt: skip
 
 
 def test_empty_texts_are_allowed(tmp_path: Path) -> None:
     train = write(tmp_path / "train.csv", [*make_rows(10), ("", 1)])
-    bundle = build_datasets("text", val_size=0, text=TextOptions(train=str(train), test=str(train), vocab_size=200))
+    bundle = build_datasets("text", val_size=0, text=text_options(train=str(train), test=str(train), vocab_size=200))
     inputs, targets = bundle.test.get_batch([10])
     assert bundle.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0]) == ["[CLS]", "[SEP]"] and targets[0] == 1
     blank = tmp_path / "blank.csv"  # a column of blanks only: csv readers infer numbers (all missing), not text
     blank.write_text("sentence,label\n" + ",1\n" * 4)
-    table = text_module.read_table(blank)
-    assert text_module.read_texts(table, "sentence", "blank.csv") == [""] * 4
+    table = tables_module.read_table(blank)
+    assert tables_module.read_texts(table, "sentence", "blank.csv") == [""] * 4
 
 
 def test_options_are_checked(tmp_path: Path) -> None:
     train = write(tmp_path / "train.csv", make_rows(10))
-    for options, match in [({"task": "masked_lm"}, r"data.task 'masked_lm' is not a text task \(did you mean: "
-                                                   r"masked-lm\?\)"),
-                           ({"max_length": 2}, "data.max_length=2 is too short"),
+    one_line_error(r"unknown task 'masked_lm' \(did you mean: masked-lm\?\)", text_options, task="masked_lm")
+    for options, match in [({"max_length": 2}, "data.max_length=2 is too short"),
                            ({"mlm_probability": 1.5}, "data.mlm_probability=1.5 must be between 0 and 1"),
                            ({"vocab_size": 50}, "data.vocab_size=50 is too small")]:  # fmt: skip
-        one_line_error(match, build_datasets, "text", text=TextOptions(train=str(train), test=str(train), **options))
+        one_line_error(match, build_datasets, "text", text=text_options(train=str(train), test=str(train), **options))
 
 
 def test_masked_lm_needs_no_labels(tmp_path: Path) -> None:
     train = write(tmp_path / "train.jsonl", [(s,) for s, _ in make_rows(30)], ("text",))
-    bundle = build_datasets("text", val_size=0.2, text=TextOptions(train=str(train), test=str(train),
+    bundle = build_datasets("text", val_size=0.2, text=text_options(train=str(train), test=str(train),
                                                                    task="masked-lm", vocab_size=200))  # fmt: skip
-    assert bundle.classes == [] and bundle.task == "masked-lm" and (len(bundle.train), len(bundle.val)) == (24, 6)
+    assert bundle.classes == [] and bundle.task.name == "masked-lm" and (len(bundle.train), len(bundle.val)) == (24, 6)
     inputs, targets = bundle.val.get_batch(range(6))
     assert targets.shape == inputs["input_ids"].shape
 
@@ -269,7 +275,7 @@ def test_a_tokenizer_without_pad_pads_with_eos_and_masked_lm_needs_a_mask(tmp_pa
 def test_sentence_pairs_get_token_type_ids(tmp_path: Path) -> None:
     rows = [(s, "good" if label else "bad", label) for s, label in make_rows(20)]
     train = write(tmp_path / "pairs.csv", rows, ("premise", "hypothesis", "label"))
-    bundle = build_datasets("text", val_size=0, text=TextOptions(train=str(train), test=str(train), vocab_size=200,
+    bundle = build_datasets("text", val_size=0, text=text_options(train=str(train), test=str(train), vocab_size=200,
                                                                  text_column="premise",
                                                                  text_pair_column="hypothesis"))  # fmt: skip
     inputs, _ = bundle.test.get_batch([0, 1])
@@ -331,7 +337,8 @@ def test_masking_chooses_about_15_percent_of_real_tokens_never_special_or_paddin
 
 def _unmasked(dataset: TextDataset, indices: list[int]) -> torch.Tensor:
     """The same samples as a classification set: the ids before masking."""
-    plain = TextDataset(dataset.encoded, dataset.tokenizer, np.zeros(len(dataset), np.int64))
+    labels = np.zeros(len(dataset), np.int64)
+    plain = TextDataset(dataset.encoded, dataset.tokenizer, labels, get_task("classification"))
     return plain.get_batch(indices).inputs["input_ids"]
 
 
@@ -431,10 +438,10 @@ def test_pad_to_multiple_over_a_text_subset_gives_whole_batches_and_ignored_targ
 
 
 def test_a_hub_dataset_that_is_not_cached_is_one_line_offline(monkeypatch) -> None:
-    monkeypatch.setattr(text_module, "hf_cached", lambda name: False)
+    monkeypatch.setattr(tables_module, "hf_cached", lambda name: False)
     one_line_error(r"hub dataset 'glue' is not in the Hugging Face datasets cache and TINYKD_OFFLINE",
-                   build_datasets, "hf:glue/sst2", download=True)  # fmt: skip
-    one_line_error(r"data.name 'hf:a/b/c/d' must be hf:DATASET", build_datasets, "hf:a/b/c/d")
+                   build_datasets, "hf:glue/sst2", download=True, text=text_options())  # fmt: skip
+    one_line_error(r"data.name 'hf:a/b/c/d' must be hf:DATASET", build_datasets, "hf:a/b/c/d", text=text_options())
 
 
 def test_a_cached_hub_dataset_uses_validation_when_test_labels_are_hidden(monkeypatch) -> None:
@@ -455,13 +462,13 @@ def test_a_cached_hub_dataset_uses_validation_when_test_labels_are_hidden(monkey
         return datasets.DatasetDict({"train": split(rows[:30]), "validation": split(rows[30:]),
                                      "test": split(rows[30:36], hide=True)})  # fmt: skip
 
-    monkeypatch.setattr(text_module, "hf_cached", lambda name: True)
+    monkeypatch.setattr(tables_module, "hf_cached", lambda name: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    bundle = build_datasets("hf:glue/sst2", val_size=0, text=TextOptions(vocab_size=200))
+    bundle = build_datasets("hf:glue/sst2", val_size=0, text=text_options(vocab_size=200))
     assert calls == [("glue", "sst2")]
     assert bundle.classes == ["negative", "positive"] and len(bundle.test) == 10  # validation, not the hidden test
     assert bundle.test.get_batch(range(10)).targets.tolist() == [label for _, label in rows[30:]]
-    mlm = build_datasets("hf:nyu-mll/glue/sst2", val_size=0, text=TextOptions(vocab_size=200, task="masked-lm"))
+    mlm = build_datasets("hf:nyu-mll/glue/sst2", val_size=0, text=text_options(vocab_size=200, task="masked-lm"))
     assert calls[-1] == ("nyu-mll/glue", "sst2") and len(mlm.test) == 6  # no labels needed: the test split
 
 

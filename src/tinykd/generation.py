@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,7 @@ from torch import nn
 
 from tinykd.data.text import TextDataset, pad_samples
 from tinykd.errors import TinykdError
-
-
-def perplexity(mean_token_loss: float) -> float:
-    """exp of the mean next-token cross-entropy (nats), inf when it overflows."""
-    try:
-        return math.exp(mean_token_loss)
-    except OverflowError:
-        return math.inf
+from tinykd.tasks.base import perplexity  # noqa: F401  (a generative task's metric; read here too)
 
 
 def base_dataset(dataset: Any) -> TextDataset:
@@ -88,7 +80,7 @@ def prompts(dataset: Any, count: int, tokens: int = 8) -> list[list[int]]:
     eos, rows = data.tokenizer.eos_token_id, []
     for i in range(min(count, len(data))):
         ids = data.encoded.ids[data.encoded.offsets[i] : data.encoded.offsets[i + 1]].tolist()
-        rows.append(ids if data.task == "seq2seq" else [t for t in ids if t != eos][:tokens] or ids[:1])
+        rows.append(ids if data.task.text_to_text else [t for t in ids if t != eos][:tokens] or ids[:1])
     return rows
 
 
@@ -129,13 +121,13 @@ def write_teacher_outputs(model: nn.Module, dataset: Any, out: str | Path, colum
     if data.texts is None:
         raise TinykdError("tinykd generate needs one text per sample; data.packing joins texts into blocks: "
                           "set data.packing=false")  # fmt: skip
-    if data.task not in ("seq2seq", "causal-lm"):
-        raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {data.task}: "
+    if not data.task.generative:
+        raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {data.task.name}: "
                           "use causal-lm or seq2seq")  # fmt: skip
     if num_beams < 1 or prompt_tokens < 1 or batch_size < 1 or (limit is not None and limit < 1) \
             or (max_new_tokens is not None and max_new_tokens < 1):  # fmt: skip
         raise TinykdError("--num-beams, --prompt-tokens, --limit, --max-new-tokens and the batch size must be >= 1")
-    tokenizer, seq2seq = data.tokenizer, data.task == "seq2seq"
+    tokenizer, seq2seq = data.tokenizer, data.task.text_to_text
     count = len(data) if limit is None else min(limit, len(data))
     new_tokens = max_new_tokens or data.max_length
     device = next(model.parameters()).device

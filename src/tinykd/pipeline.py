@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
-from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS, TextOptions
+from tinykd.data.text import TextOptions
 from tinykd.data.text_augment import TextAugmentOptions
 from tinykd.distill import Distiller
 from tinykd.distill.cache import CachedBatches, TeacherCache, weights_digest
@@ -29,6 +29,7 @@ from tinykd.models.qat import is_pt2e
 from tinykd.models.registry import sized_for
 from tinykd.recipes import Recipe
 from tinykd.recipes.schema import ModelSpec
+from tinykd.tasks import get_task
 
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_DATASETS = ("text", "sst2")
@@ -46,19 +47,22 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
     `static_shapes` pads every text batch to `data.max_length` (XLA compiles one shape).
     """
     d = recipe.data
+    task = get_task(d.task)
     augment = d.augment if augment is None else augment
     text = None
     if d.text_augment is not None and not is_text(recipe):
         raise TinykdError(f"data.text_augment swaps words of texts; data.name {d.name} is images: remove it")
     if is_text(recipe):
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
-                           label_column=d.label_column, task=d.task, max_length=d.max_length,
+                           label_column=d.label_column, task=task, max_length=d.max_length,
                            tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,
                            mlm_probability=d.mlm_probability, static_shapes=static_shapes,
                            source_column=d.source_column, target_column=d.target_column,
                            packing=d.packing, augment=text_augment(recipe) if augment else None)  # fmt: skip
-    return build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed, d.image_size,
-                          d.bad_images, text=text)  # fmt: skip
+    bundle = build_datasets(d.name, d.root, d.download, augment, d.val_size, d.train_subset, recipe.seed,
+                            d.image_size, d.bad_images, text=text)  # fmt: skip
+    bundle.task = task  # images too: the engine, the distiller and the report call it
+    return bundle
 
 
 def text_augment(recipe: Recipe) -> TextAugmentOptions | None:
@@ -116,12 +120,12 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
     """
     name, kwargs = spec.name, {"num_classes": data.num_classes, "in_channels": data.in_channels, **spec.kwargs}
     if name.startswith("hf:"):
-        kwargs.setdefault("task", data.task)
+        kwargs.setdefault("task", data.task.name)  # the saved kwarg models read (an Auto class per task name)
         if data.tokenizer is not None:
             kwargs.setdefault("vocab_size", len(data.tokenizer))
             kwargs.setdefault("pad_token_id", data.tokenizer.pad_token_id)
             _check_same_tokenizer(name, data, role)
-            if data.task in GENERATIVE_TASKS:
+            if data.task.generative:
                 kwargs.setdefault("token_ids", generation_token_ids(data))
         if spec.checkpoint:
             file = resolve_checkpoint(spec.checkpoint)
@@ -132,7 +136,7 @@ def build_model(spec: ModelSpec, data: DataBundle, role: str) -> nn.Module:
     model = create_model(name, **sized_for(name, kwargs, data.image_size))
     if spec.checkpoint:
         load_weights(model, spec.checkpoint, name)
-    if data.task == "seq2seq":
+    if data.task.text_to_text:
         _align_decoder_start(model, data, role)
     return model
 
@@ -154,7 +158,7 @@ def generation_token_ids(data: DataBundle) -> dict[str, int]:
     ids = {"bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id,
            "eos_token_id": tok.eos_token_id}  # fmt: skip
     datasets = _text_datasets(data)
-    if data.task == "seq2seq" and datasets:
+    if data.task.text_to_text and datasets:
         ids["decoder_start_token_id"] = datasets[0].decoder_start_id
     return {k: v for k, v in ids.items() if v is not None}
 
@@ -183,7 +187,7 @@ def _check_same_tokenizer(name: str, data: DataBundle, role: str) -> None:
     folder = Path(name[3:]).expanduser()
     if not _has_tokenizer(folder):
         return
-    from tinykd.data.text import load_tokenizer
+    from tinykd.data.tokenizers import load_tokenizer
 
     own = load_tokenizer(str(folder))
     if own.get_vocab() != data.tokenizer.get_vocab():
@@ -312,7 +316,7 @@ def open_teacher_cache(recipe: Recipe, data: DataBundle, distiller: Distiller) -
                           "need the teacher online: remove teacher.cache")  # fmt: skip
     precision = str(distiller.teacher_dtype).replace("torch.", "") if distiller.teacher_dtype else "fp32"
     width = data.num_classes  # token-level tasks: one distribution over the teacher's vocabulary per position
-    if data.task in TOKEN_TASKS:
+    if data.task.per_token:
         width = getattr(getattr(distiller.teacher, "config", None), "vocab_size", None) or len(data.tokenizer)
     cache = TeacherCache.open(spec.cache, distiller.teacher, data.train, recipe.seed, distiller.teacher_tap_paths(),
                               width, spec.cache_format, spec.cache_topk, precision)  # fmt: skip

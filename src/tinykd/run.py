@@ -13,14 +13,15 @@ from typing import Any, Literal
 
 import torch
 
-from tinykd.data.text import GENERATIVE_TASKS, TOKEN_TASKS
+from tinykd.data.inputs import map_inputs, take, to_numpy
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.engine import Engine
 from tinykd.engine.log import describe_breakdown
 from tinykd.engine.runtime import resolve_precision
 from tinykd.engine.trackers import check_trackers
 from tinykd.errors import RunInterrupted, TinykdError
-from tinykd.generation import perplexity, prompts, seq2seq_scores
+from tinykd.generation import prompts, seq2seq_scores
+from tinykd.labels import IGNORE_INDEX
 from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model, measure_speed
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
@@ -43,6 +44,7 @@ from tinykd.recipes import Recipe, dump_recipe, load_recipe
 from tinykd.recipes.schema import ModelSpec
 from tinykd.report import format_table, rows_markdown
 from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
+from tinykd.tasks import get_task
 
 __all__ = ["RunResult", "fill_teacher_cache", "run", "run_generations"]
 
@@ -75,6 +77,7 @@ def run(
     engine.seed(recipe.seed)
 
     data = build_data(recipe, static_shapes=engine.device.type == "xla")  # XLA: one compiled shape per step
+    task = data.task
     text = data.tokenizer is not None
     unit = "texts" if text else "images"
     if data.skipped and engine.is_main:
@@ -112,9 +115,9 @@ def run(
     if is_pt2e(student):  # its checkpoints also hold the fake quantizers' state; a plain model skips it
         meta["qat"] = "pt2e"
     if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
-        meta["model"], meta["kwargs"] = hf_checkpoint_spec(student, data.task)
+        meta["model"], meta["kwargs"] = hf_checkpoint_spec(student, task.name)
     if text:
-        meta.update(tokenizer="tokenizer", task=data.task, max_length=data.max_length)
+        meta.update(tokenizer="tokenizer", task=task.name, max_length=data.max_length)
     if engine.is_main:
         verb = "distilling" if teacher is not None else "training"
         procs = engine.accelerator.num_processes
@@ -123,7 +126,7 @@ def run(
               f"({recipe.data.batch_size} per process x {procs}), lr {recipe.train.optimizer.lr:g} (as given, "
               f"not scaled); loss = {distiller.formula()}")
     try:
-        fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
+        fit = engine.fit(distiller, student, task, train_loader, val_loader, recipe.train, run_dir,
                          save=lambda model, path: save_model(model, path, meta), resume=resume is not None)  # fmt: skip
     except RunInterrupted as stop:
         command = "distill" if teacher is not None else "train"
@@ -154,11 +157,9 @@ def run(
         row: dict[str, Any] = {"role": role, "model": name}
         if model is not student and role != "teacher":  # the QAT-trained weights without their quantizers
             row["format"] = "pytorch fp32 (QAT weights, unquantized)"
-        scores = engine.evaluate(model, test_loader)
-        row["test_accuracy"] = scores["accuracy"]
-        if data.task in GENERATIVE_TASKS:  # accuracy is per predicted token; perplexity of the same tokens
-            row["test_perplexity"] = perplexity(scores["loss"])
-        if data.task == "seq2seq" and recipe.measure.generate_samples and engine.is_main \
+        scores = engine.evaluate(model, test_loader, task)
+        row.update({f"test_{metric}": scores[metric] for metric in task.report_metrics})
+        if task.scores_generations and recipe.measure.generate_samples and engine.is_main \
                 and engine.device.type != "xla":  # fmt: skip  # decoding is host-driven, a graph per length
             generated = seq2seq_scores(engine.accelerator.unwrap_model(model), data.test,
                                        recipe.measure.generate_samples, recipe.data.eval_batch_size)  # fmt: skip
@@ -168,7 +169,7 @@ def run(
                                   recipe.measure.latency_repeats, recipe.measure.throughput_batch,
                                   recipe.measure.threads)  # fmt: skip
             row.update(stats.as_dict())
-            if data.task in GENERATIVE_TASKS:
+            if task.generative:
                 row.update(generation_speed_row(engine.accelerator.unwrap_model(model), prompts(data.test, 1)[0],
                                                 recipe.measure.new_tokens, recipe.measure.threads))  # fmt: skip
         rows.append(row)
@@ -177,7 +178,7 @@ def run(
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
-        "train_seconds": round(fit.seconds, 2), "train_img_per_s": round(fit.images_per_second, 1),
+        "train_seconds": round(fit.seconds, 2), "train_img_per_s": round(fit.samples_per_second, 1),
         "total_seconds": round(time.perf_counter() - start, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
@@ -233,7 +234,7 @@ def _write_page(engine: Engine, models: dict[str, Any], data: Any, recipe: Recip
     from tinykd.html_report import write_html_report
 
     try:
-        if data.task not in TOKEN_TASKS and data.task != "masked-lm":
+        if data.task.per_sample_predictions:
             save_predictions(engine, models, data.test, recipe.data.eval_batch_size, run_dir, data.classes)
         write_html_report([run_dir])
     except Exception as exc:  # the run's results are saved already: say what failed, keep going
@@ -253,7 +254,7 @@ def save_predictions(engine: Engine, models: dict[str, Any], test_set: Any, batc
         for model in models.values():
             model.eval()
         for inputs, targets in engine.loader(test_set, batch, False):
-            keep = targets >= 0  # not the padding of the last batch
+            keep = targets != IGNORE_INDEX  # not the padding of the last batch
             labels.append(targets[keep].numpy())
             inputs = send_to_device(inputs, engine.device)
             for role, model in models.items():
@@ -352,9 +353,9 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     assert spec is not None
     converted = convert_qat(engine.accelerator.unwrap_model(student), spec)
     role = f"student ({spec.weights} QAT)"
-    scores = engine.evaluate(converted.to(engine.device), test_loader)
+    scores = engine.evaluate(converted.to(engine.device), test_loader, data.task)
     pt2e = is_pt2e(converted)
-    form = "pt2e" if pt2e else "pytorch" if data.task in GENERATIVE_TASKS else \
+    form = "pt2e" if pt2e else "pytorch" if data.task.generative else \
         "nbits" if spec.weights == "int4" and spec.granularity != "per-channel" and spec.group_size >= 16 else "qdq"
     if form == "pytorch":
         row = {"role": role, "model": meta["model"], "format": f"torchao {describe(spec)}",
@@ -375,7 +376,7 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
 
     path = run_dir / "model.qat.onnx"
     converted = converted.cpu()
-    one = {k: v[:1].cpu() for k, v in example.items()} if isinstance(example, dict) else example[:1].cpu()
+    one = map_inputs(lambda v: v.cpu(), take(example, 1))
     if pt2e:
         from tinykd.compress.export import export_qdq_onnx
 
@@ -397,15 +398,13 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
     runtime = session(path, recipe.measure.threads)
     correct = total = 0
     for inputs, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
-        arrays = {k: v.cpu().numpy() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.numpy()
-        logits, labels = onnx_logits(runtime, arrays), labels.cpu().numpy()
-        counted = labels >= 0  # not the padding of the last batch
+        logits, labels = onnx_logits(runtime, to_numpy(inputs)), labels.cpu().numpy()
+        counted = labels != IGNORE_INDEX  # not the padding of the last batch
         correct += int((logits.argmax(-1) == labels)[counted].sum())
         total += int(counted.sum())
     row["test_accuracy"] = correct / max(total, 1)
     if recipe.measure.enabled:
-        numpy = {k: v.numpy() for k, v in one.items()} if isinstance(one, dict) else one.numpy()
-        stats = measure_onnx(path, numpy, recipe.measure.latency_repeats, recipe.measure.throughput_batch,
+        stats = measure_onnx(path, to_numpy(one), recipe.measure.latency_repeats, recipe.measure.throughput_batch,
                              recipe.measure.threads)  # fmt: skip
         row.update({k: v for k, v in stats.items() if k != "threads"})
     else:
@@ -431,7 +430,7 @@ def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str
     if recipe.teacher is None or not (recipe.teacher.checkpoint or recipe.teacher.name.startswith("hf:")):
         raise TinykdError("tinykd generate needs a recipe with one trained teacher (teacher.checkpoint, or an hf: "
                           "directory)")  # fmt: skip
-    if recipe.data.task not in GENERATIVE_TASKS:
+    if not get_task(recipe.data.task).generative:
         raise TinykdError(f"tinykd generate writes a generative teacher's outputs; data.task is {recipe.data.task}: "
                           "use causal-lm or seq2seq")  # fmt: skip
     start = time.perf_counter()
@@ -442,7 +441,7 @@ def generate_teacher_data(recipe: Recipe | str | Path | dict[str, Any], out: str
     device = engine.device if engine.device.type != "xla" else "cpu"  # decoding is host-driven: a graph per length
     teacher.to(device)
     d = recipe.data
-    columns = (d.source_column or "text", d.target_column) if d.task == "seq2seq" else (d.text_column or "text", "")
+    columns = (d.source_column or "text", d.target_column) if data.task.text_to_text else (d.text_column or "text", "")
 
     def progress(done: int, total: int) -> None:
         if engine.is_main and (done == total or done % max(1, total // 10) < d.eval_batch_size):

@@ -38,10 +38,10 @@ from tinykd.compress.source import (
     load_checkpoint_model,
     torch_logits,
 )
-from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.errors import TinykdError
 from tinykd.measure import count_macs, count_params
 from tinykd.models.checkpoint import run_folder_of
+from tinykd.tasks import is_generative
 
 EXPORTERS = ("auto", "dynamo", "legacy")
 DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime (or torch.export) and eager PyTorch
@@ -322,7 +322,7 @@ def export_checkpoint(
         raise TinykdError("--tolerance must be > 0 and --verify-images at least 1")
     loaded = load_checkpoint_model(source)
     recipe = checkpoint_recipe(loaded.meta, loaded.path, overrides)
-    if loaded.meta.get("task") in GENERATIVE_TASKS:
+    if is_generative(loaded.meta.get("task")):
         if fmt != "onnx":
             raise TinykdError(f"a {loaded.meta['task']} model exports to onnx (with its KV cache), not {fmt}")
         return export_generative_checkpoint(loaded, recipe, out, overwrite, min(verify_images, 16))
@@ -382,7 +382,7 @@ def describe_export(path: Path, report: dict[str, Any]) -> str:
     """Two lines for the terminal: what was written, and how it was verified."""
     from tinykd.report import human_bytes
 
-    if report.get("task") in GENERATIVE_TASKS:
+    if is_generative(report.get("task")):
         v = report["verification"]
         return (f"exported {path}/ ({report['task']}, {report['exporter']}, {human_bytes(report['size_bytes'])}) in "
                 f"{report['seconds']} s\nverified on {v['prompts']} test prompts: ONNX Runtime's greedy decoding "

@@ -52,8 +52,8 @@ from tinykd.measure import (
     torch_greedy_generate,
     torch_threads,
 )
+from tinykd.tasks import generative_task, generative_tasks, get_task
 
-TASKS = ("auto", "causal-lm", "seq2seq")
 CAUSAL_FILE, ENCODER_FILE, DECODER_FILE = "model.onnx", "encoder_model.onnx", "decoder_model.onnx"
 CHECK_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime and eager PyTorch at export
 # example sizes for the exporter: all different, and not 0 or 1, so that no dynamic dimension is specialised
@@ -140,8 +140,9 @@ def load_generative(model_dir: str | Path, task: str = "auto") -> tuple[nn.Modul
     """(model in eval mode, fp32, on the CPU; its task) from a `save_pretrained` folder, with one-line errors."""
     import transformers
 
-    if task not in TASKS:
-        raise TinykdError(f"task must be one of {', '.join(TASKS)}, not '{task}'")
+    choices = ["auto", *generative_tasks()]
+    if task not in choices:
+        raise TinykdError(f"task must be one of {', '.join(choices)}, not '{task}'")
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise TinykdError(f"{folder} is not a Hugging Face model folder (no config.json; write one with "
@@ -150,9 +151,9 @@ def load_generative(model_dir: str | Path, task: str = "auto") -> tuple[nn.Modul
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # transformers raises several types for a broken config
         raise TinykdError(f"{folder}/config.json cannot be read as a model config: {_first_line(exc)}") from None
-    if task == "auto":
-        task = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal-lm"
-    auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
+    resolved = get_task(task) if task != "auto" else generative_task(getattr(config, "is_encoder_decoder", False))
+    task = resolved.name
+    auto = getattr(transformers, resolved.hf_auto_class)
     model_type = getattr(config, "model_type", "?")
     if type(config) not in auto._model_mapping:
         raise TinykdError(f"model type '{model_type}' cannot be exported as {task}: transformers has no "
@@ -343,7 +344,7 @@ def export_generative(model_dir: str | Path, out_dir: str | Path, task: str = "a
             "params": count_params(model),
             "eos_token_id": gen_cfg.eos_token_id, "pad_token_id": gen_cfg.pad_token_id,
             "bos_token_id": gen_cfg.bos_token_id}  # fmt: skip
-    if task == "causal-lm":
+    if not get_task(task).text_to_text:  # one decoder-only graph
         wrapper, example, outputs, axes = _causal_spec(model)
         specs = [(CAUSAL_FILE, wrapper, example, outputs, axes)]
     else:
@@ -375,7 +376,7 @@ def _check_export(model: nn.Module, out: Path, task: str) -> None:
         return float(np.abs(ours - ref.numpy())[mask[:, -ours.shape[1] :] == 1].max())
 
     diffs = []
-    if task == "causal-lm":
+    if not get_task(task).text_to_text:
         wrapper = CausalLMWithCache(model, "position_ids" in gen.inputs)
         state = gen._causal_start(prompts, pad=0)
         for _ in range(2):

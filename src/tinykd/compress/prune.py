@@ -189,6 +189,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     engine.seed(recipe.seed)
 
     data = build_data(recipe)
+    task = data.task
     name = recipe.trained.name
     student = build_model(recipe.trained, data, "student")
     teacher = build_teacher(recipe, data)
@@ -197,7 +198,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
 
     def test_accuracy(model: nn.Module) -> float:
-        accuracy = engine.evaluate(model.to(engine.device), test_loader)["accuracy"]
+        accuracy = engine.evaluate(model.to(engine.device), test_loader, task)["accuracy"]
         model.cpu()
         return accuracy
 
@@ -230,7 +231,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
             "pruned_from": recipe.trained.checkpoint}  # fmt: skip
     train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
     val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
-    fit = engine.fit(distiller, student, train_loader, val_loader, recipe.train, run_dir,
+    fit = engine.fit(distiller, student, task, train_loader, val_loader, recipe.train, run_dir,
                      save=lambda model, path: save_model(model, path, meta))  # fmt: skip
     student = engine.accelerator.unwrap_model(student)
     if fit.best_checkpoint is not None:

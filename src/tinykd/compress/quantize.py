@@ -58,10 +58,10 @@ from tinykd.compress.source import (
     to_torch,
     torch_logits,
 )
-from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.errors import TinykdError
 from tinykd.measure import count_macs, count_params, first_sample, percentile, repeat_sample, time_calls, torch_threads
 from tinykd.models.outputs import call_model
+from tinykd.tasks import is_generative
 
 MODES = ("static", "dynamic", "torch-dynamic", "int4")
 SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt",
@@ -225,7 +225,7 @@ def quantize_model(
     loaded = None if is_onnx else load_checkpoint_model(source)
     meta = loaded.meta if loaded is not None else onnx_meta(source)
     rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
-    if loaded is not None and meta.get("task") in GENERATIVE_TASKS:
+    if loaded is not None and is_generative(meta.get("task")):
         if mode not in ("auto", "dynamic"):
             raise TinykdError(f"a {meta['task']} model is quantized with --mode dynamic (ORT int8 weights of "
                               f"MatMul/Gemm, its KV cache in fp32), not {mode}")  # fmt: skip
@@ -422,7 +422,7 @@ def describe_quantization(report: dict[str, Any]) -> str:
     """The headline for the terminal: accuracy, size and latency before and after."""
     from tinykd.report import human_bytes
 
-    if report.get("task") in GENERATIVE_TASKS:
+    if is_generative(report.get("task")):
         fp32, int8 = report["rows"][1], report["rows"][2]
         return (f"int8 (dynamic, {report['task']}): size {human_bytes(fp32['size_bytes'])} -> "
                 f"{human_bytes(int8['size_bytes'])} ({fp32['size_bytes'] / int8['size_bytes']:.1f}x smaller); greedy "

@@ -15,9 +15,9 @@ from tinykd.data.loader import (
     seeded_generator,
 )
 from tinykd.data.tensors import Augment, TensorImageDataset
-from tinykd.data.text import TASKS, TextDataset, TextOptions, train_wordpiece
+from tinykd.data.text import TextDataset, TextOptions, train_wordpiece
 
-__all__ = ["DATASETS", "TASKS", "Augment", "Batch", "BatchDataset", "BatchSubset", "DataBundle", "EpochShuffle",
+__all__ = ["DATASETS", "Augment", "Batch", "BatchDataset", "BatchSubset", "DataBundle", "EpochShuffle",
            "Indexed", "PadToMultiple", "TensorImageDataset", "TextDataset", "TextOptions", "WithIndex",
            "build_datasets", "collate_batched", "fetch_batch", "make_loader", "seeded_generator",
            "train_wordpiece"]  # fmt: skip

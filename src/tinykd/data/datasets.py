@@ -24,9 +24,10 @@ from torch.utils.data import Dataset
 
 from tinykd.data.idx import OfficialIdx, read_idx
 from tinykd.data.loader import BatchSubset
+from tinykd.data.tables import load_hf, read_table
 from tinykd.data.tensors import Augment, TensorImageDataset
-from tinykd.data.text import TextOptions, TextSplits, load_hf, read_table, text_splits
-from tinykd.data.text_augment import word_swaps
+from tinykd.data.text import TextOptions, TextSplits, check_options, text_splits
+from tinykd.data.text_augment import show_swaps, word_swaps
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
@@ -43,7 +44,7 @@ class RawSplits:
     image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable: "path (reason)"
     tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
-    task: str = "classification"  # text: classification, masked-lm, causal-lm, seq2seq (text.TASKS)
+    task: Any = None  # text: the task the data was made for (TextOptions.task; the pipeline sets it for images)
     max_length: int | None = None  # text: tokens per sequence, at most
 
 
@@ -59,7 +60,7 @@ class DataBundle:
     image_size: int  # 0 for text
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable (data.bad_images: skip)
     tokenizer: Any = None  # text: the tokenizer the datasets were tokenized with
-    task: str = "classification"  # text: classification, masked-lm, causal-lm, seq2seq (text.TASKS)
+    task: Any = None  # text: the task the data was made for (TextOptions.task; the pipeline sets it for images)
     max_length: int | None = None  # text: tokens per sequence, at most
     decoder_start_from: str | None = None  # seq2seq: the model whose decoder_start_token_id the data uses
 
@@ -363,20 +364,9 @@ def _text_raw(splits: TextSplits, options: TextOptions) -> RawSplits:
         train.swaps = word_swaps(options.augment, encoded.ids, encoded.offsets, encoded.type_ids, splits.tokenizer,
                                  _cache_dir() / "text-augment")  # fmt: skip
         if os.environ.get("RANK", "0") == "0":
-            _show_swaps(splits.train, train)
+            show_swaps(splits.train, train)
     return RawSplits(train, splits.train, splits.test, splits.classes, 0, 0, tokenizer=splits.tokenizer,
                      task=options.task, max_length=options.max_length)  # fmt: skip
-
-
-def _show_swaps(plain: Any, swapped: Any, count: int = 2) -> None:
-    """Print a few training texts as the student will see them: what the swaps do, in words."""
-    index = list(range(min(len(plain), 64)))
-    before = plain.get_batch(index).inputs["input_ids"]
-    after = swapped.get_batch(index).inputs["input_ids"]
-    changed = [i for i in index if not torch.equal(before[i], after[i])][:count]
-    for i in changed:
-        old, new = (plain.tokenizer.decode(ids[i], skip_special_tokens=True) for ids in (before, after))
-        print(f"tinykd: data.text_augment, e.g. {old!r} -> {new!r}", flush=True)
 
 
 @DATASETS.register("text")
@@ -447,5 +437,7 @@ def sst2(root: str | None, download: bool, augment: bool, image_size: int | None
 
 def hf_text(spec: str, download: bool, text: TextOptions) -> RawSplits:
     """`hf:DATASET[/CONFIG]`: a text dataset from the Hugging Face hub (its ClassLabel names are the classes)."""
-    train, test, names, train_name, test_name = load_hf(spec, download, text)
+    check_options(text)  # the task first: which split holds labels depends on it
+    assert text.task is not None
+    train, test, names, train_name, test_name = load_hf(spec, download, text.label_column, text.task.needs_labels)
     return _text_raw(text_splits(train, test, text, train_name, test_name, names), text)

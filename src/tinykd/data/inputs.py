@@ -45,6 +45,23 @@ def input_names(inputs: Any) -> list[str]:
     return list(inputs) if isinstance(inputs, Mapping) else ["input"]
 
 
+def padding_mask(inputs: Any) -> torch.Tensor | None:
+    """The padding mask of the positions the logits are for (1 for real tokens), or None for images: the
+    decoder's for an encoder-decoder (its logits are the decoder's), else `attention_mask`."""
+    if not isinstance(inputs, Mapping):
+        return None
+    return inputs["decoder_attention_mask"] if "decoder_attention_mask" in inputs else inputs.get("attention_mask")
+
+
+def describe_inputs(inputs: Any) -> str:
+    """A batch's shapes in words: `images of shape (4, 1, 8, 8)`, `input_ids (4, 12), attention_mask (4, 12)`."""
+    if isinstance(inputs, torch.Tensor):
+        return f"{'images' if inputs.ndim == 4 else 'inputs'} of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return type(inputs).__name__
+
+
 def is_token_inputs(inputs: Any) -> bool:
     """Whether `inputs` are a tokenizer's (a mapping with `input_ids`) rather than images."""
     return isinstance(inputs, Mapping) and "input_ids" in inputs

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from tinykd.labels import IGNORE_INDEX
+
 
 class Batch(NamedTuple):
     """A whole batch: the inputs (a tensor, or a dict of tensors) and the targets."""
@@ -162,7 +164,7 @@ class PadToMultiple(BatchDataset):
     marks the padding, which metrics ignore; token-level targets (B, T) are ignored on the whole row.
     """
 
-    IGNORE = -100
+    IGNORE = IGNORE_INDEX  # the one ignore label (tinykd.labels), named here for the padding it marks
 
     def __init__(self, dataset: Dataset, multiple: int) -> None:
         self.dataset = dataset

@@ -229,3 +229,14 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
                   metadata={"model": name, "top_k": str(options.top_k)})  # fmt: skip
         tmp.replace(file)
     return WordSwaps(row_of, choices, options.word_prob, options.keep_original)
+
+
+def show_swaps(plain: Any, swapped: Any, count: int = 2) -> None:
+    """Print a few training texts as the student will see them: what the swaps do, in words."""
+    index = list(range(min(len(plain), 64)))
+    before = plain.get_batch(index).inputs["input_ids"]
+    after = swapped.get_batch(index).inputs["input_ids"]
+    changed = [i for i in index if not torch.equal(before[i], after[i])][:count]
+    for i in changed:
+        old, new = (plain.tokenizer.decode(ids[i], skip_special_tokens=True) for ids in (before, after))
+        print(f"tinykd: data.text_augment, e.g. {old!r} -> {new!r}", flush=True)

@@ -23,20 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinykd.data.inputs import describe_inputs, padding_mask
 from tinykd.data.loader import Indexed
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.distill.taps import FeatureTaps
 from tinykd.errors import TinykdError
 from tinykd.losses.base import LossTerm, Outputs
 from tinykd.models.outputs import attention_dropout, cast_floats, eager_attention, forward_outputs
-
-
-def _mask(inputs: Any) -> torch.Tensor | None:
-    """The padding mask of the positions the logits are for (1 for real tokens), or None: the decoder's for an
-    encoder-decoder (its logits are the decoder's), else `attention_mask`."""
-    if not isinstance(inputs, Mapping):
-        return None
-    return inputs["decoder_attention_mask"] if "decoder_attention_mask" in inputs else inputs.get("attention_mask")
 
 
 class Distiller(nn.Module):
@@ -193,7 +186,7 @@ class Distiller(nn.Module):
             inputs, index, cached, key = inputs
         if cached is not None:  # from the teacher cache: the teacher does not run
             teacher = Outputs(cached["logits"], {p: cached[f"tap.{p}"] for p in self.teacher_tap_paths()},
-                              mask=_mask(inputs))  # fmt: skip
+                              mask=padding_mask(inputs))  # fmt: skip
         else:
             teacher = self._teacher_outputs(inputs)
             if self.teacher_cache is not None and key is not None and teacher is not None:
@@ -222,7 +215,7 @@ class Distiller(nn.Module):
 
     def _student_outputs(self, inputs: Any) -> Outputs:
         out = forward_outputs(self.student, inputs, self._hidden_states, bool(self._attentions), "student")
-        return Outputs(out.logits, self._student_taps.pop(), out.hidden_states, out.attentions, _mask(inputs))
+        return Outputs(out.logits, self._student_taps.pop(), out.hidden_states, out.attentions, padding_mask(inputs))
 
     def _teacher_outputs(self, inputs: Any) -> Outputs | None:
         if self.teacher is None:
@@ -238,7 +231,7 @@ class Distiller(nn.Module):
             logits = logits.float()
             hidden = tuple(h.float() for h in hidden) if hidden is not None else None
             attentions = tuple(a.float() for a in attentions) if attentions is not None else None
-        return Outputs(logits, features, hidden, attentions, _mask(inputs))
+        return Outputs(logits, features, hidden, attentions, padding_mask(inputs))
 
     def formula(self) -> str:
         """The total loss as a readable sum, e.g. `0.1 * ce + 0.9 * kd(temperature=4.0)`."""
@@ -262,14 +255,6 @@ def _model_fails_on(inputs: Any, role: str) -> Iterator[None]:
         raise
     except (RuntimeError, IndexError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise TinykdError(f"the {role} cannot run on a batch of the data ({_describe(inputs)}): {reason}; build it "
-                          "for this data (its kwargs: image_size, vocab_size, in_channels)") from None  # fmt: skip
-
-
-def _describe(inputs: Any) -> str:
-    """A batch's shapes in words: `images of shape (4, 1, 8, 8)`, `input_ids (4, 12), attention_mask (4, 12)`."""
-    if isinstance(inputs, torch.Tensor):
-        return f"{'images' if inputs.ndim == 4 else 'inputs'} of shape {tuple(inputs.shape)}"
-    if isinstance(inputs, Mapping):
-        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
-    return type(inputs).__name__
+        raise TinykdError(f"the {role} cannot run on a batch of the data ({describe_inputs(inputs)}): {reason}; "
+                          "build it for this data (its kwargs: image_size, vocab_size, in_channels)"
+                          ) from None  # fmt: skip

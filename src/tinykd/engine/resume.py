@@ -42,7 +42,7 @@ class FitResult:
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     seconds: float
-    images_per_second: float
+    samples_per_second: float  # images or texts: training samples of every process per second
     history: list[dict[str, Any]] = field(default_factory=list)
     xla: dict[str, int] | None = None  # compilations and graph executions during fit, on an XLA device
     skipped_steps: int = 0  # steps not applied because of a non-finite loss (train.nonfinite: skip)
@@ -56,7 +56,7 @@ class Position:
     step: int = 0  # optimizer steps taken (skipped ones included): the schedule's clock
     epoch_done: int = 0  # epochs finished, validation included
     batches_done: int = 0  # batches of the next epoch already trained on
-    images: int = 0
+    samples: int = 0  # training samples seen, of every process (older state files call it `images`)
     seconds: float = 0.0
     skipped: int = 0
 
@@ -74,13 +74,14 @@ class Tally:
     previous: list[float] | None = None  # the host's last read of `running`
 
 
-def save_resume(acc: Accelerator, root: Path, task: nn.Module, optimizer: torch.optim.Optimizer, tally: Tally,
+def save_resume(acc: Accelerator, root: Path, learner: nn.Module, optimizer: torch.optim.Optimizer, tally: Tally,
                 pos: Position, result: FitResult, shape: dict[str, int], keep: int) -> Path:  # fmt: skip
     """Everything needed to continue exactly: weights, optimizer, scaler, statistics, position, RNG."""
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}
     if acc.is_main_process:
-        tensors = {f"task.{k}": v for k, v in acc.unwrap_model(task).state_dict().items()}
+        # `task.`: the learner's prefix in the file since the first format (resume reads it back as is)
+        tensors = {f"task.{k}": v for k, v in acc.unwrap_model(learner).state_dict().items()}
         opt_tensors, meta["optimizer"] = flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
         if tally.running is not None and tally.faults is not None:
@@ -124,7 +125,7 @@ def restore(acc: Accelerator, found: Checkpoint, optimizer: torch.optim.Optimize
         scaler.load_state_dict(meta["scaler"])
     restore_rng(found.rng_tensors, found.rng_meta)
     for key, value in meta["position"].items():
-        setattr(pos, key, value)
+        setattr(pos, "samples" if key == "images" else key, value)  # `images`: a state file of an older tinykd
     result.best_accuracy, result.best_epoch = meta["best"]
     result.history = list(meta["history"])
     if ckpt_dir is not None and result.best_epoch > 0:

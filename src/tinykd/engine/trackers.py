@@ -91,3 +91,14 @@ class Trackers:
     def finish(self) -> None:
         for tracker in self.trackers:
             tracker.finish()
+
+
+def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as `train.optimizer.lr: 0.1`: what trackers take as hyperparameters (lists as text)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out

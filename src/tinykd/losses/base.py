@@ -23,7 +23,6 @@ from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
 TAP_INPUT = ":input"  # a tap path ending so reads the module's first input, not its output
-IGNORE_INDEX = -100  # the target of a position that counts in no loss (PyTorch's and Hugging Face's convention)
 
 
 @dataclass

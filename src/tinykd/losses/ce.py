@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.losses.base import IGNORE_INDEX, LossTerm, Outputs, register_loss
+from tinykd.labels import IGNORE_INDEX
+from tinykd.losses.base import LossTerm, Outputs, register_loss
 
 
 @register_loss("ce")

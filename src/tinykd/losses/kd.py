@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykd.losses.base import IGNORE_INDEX, LogitTerm, Outputs, register_loss
+from tinykd.labels import IGNORE_INDEX
+from tinykd.losses.base import LogitTerm, Outputs, register_loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,

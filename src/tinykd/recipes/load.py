@@ -87,8 +87,19 @@ def validate_recipe(data: dict[str, Any]) -> Recipe:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as exc:
         raise TinykdError(describe_error(exc)) from None
+    check_task(recipe)
     check_loss_terms(recipe)
     return recipe
+
+
+def check_task(recipe: Recipe) -> None:
+    """`data.task` names a registered task (the schema, which imports nothing, cannot know them)."""
+    from tinykd.tasks import TASKS
+
+    try:
+        TASKS.get(recipe.data.task)
+    except TinykdError as exc:
+        raise TinykdError(f"recipe key 'data.task': {exc}") from None
 
 
 def check_loss_terms(recipe: Recipe) -> None:

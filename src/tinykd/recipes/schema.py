@@ -78,7 +78,7 @@ class DataSpec(Section):
     text_column: str | None = Field(None, description="text: default the first of text, sentence, content, review")
     text_pair_column: str | None = Field(None, description="text: a second text per sample (sentence pairs)")
     label_column: str = "label"
-    task: Literal["classification", "masked-lm", "causal-lm", "seq2seq"] = "classification"
+    task: str = Field("classification", description="a registered task: classification, masked-lm, causal-lm, seq2seq")
     source_column: str | None = Field(None, description="seq2seq: the input texts; default as text_column's")
     target_column: str = Field("target", description="seq2seq: the texts the decoder learns to write")
     packing: bool = Field(False, description="causal-lm: texts joined end to end and cut into max_length blocks")

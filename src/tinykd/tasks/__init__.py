@@ -1,7 +1,10 @@
-"""Tasks by name (`data.task` in a recipe). Each built-in task lives in its own file and is imported here."""
+"""Tasks by name (`data.task` in a recipe). Each built-in task lives in its own file and is imported here.
+
+Outside this package no module compares a task's name: it asks the task (`get_task(name).generative`, ...).
+"""
 
 from tinykd.tasks import causal_lm, classification, masked_lm, seq2seq  # noqa: F401  (registers the built-ins)
-from tinykd.tasks.base import IGNORE_INDEX, TASKS, Task
+from tinykd.tasks.base import TASKS, Task
 
 
 def get_task(name: str) -> Task:
@@ -9,4 +12,20 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)()
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Task", "get_task"]
+def is_generative(name: str | None) -> bool:
+    """Whether the task a checkpoint's or a report's metadata names generates tokens (None: no task saved, an
+    image classifier's)."""
+    return name is not None and get_task(name).generative
+
+
+def generative_tasks() -> list[str]:
+    """The names of the tasks whose models generate() (what `tinykd export` writes with a KV cache)."""
+    return [name for name in TASKS.list() if get_task(name).generative]
+
+
+def generative_task(encoder_decoder: bool) -> Task:
+    """The generative task of a Hugging Face model, from its config's `is_encoder_decoder`."""
+    return get_task("seq2seq" if encoder_decoder else "causal-lm")
+
+
+__all__ = ["TASKS", "Task", "generative_task", "generative_tasks", "get_task", "is_generative"]

@@ -9,13 +9,14 @@ never name one. A new task is one file in this package and a line in `tasks/__in
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from tinykd.data.loader import Batch
+from tinykd.labels import IGNORE_INDEX
 from tinykd.registry import Registry
-
-IGNORE_INDEX = -100  # a target that counts in no loss and no metric (PyTorch's and Hugging Face's convention)
 
 
 class Task:
@@ -29,11 +30,26 @@ class Task:
     name: str = ""
     hf_auto_class: str | None = None  # the transformers Auto class for a Hugging Face model of this task
     per_token: bool = False  # logits are one distribution per token (B, T, V) rather than per sample (B, C)
-    generative: bool = False  # predicts tokens that generate() continues
-    needs_labels: bool = True  # the data must have a label column
-    best_metric: str = "accuracy"
+    generative: bool = False  # predicts tokens that generate() continues: the tokenizer needs an end token
     ignore_index: int = IGNORE_INDEX
+    # What the data must hold and may do (the data layer reads these; it never asks for a task by name).
+    needs_labels: bool = True  # a label column, one class per sample
+    needs_mask_token: bool = False  # a tokenizer with a mask token
+    text_to_text: bool = False  # a source and a target text per sample (data.source_column, data.target_column)
+    min_tokens: int = 1  # a sample with fewer tokens has nothing to predict
+    allows_packing: bool = False  # data.packing: texts joined end to end into blocks
+    allows_text_augment: bool = False  # data.text_augment: word swaps need a label that survives them
+    # The metrics and the report.
     sum_names: tuple[str, ...] = ("correct", "loss", "count")
+    best_metric: str = "accuracy"  # higher is better: picks the best checkpoint
+    report_metrics: tuple[str, ...] = ("accuracy",)  # the report's test_<name> columns, from `metrics`
+    scores_generations: bool = False  # the report adds ROUGE-L and exact match of generated texts
+
+    def step_counts(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[correct, counted] of a training batch, on the device: the running accuracy the log shows between
+        evaluations. Cheap on purpose (no loss over the logits): it runs in every training step."""
+        valid = targets != self.ignore_index
+        return torch.stack([((logits.argmax(-1) == targets) & valid).sum().float(), valid.sum().float()])
 
     def metric_sums(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """This batch's contribution to the metrics, a 1-d float tensor on the device (order: `sum_names`)."""
@@ -48,6 +64,15 @@ class Task:
         """The report's numbers from the summed `metric_sums` (of every batch and process)."""
         correct, loss, count = (float(v) for v in (sums.tolist() if isinstance(sums, torch.Tensor) else sums))
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+    def targets(self, dataset: Any, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
+        """A text batch with its targets, from the padded `inputs` of `dataset`'s samples `index` (TextDataset)."""
+        raise NotImplementedError(f"{type(self).__name__} makes no targets from texts")
+
+    @property
+    def per_sample_predictions(self) -> bool:
+        """Whether one answer per sample means something (predictions.npz, the report's confusion matrix)."""
+        return not self.per_token
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's answer per sample (or per token): top-1 class."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
+from tinykd.data.loader import Batch
 from tinykd.tasks.base import TASKS, Task
 
 
@@ -9,3 +14,9 @@ from tinykd.tasks.base import TASKS, Task
 class Classification(Task):
     name = "classification"
     hf_auto_class = "AutoModelForSequenceClassification"
+    allows_text_augment = True
+
+    def targets(self, dataset: Any, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
+        """The samples' labels (B,)."""
+        assert dataset.labels is not None
+        return Batch(inputs, dataset.labels[index])
