@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from tinykd.recipes import load_recipe
-from tinykd.run import generate_teacher_data, run
+from tinykd.run import run
+from tinykd.teacher_data import generate_teacher_data
 
 # Sized for 2 CPU cores: a teacher epoch over the 65k sentences in minutes, not hours.
 GPT2 = {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 64}

@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinykd.born_again import run_born_again
 from tinykd.demo import DISTILL_RECIPE, SCRATCH_RECIPE, shipped_teacher
 from tinykd.recipes import load_recipe
-from tinykd.run import fill_teacher_cache, run, run_generations
+from tinykd.run import fill_teacher_cache, run
 
 CE = {"ce": {"weight": 1.0}}
 CACHED = ("kd", "mse", "dkd", "rkd", "pkt", "crd", "born-again")
@@ -131,7 +132,7 @@ def _run_method(method: str, seed: int, args: argparse.Namespace, folder: Path) 
         fill_teacher_cache(load_recipe(filler))  # a full cache is only checked: the runs never run the teacher
     recipe = load_recipe({**recipe.model_dump(mode="json"), **update})
     if method == "born-again":
-        return run_generations(recipe, 2, folder)[-1].metrics
+        return run_born_again(recipe, 2, folder)[-1].metrics
     return run(recipe, folder, mode="distill").metrics
 
 

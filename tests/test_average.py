@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tinykd.compress.average import average_command, parse_weights
-from tinykd.compress.source import load_checkpoint_model
 from tinykd.errors import TinykdError
+from tinykd.loading import load_model
 from tinykd.models import create_model
 from tinykd.models.checkpoint import read_meta, read_tensors, save_model
 
@@ -55,7 +55,7 @@ def test_average_is_the_weighted_mean_and_a_checkpoint_tinykd_reads(tmp_path: Pa
         else:  # counters are the first run's, not a mean
             assert torch.equal(tensor, states[0][key])
     assert checked > 4
-    loaded = load_checkpoint_model(out)  # the same path `tinykd eval/export/quantize` take
+    loaded = load_model(out)  # the same path `tinykd eval/export/quantize` take
     x = torch.randn(2, 1, 28, 28)
     assert loaded.model(x).shape == (2, 10)
 
@@ -67,7 +67,7 @@ def test_average_of_hf_runs_also_writes_a_hugging_face_directory(tmp_path: Path)
     out = tmp_path / "soup"
     summary = average_command(runs, out)
     assert summary["hf_model"] == str(out / "model")
-    from_tinykd = load_checkpoint_model(out).model.eval()
+    from_tinykd = load_model(out).model.eval()
     from_hf = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
     ids = torch.randint(1, 50, (2, 7))
     mask = torch.ones_like(ids)
@@ -75,7 +75,7 @@ def test_average_of_hf_runs_also_writes_a_hugging_face_directory(tmp_path: Path)
         a = from_tinykd(input_ids=ids, attention_mask=mask).logits
         b = from_hf(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(a, b)
-    first = load_checkpoint_model(runs[0]).model.eval()
+    first = load_model(runs[0]).model.eval()
     with torch.no_grad():
         assert not torch.allclose(first(input_ids=ids, attention_mask=mask).logits, a)
 

@@ -36,8 +36,9 @@ from tinykd.losses import Outputs, build_loss_term
 from tinykd.losses.token_kd import token_kl
 from tinykd.models.hf import save_hf_directory, student_from_teacher
 from tinykd.recipes import load_recipe
-from tinykd.run import generate_teacher_data, run
+from tinykd.run import run
 from tinykd.tasks import get_task
+from tinykd.teacher_data import generate_teacher_data
 
 WORDS = ["the", "a", "good", "bad", "movie", "film", "plot", "actor", "great", "awful", "fun", "dull", "story",
          "music", "scene"]  # fmt: skip

@@ -60,13 +60,13 @@ def distill(
 ) -> None:  # fmt: skip
     """Train a student from a frozen teacher. Ctrl-C (or SIGTERM) stops at a checkpoint that --resume continues."""
     if generations != 1:
+        from tinykd.born_again import run_born_again
         from tinykd.recipes import load_recipe
-        from tinykd.run import run_generations
 
         if recipe is None or resume is not None or dry_run:
             raise TinykdError("--generations takes a RECIPE, and neither --resume (run it again to continue the "
                               "chain) nor --dry-run")  # fmt: skip
-        run_generations(load_recipe(recipe, set_), generations, out, overwrite)
+        run_born_again(load_recipe(recipe, set_), generations, out, overwrite)
         return
     _run(recipe, set_, out, overwrite, dry_run, resume, "distill")
 
@@ -106,7 +106,7 @@ def generate(
 ) -> None:
     """Sequence-level KD: write the teacher's outputs for the training texts as a table a student trains on."""
     from tinykd.recipes import load_recipe
-    from tinykd.run import generate_teacher_data
+    from tinykd.teacher_data import generate_teacher_data
 
     generate_teacher_data(load_recipe(recipe, set_), out, num_beams, max_new_tokens, limit, prompt_tokens)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinykd.compress.source import checkpoint_recipe, load_checkpoint_model
 from tinykd.data import make_loader
 from tinykd.engine import Engine
 from tinykd.errors import TinykdError
+from tinykd.loading import load_model, recipe_from_checkpoint
 from tinykd.measure import measure_model
 from tinykd.pipeline import build_data, measure_input
 
@@ -18,8 +18,8 @@ def evaluate_checkpoint(
     """Accuracy on the recipe's dataset (and measurements) of a tinykd checkpoint or run folder."""
     if split not in ("test", "val"):
         raise TinykdError(f"--split must be test or val, not '{split}'")
-    loaded = load_checkpoint_model(checkpoint)  # the checks and the rebuild are shared with the edge commands
-    recipe = checkpoint_recipe(loaded.meta, loaded.path, overrides)
+    loaded = load_model(checkpoint)  # the checks and the rebuild are shared with the edge commands
+    recipe = recipe_from_checkpoint(loaded.meta, loaded.path, overrides)
     bundle = build_data(recipe, augment=False)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None:

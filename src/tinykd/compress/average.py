@@ -127,8 +127,8 @@ def average_command(sources: list[str | Path], out: str | Path, weights: str | N
 def _save_hf(run: Path) -> Path:
     """The averaged checkpoint of `run` as a Hugging Face directory `run/model`, rebuilt the way every tinykd
     command rebuilds a checkpoint, so that `from_pretrained` users need no tinykd."""
-    from tinykd.compress.shrink import load_hf_source
+    from tinykd.loading import load_model
     from tinykd.models.hf import save_hf_directory
 
-    model, tokenizer = load_hf_source(run / "checkpoints" / "best.safetensors")
-    return save_hf_directory(model, run / "model", tokenizer)
+    loaded = load_model(run / "checkpoints" / "best.safetensors")
+    return save_hf_directory(loaded.model, run / "model", loaded.tokenizer())

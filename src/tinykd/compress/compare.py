@@ -19,19 +19,16 @@ from tinykd.compress.onnxrt import onnx_logits, onnx_meta, session
 from tinykd.compress.profile import onnx_image_shape, onnx_row, torch_row
 from tinykd.compress.source import (
     accuracy,
-    checkpoint_recipe,
     dataset_arrays,
     example_input,
     input_shape_of,
-    is_checkpoint_source,
-    load_any_recipe,
-    load_checkpoint_model,
     onnx_label,
     timing_example,
     to_torch,
     torch_logits,
 )
 from tinykd.errors import TinykdError
+from tinykd.loading import is_checkpoint_source, load_any_recipe, load_model, recipe_from_checkpoint
 from tinykd.models.checkpoint import read_meta, resolve_checkpoint
 
 
@@ -40,7 +37,7 @@ def _test_set(meta: dict[str, Any], where: str, recipe: str | None, overrides: l
     if recipe:
         rec = load_any_recipe(recipe, overrides)
     elif "recipe" in meta:
-        rec = checkpoint_recipe(meta, where, overrides)
+        rec = recipe_from_checkpoint(meta, where, overrides)
     else:
         return None
     inputs, labels = dataset_arrays(rec, "test")
@@ -62,7 +59,7 @@ def compare_row(
         if test is not None:
             row["test_accuracy"] = accuracy(onnx_logits(session(path, threads), test[0]), test[1])
     elif is_checkpoint_source(source):
-        loaded = load_checkpoint_model(source)
+        loaded = load_model(source)
         test = _test_set(loaded.meta, str(loaded.path), recipe, overrides)
         example = to_torch(test[2]) if test else example_input(input_shape_of(loaded.meta) or in_shape)
         fmt = "pytorch fp32 (pruned)" if loaded.meta.get("pruned") else "pytorch fp32"

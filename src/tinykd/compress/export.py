@@ -31,14 +31,13 @@ from tinykd.compress.source import (
     accuracy,
     build_bundle,
     check_writable,
-    checkpoint_recipe,
     dataset_arrays,
     default_output,
     example_input,
-    load_checkpoint_model,
     torch_logits,
 )
 from tinykd.errors import TinykdError
+from tinykd.loading import load_model, recipe_from_checkpoint
 from tinykd.measure import count_macs, count_params
 from tinykd.models.checkpoint import run_folder_of
 from tinykd.tasks import is_generative
@@ -320,8 +319,8 @@ def export_checkpoint(
         raise TinykdError(f"--format must be onnx or pt2, not '{fmt}'")
     if tolerance <= 0 or verify_images < 1:
         raise TinykdError("--tolerance must be > 0 and --verify-images at least 1")
-    loaded = load_checkpoint_model(source)
-    recipe = checkpoint_recipe(loaded.meta, loaded.path, overrides)
+    loaded = load_model(source)
+    recipe = recipe_from_checkpoint(loaded.meta, loaded.path, overrides)
     if is_generative(loaded.meta.get("task")):
         if fmt != "onnx":
             raise TinykdError(f"a {loaded.meta['task']} model exports to onnx (with its KV cache), not {fmt}")

@@ -16,8 +16,9 @@ from torch import nn
 
 from tinykd.compress.export import export_onnx
 from tinykd.compress.onnxrt import measure_onnx, onnx_inputs, onnx_meta
-from tinykd.compress.source import example_input, input_shape_of, is_checkpoint_source, load_checkpoint_model
+from tinykd.compress.source import example_input, input_shape_of
 from tinykd.errors import TinykdError
+from tinykd.loading import is_checkpoint_source, load_model
 from tinykd.measure import measure_model
 
 
@@ -100,7 +101,7 @@ def profile_model(
                                  threads))  # fmt: skip
     else:
         if is_checkpoint_source(source):
-            loaded = load_checkpoint_model(source)
+            loaded = load_model(source)
             model, name, label = loaded.model, loaded.name, loaded.label
             shape = input_shape_of(loaded.meta) or fallback
             meta = loaded.meta

@@ -123,10 +123,9 @@ def prune_recipe(
     checkpoint or run folder: the recipe that trained it, with that checkpoint as the student, a name ending
     in `-pruned`, and a short recovery (1 epoch, a tenth of the learning rate, cosine) unless overridden.
     """
-    from tinykd.compress.source import is_checkpoint_source
+    from tinykd.loading import is_checkpoint_source, recipe_from_checkpoint
     from tinykd.models.checkpoint import read_meta, resolve_checkpoint
-    from tinykd.recipes import load_recipe, validate_recipe
-    from tinykd.recipes.load import apply_override
+    from tinykd.recipes import load_recipe
 
     if ratio is not None:
         check_ratio(ratio)
@@ -138,21 +137,24 @@ def prune_recipe(
         if "recipe" not in meta or "model" not in meta:
             raise TinykdError(f"{path} has no tinykd recipe in its metadata; give a recipe whose student.checkpoint "
                               "is this file")  # fmt: skip
-        data = json.loads(json.dumps(meta["recipe"]))
-        data.pop("model", None)
-        data["student"] = {"name": meta["model"], "kwargs": meta.get("kwargs", {}), "checkpoint": str(path.resolve())}
-        data["name"] = f"{data.get('name', 'run')}-pruned"
-        train = data.setdefault("train", {})
-        optimizer = train.setdefault("optimizer", {})
-        optimizer["lr"] = float(optimizer.get("lr", 0.1)) / 10
-        train.update(epochs=1, schedule={"name": "cosine", "warmup_epochs": 0.0})
-        section = data.pop("prune", None) or meta.get("prune")
-        base = PruneSpec(**section) if section else None
-        if base is not None:
-            data["prune"] = base.model_dump()
-        for item in overrides or []:
-            apply_override(data, item)
-        recipe = validate_recipe(data)
+        base = None
+
+        def as_prune_run(data: dict[str, Any]) -> None:  # this checkpoint is the student, recovered briefly
+            nonlocal base
+            data.pop("model", None)
+            data["student"] = {"name": meta["model"], "kwargs": meta.get("kwargs", {}),
+                               "checkpoint": str(path.resolve())}  # fmt: skip
+            data["name"] = f"{data.get('name', 'run')}-pruned"
+            train = data.setdefault("train", {})
+            optimizer = train.setdefault("optimizer", {})
+            optimizer["lr"] = float(optimizer.get("lr", 0.1)) / 10
+            train.update(epochs=1, schedule={"name": "cosine", "warmup_epochs": 0.0})
+            section = data.pop("prune", None) or meta.get("prune")
+            base = PruneSpec(**section) if section else None
+            if base is not None:
+                data["prune"] = base.model_dump()
+
+        recipe = recipe_from_checkpoint(meta, path, overrides, edit=as_prune_run)
     else:
         recipe = load_recipe(str(source), overrides)
         base = recipe.prune
@@ -169,36 +171,28 @@ def prune_recipe(
 def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overwrite: bool = False) -> Any:
     """Prune the recipe's trained student, then train it with the recipe's loss terms; a run folder as `run`.
 
-    Reports test accuracy, parameters and MACs before pruning, right after it, and after recovery.
+    The run's assembly with the trained checkpoint as its student, narrowed before the distiller joins it (the
+    adapters of feature terms are sized on the pruned widths). Reports test accuracy, parameters and MACs before
+    pruning, right after it, and after recovery.
     """
-
-    from tinykd.engine import Engine
-    from tinykd.engine.runtime import resolve_precision
+    from tinykd.assemble import assemble
     from tinykd.measure import measure_model
     from tinykd.models.checkpoint import load_weights, save_model
-    from tinykd.pipeline import build_data, build_distiller, build_model, build_teacher, probe_batch
+    from tinykd.pipeline import build_model
     from tinykd.recipes import dump_recipe
-    from tinykd.report import format_table, rows_markdown
     from tinykd.rundir import RunResult, prepare_run_dir
 
     start = time.perf_counter()
-    engine = Engine(recipe.runtime)
+    parts = assemble(recipe, join=False, student=lambda r, data, _: build_model(r.trained, data, "student"))
+    engine, name, student = parts.engine, recipe.trained.name, parts.student
     run_dir = engine.on_main(lambda: prepare_run_dir(out, recipe.name, overwrite))
     if engine.is_main:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    engine.seed(recipe.seed)
-
-    data = build_data(recipe)
-    task = data.task
-    name = recipe.trained.name
-    student = build_model(recipe.trained, data, "student")
-    teacher = build_teacher(recipe, data)
-    probe_inputs = probe_batch(data)
-    example = probe_inputs[:1]
-    test_loader = engine.accelerator.prepare(engine.loader(data.test, recipe.data.eval_batch_size, False))
+    example = parts.probe_inputs[:1]
+    test_loader = parts.test_loader()
 
     def test_accuracy(model: nn.Module) -> float:
-        accuracy = engine.evaluate(model.to(engine.device), test_loader, task)["accuracy"]
+        accuracy = engine.evaluate(model.to(engine.device), test_loader, parts.task)["accuracy"]
         model.cpu()
         return accuracy
 
@@ -215,8 +209,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
               f"{spec.target}, test accuracy before {before['test_accuracy']:.2%}")  # fmt: skip
     pruning = prune_model(student.cpu(), example, spec.ratio, spec.target, spec.steps)
     pruned = {"role": "pruned", "model": name, "test_accuracy": test_accuracy(student)}
-    precision = resolve_precision(recipe.teacher.precision, engine.device.type) if recipe.teacher else None
-    distiller = build_distiller(recipe, student, teacher, probe_inputs, precision)
+    distiller = parts.join()
     if engine.is_main:
         print(f"tinykd: pruned {pruning['params_before']:,} -> {pruning['params_after']:,} params, "
               f"{pruning['macs_before']:,} -> {pruning['macs_after']:,} MACs in {pruning['steps']} steps; test "
@@ -224,15 +217,9 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
               f"loss = {distiller.formula()}")  # fmt: skip
         if pruning.get("note"):
             print(f"tinykd: note: {pruning['note']}")
-
-    meta = {"model": name, "kwargs": recipe.trained.kwargs, "num_classes": data.num_classes,
-            "in_channels": data.in_channels, "image_size": data.image_size, "classes": data.classes,
-            "recipe": recipe.model_dump(mode="json"), "pruned": True, "prune": spec.model_dump(),
-            "pruned_from": recipe.trained.checkpoint}  # fmt: skip
-    train_loader = engine.loader(data.train, recipe.data.batch_size, True, recipe.data.num_workers, recipe.seed)
-    val_loader = engine.loader(data.val, recipe.data.eval_batch_size, False) if data.val is not None else None
-    fit = engine.fit(distiller, student, task, train_loader, val_loader, recipe.train, run_dir,
-                     save=lambda model, path: save_model(model, path, meta))  # fmt: skip
+    meta = parts.checkpoint_meta(pruned=True, prune=spec.model_dump(), pruned_from=recipe.trained.checkpoint)
+    fit = engine.fit(distiller, student, parts.task, parts.train_loader(), parts.eval_loader("val"), recipe.train,
+                     run_dir, save=lambda model, path: save_model(model, path, meta))  # fmt: skip
     student = engine.accelerator.unwrap_model(student)
     if fit.best_checkpoint is not None:
         load_weights(student, fit.best_checkpoint, name)
@@ -240,12 +227,7 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
     after_stats = stats(student)
     pruned.update({**after_stats, "params": pruning["params_after"], "macs": pruning["macs_after"]})
     recovered.update(after_stats)
-    rows = [before, pruned, recovered]
-    for row in rows:
-        if "params" in row and "params" in before:
-            row["compression"] = before["params"] / row["params"]
-        if "latency_ms_p50" in row and "latency_ms_p50" in before:
-            row["speedup"] = before["latency_ms_p50"] / row["latency_ms_p50"]
+    rows = stage_rows([before, pruned, recovered])
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "prune": spec.model_dump(), "pruning": pruning, "pruned_from": recipe.trained.checkpoint,
@@ -255,11 +237,30 @@ def prune_run(recipe: Any, spec: PruneSpec, out: str | Path | None = None, overw
         "models": rows,
     }  # fmt: skip
     if engine.is_main:
-        (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (run_dir / "report.md").write_text(_report_markdown(metrics, rows_markdown(rows)))
-        print(format_table(rows, title=f"{recipe.name}: test set"))
-        print(f"run folder: {run_dir}")
+        write_prune_report(run_dir, metrics)
     return RunResult(run_dir, metrics, student)
+
+
+def stage_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stages' rows with their compression and speed-up against the model before pruning."""
+    before = rows[0]
+    for row in rows:
+        if "params" in row and "params" in before:
+            row["compression"] = before["params"] / row["params"]
+        if "latency_ms_p50" in row and "latency_ms_p50" in before:
+            row["speedup"] = before["latency_ms_p50"] / row["latency_ms_p50"]
+    return rows
+
+
+def write_prune_report(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """report.json and report.md of a prune run, and its table on the terminal."""
+    from tinykd.report import format_table, rows_markdown
+
+    rows = metrics["models"]
+    (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "report.md").write_text(_report_markdown(metrics, rows_markdown(rows)))
+    print(format_table(rows, title=f"{metrics['name']}: test set"))
+    print(f"run folder: {run_dir}")
 
 
 def _report_markdown(metrics: dict[str, Any], table: str) -> str:

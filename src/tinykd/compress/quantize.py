@@ -48,17 +48,15 @@ from tinykd.compress.onnxrt import (
 from tinykd.compress.source import (
     accuracy,
     check_writable,
-    checkpoint_recipe,
     dataset_arrays,
     default_output,
-    load_any_recipe,
-    load_checkpoint_model,
     take,
     timing_example,
     to_torch,
     torch_logits,
 )
 from tinykd.errors import TinykdError
+from tinykd.loading import load_any_recipe, load_model, recipe_from_checkpoint
 from tinykd.measure import count_macs, count_params, first_sample, percentile, repeat_sample, time_calls, torch_threads
 from tinykd.models.outputs import call_model
 from tinykd.tasks import is_generative
@@ -222,9 +220,9 @@ def quantize_model(
     is_onnx = str(source).endswith(".onnx")
     if is_onnx and mode in ("torch-dynamic", "int4"):
         raise TinykdError(f"--mode {mode} quantizes a PyTorch checkpoint or run folder, not an .onnx file")
-    loaded = None if is_onnx else load_checkpoint_model(source)
+    loaded = None if is_onnx else load_model(source)
     meta = loaded.meta if loaded is not None else onnx_meta(source)
-    rec = load_any_recipe(recipe, overrides) if recipe else checkpoint_recipe(meta, source, overrides)
+    rec = load_any_recipe(recipe, overrides) if recipe else recipe_from_checkpoint(meta, source, overrides)
     if loaded is not None and is_generative(meta.get("task")):
         if mode not in ("auto", "dynamic"):
             raise TinykdError(f"a {meta['task']} model is quantized with --mode dynamic (ORT int8 weights of "
@@ -463,7 +461,7 @@ def export_for_demo(checkpoint: str | Path, out: str | Path, role: str, recipe: 
     """A model as a verified fp32 ONNX file, measured in ONNX Runtime like the int8 row, on `recipe`'s test set
     with its measure settings: the demo's teacher in the same runtime as the int8 student, so that the speed-up of
     one against the other is not also a change of runtime."""
-    loaded = load_checkpoint_model(checkpoint)
+    loaded = load_model(checkpoint)
     images, labels = dataset_arrays(recipe, "test")
     export_onnx(loaded.model, to_torch(take(images, 0, 1)), out, exporter, meta=loaded.meta)
     verify_onnx(loaded.model, out, take(images, 0, 1000), labels[:1000])

@@ -11,34 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinykd.compress.source import is_checkpoint_source, load_checkpoint_model, saved_tokenizer
 from tinykd.errors import TinykdError
+from tinykd.loading import is_checkpoint_source, is_hf_directory, load_model
 from tinykd.measure import count_params
-
-
-def load_hf_source(source: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer or None) from a tinykd run folder or checkpoint of a Hugging Face model, or from a Hugging
-    Face directory (the class its config names)."""
-    path = Path(source)
-    if (path / "config.json").is_file():
-        import transformers
-        from transformers import AutoConfig, AutoTokenizer
-
-        config = AutoConfig.from_pretrained(str(path))
-        names = config.architectures or []
-        cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), transformers.AutoModel)
-        model = cls.from_pretrained(str(path))
-        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        return model, AutoTokenizer.from_pretrained(str(path)) if has_tokenizer else None
-    if not is_checkpoint_source(source):
-        raise TinykdError(f"{source} is neither a Hugging Face directory (config.json) nor a tinykd run or checkpoint")
-    loaded = load_checkpoint_model(source)
-    folder = saved_tokenizer(loaded.meta, loaded.path)
-    if folder is None:
-        return loaded.model, None
-    from transformers import AutoTokenizer
-
-    return loaded.model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def shrink_command(source: str | Path, layers: str = "every-other", out: str | Path | None = None,
@@ -52,7 +27,10 @@ def shrink_command(source: str | Path, layers: str = "every-other", out: str | P
             chosen = [int(part) for part in layers.split(",") if part.strip()]
         except ValueError:
             raise TinykdError(f"--layers takes every-other or layer numbers like 0,2,4; got '{layers}'") from None
-    teacher, tokenizer = load_hf_source(source)
+    if not (is_hf_directory(source) or is_checkpoint_source(source)):
+        raise TinykdError(f"{source} is neither a Hugging Face directory (config.json) nor a tinykd run or checkpoint")
+    loaded = load_model(source)
+    teacher, tokenizer = loaded.model, loaded.tokenizer()
     if not is_hf_model(teacher):
         raise TinykdError(f"{source} is not a Hugging Face transformer; tinykd shrink copies layers of one")
     target = Path(out) if out else Path(str(source).rstrip("/") + "-shrunk")

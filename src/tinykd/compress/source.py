@@ -1,14 +1,11 @@
-"""Where the compression tools get their models and their images.
-
-A model comes from a tinykd checkpoint or run folder (rebuilt from its metadata, pruned ones included), and
-its images from the recipe stored in that checkpoint, so that every number is measured on the data the model
-was trained for, never on a stand-in.
+"""Where the compression tools get their images and texts: from the recipe stored in the model's checkpoint
+(`tinykd.loading` opens the models), so that every number is measured on the data the model was trained for,
+never on a stand-in.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,100 +14,11 @@ import torch
 from torch import nn
 
 from tinykd.errors import TinykdError
-from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
-
-
-@dataclass
-class Loaded:
-    """A trained PyTorch model rebuilt from a tinykd checkpoint, with the checkpoint's metadata."""
-
-    model: nn.Module
-    meta: dict[str, Any]
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return str(self.meta["model"])
-
-    @property
-    def label(self) -> str:
-        return checkpoint_label(self.path)
-
-
-def checkpoint_label(path: Path) -> str:
-    """`runs/kd/checkpoints/best.safetensors` is `kd`; any other file is its stem."""
-    if path.parent.name == "checkpoints" and path.parent.parent.name:
-        return path.parent.parent.name
-    return path.stem
 
 
 def onnx_label(path: Path) -> str:
     """`runs/kd/model.int8.onnx` is `kd/model.int8.onnx` (the run names it); any other file is its name."""
     return f"{path.parent.name}/{path.name}" if path.name.startswith("model.") and path.parent.name else path.name
-
-
-def is_checkpoint_source(source: str | Path) -> bool:
-    """A run folder or a checkpoint file (as opposed to a recipe, an .onnx file or a model name)."""
-    p = Path(source)
-    return p.is_dir() or (p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
-
-
-def load_checkpoint_model(source: str | Path) -> Loaded:
-    """Rebuild the model a tinykd checkpoint (or run folder) was saved from, and load its weights (eval mode)."""
-    from tinykd.models import create_model
-    from tinykd.models.registry import sized_for
-
-    path = resolve_checkpoint(source)
-    if path.suffix != ".safetensors":
-        raise TinykdError(f"{path}: expected a tinykd checkpoint (.safetensors with metadata) or a run folder")
-    meta = read_meta(path)
-    if "model" not in meta:
-        raise TinykdError(f"{path} has no tinykd metadata (model name); it was not written by tinykd")
-    num_classes, in_channels = meta.get("num_classes"), meta.get("in_channels")
-    if (num_classes is None or in_channels is None) and "recipe" in meta:
-        bundle = build_bundle(checkpoint_recipe(meta, path))
-        num_classes, in_channels = bundle.num_classes, bundle.in_channels
-    if num_classes is None or in_channels is None:
-        raise TinykdError(f"{path}: its metadata gives neither num_classes and in_channels nor a recipe")
-    kwargs = sized_for(meta["model"], meta.get("kwargs", {}), meta.get("image_size"))
-    model = create_model(meta["model"], num_classes=num_classes, in_channels=in_channels, **kwargs)
-    load_weights(model, path, meta["model"])
-    return Loaded(model.eval(), meta, path)
-
-
-def checkpoint_recipe(meta: dict[str, Any], where: Path | str, overrides: list[str] | None = None) -> Any:
-    """The validated recipe stored in a checkpoint's (or an .onnx file's) metadata, with `--set` overrides."""
-    from tinykd.recipes import validate_recipe
-    from tinykd.recipes.load import apply_override
-
-    if "recipe" not in meta:
-        raise TinykdError(f"{where} has no tinykd recipe in its metadata, so its dataset is unknown; "
-                          "pass --recipe RECIPE to name the data")  # fmt: skip
-    data = json.loads(json.dumps(meta["recipe"]))
-    tokenizer = saved_tokenizer(meta, where)
-    if tokenizer is not None and isinstance(data.get("data"), dict) and not data["data"].get("tokenizer"):
-        data["data"]["tokenizer"] = str(tokenizer)  # the text was tokenized with the run's own tokenizer
-    for item in overrides or []:
-        apply_override(data, item)
-    return validate_recipe(data)
-
-
-def saved_tokenizer(meta: dict[str, Any], where: Path | str) -> Path | None:
-    """The tokenizer folder a text checkpoint names (relative to its run folder), when it is there."""
-    if not meta.get("tokenizer") or not str(where).endswith(".safetensors"):
-        return None
-    folder = run_folder_of(Path(where)) / str(meta["tokenizer"])
-    return folder if folder.is_dir() else None
-
-
-def load_any_recipe(source: str | Path, overrides: list[str] | None = None) -> Any:
-    """A recipe given as a YAML file or a built-in name, or the recipe inside a checkpoint or run folder."""
-    from tinykd.recipes import load_recipe
-
-    if is_checkpoint_source(source):
-        path = resolve_checkpoint(source)
-        return checkpoint_recipe(read_meta(path), path, overrides)
-    return load_recipe(str(source), overrides)
 
 
 _BUNDLES: dict[str, Any] = {}

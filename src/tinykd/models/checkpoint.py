@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,53 @@ from tinykd.models.qat import is_pt2e, plain_state
 from tinykd.version import __version__
 
 META_KEY = "tinykd"
+
+
+@dataclass
+class CheckpointMeta:
+    """What a tinykd checkpoint says about itself, beside its weights: enough to rebuild the model and find its data.
+
+    Written as JSON in the safetensors header (key `tinykd`). Fields that are unset are left out of the file, so a
+    checkpoint holds what it always held; keys this record does not know (an older or newer tinykd, export sizes)
+    are kept in `extra` and written back as they were.
+    """
+
+    model: str  # the registered name (or `hf:...`) the model is built from
+    kwargs: dict[str, Any] = field(default_factory=dict)  # its constructor's arguments
+    num_classes: int | None = None
+    in_channels: int | None = None
+    image_size: int | None = None
+    classes: list[str] | None = None  # the class names of the data, in label order
+    recipe: dict[str, Any] | None = None  # the resolved recipe of the run (its data, for eval/export/compare)
+    qat: str | None = None  # "pt2e": the weights come with torchao's fake quantizers
+    tokenizer: str | None = None  # text: the tokenizer folder, relative to the run folder
+    task: str | None = None  # text: the data's task (absent: classification)
+    max_length: int | None = None  # text
+    pruned: bool = False  # the architecture is narrower than its constructor's: shapes come from the weights
+    prune: dict[str, Any] | None = None
+    pruned_from: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # the order of the keys in the file, as tinykd has always written them
+    _ORDER = ("model", "kwargs", "num_classes", "in_channels", "image_size", "classes", "recipe", "pruned", "prune",
+              "pruned_from", "qat", "tokenizer", "task", "max_length")  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> CheckpointMeta:
+        """The record of a checkpoint's metadata dict (any tinykd version's: unknown keys go to `extra`)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in meta.items() if k in known},
+                   extra={k: v for k, v in meta.items() if k not in known})  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict written into the file: set fields only (`pruned` only when true), then `extra`."""
+        out: dict[str, Any] = {}
+        for name in self._ORDER:
+            value = getattr(self, name)
+            if name in ("model", "kwargs", "num_classes", "in_channels", "image_size", "classes", "recipe") \
+                    or (value is not None and value is not False):  # fmt: skip
+                out[name] = value
+        return {**out, **self.extra}
 
 
 def fsync_path(path: Path) -> None:
@@ -52,9 +100,12 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise TinykdError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
 
 
-def save_model(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
+def save_model(model: nn.Module, path: Path, meta: CheckpointMeta | dict[str, Any]) -> None:
     """Write `model`'s state dict and `meta` atomically to `path`: a crash leaves the old file or the new one."""
-    info = {"tinykd_version": __version__, "torch_version": torch.__version__, **meta}
+    written = meta.as_dict() if isinstance(meta, CheckpointMeta) else meta
+    versions = ("tinykd_version", "torch_version")  # of the code that writes this file, not of an older one
+    info = {"tinykd_version": __version__, "torch_version": torch.__version__,
+            **{k: v for k, v in written.items() if k not in versions}}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     write_tensors(model.state_dict(), tmp, info)

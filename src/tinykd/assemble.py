@@ -1,0 +1,129 @@
+"""`assemble(recipe)`: every piece a run needs, built once, in one order, in one place.
+
+`tinykd train`/`distill` (`run`), `prune`, `cache-teacher` and `generate` are short variations over the same
+assembly: the engine first (it knows the ranks and seeds them), then the data, the task, the teacher, the student,
+the distiller that joins them, and the metadata the student's checkpoints carry. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tinykd.data import DataBundle
+from tinykd.distill import Distiller
+from tinykd.distill.cache import TeacherCache
+from tinykd.engine import Engine
+from tinykd.engine.runtime import resolve_precision
+from tinykd.models.checkpoint import CheckpointMeta
+from tinykd.models.hf import hf_checkpoint_spec, is_hf_model
+from tinykd.models.qat import is_pt2e
+from tinykd.pipeline import (
+    build_data,
+    build_distiller,
+    build_student,
+    build_teacher,
+    needs_teacher,
+    open_teacher_cache,
+    probe_batch,
+    training_set,
+)
+from tinykd.recipes import Recipe
+from tinykd.tasks import Task
+
+StudentBuilder = Callable[[Recipe, DataBundle, "nn.Module | None"], nn.Module]
+
+
+@dataclass
+class Assembly:
+    """A recipe's pieces, ready to train: what `assemble` returns."""
+
+    recipe: Recipe
+    engine: Engine
+    data: DataBundle
+    task: Task
+    teacher: nn.Module | None  # None when no loss term reads it
+    student: nn.Module
+    probe_inputs: Any  # a few training inputs: they checked the models and sized the adapters
+    distiller: Distiller | None = None  # None until `join` (prune builds it after pruning the student)
+    cache: TeacherCache | None = None  # the teacher cache, when the recipe has one (opened by `open_cache`)
+
+    @property
+    def is_text(self) -> bool:
+        return self.data.tokenizer is not None
+
+    @property
+    def unit(self) -> str:
+        """What the data's samples are called in messages."""
+        return "texts" if self.is_text else "images"
+
+    def join(self) -> Distiller:
+        """The distiller of this teacher, student and the recipe's loss terms (each teacher in its precision)."""
+        precisions = [resolve_precision(spec.precision, self.engine.device.type) for spec in self.recipe.teacher_specs]
+        self.distiller = build_distiller(self.recipe, self.student, self.teacher, self.probe_inputs, precisions,
+                                         len(self.data.train))  # fmt: skip
+        return self.distiller
+
+    def open_cache(self) -> TeacherCache | None:
+        """The recipe's teacher cache, handed to the distiller (None without `teacher.cache`)."""
+        assert self.distiller is not None, "join() first"
+        self.cache = open_teacher_cache(self.recipe, self.data, self.distiller)
+        return self.cache
+
+    def train_loader(self) -> DataLoader:
+        """The training batches as the distiller takes them (indexed, or with the teacher's cached outputs)."""
+        assert self.distiller is not None, "join() first"
+        d = self.recipe.data
+        return self.engine.loader(training_set(self.data, self.distiller), d.batch_size, True, d.num_workers,
+                                  self.recipe.seed)  # fmt: skip
+
+    def eval_loader(self, split: str) -> DataLoader | None:
+        """The `val` or `test` batches, padded to whole batches (None when the split is absent)."""
+        dataset = self.data.val if split == "val" else self.data.test
+        return None if dataset is None else self.engine.loader(dataset, self.recipe.data.eval_batch_size, False)
+
+    def test_loader(self) -> DataLoader:
+        """The test batches, prepared (split over the processes), for the report's evaluations."""
+        loader = self.eval_loader("test")
+        assert loader is not None
+        return self.engine.accelerator.prepare(loader)
+
+    def checkpoint_meta(self, **extra: Any) -> CheckpointMeta:
+        """What the student's checkpoints say about it: enough to rebuild it and find its data."""
+        recipe, data, student = self.recipe, self.data, self.engine.accelerator.unwrap_model(self.student)
+        meta = CheckpointMeta(model=recipe.trained.name, kwargs=recipe.trained.kwargs, num_classes=data.num_classes,
+                              in_channels=data.in_channels, image_size=data.image_size, classes=data.classes,
+                              recipe=recipe.model_dump(mode="json"), **extra)  # fmt: skip
+        if is_pt2e(student):  # its checkpoints also hold the fake quantizers' state; a plain model skips it
+            meta.qat = "pt2e"
+        if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
+            meta.model, meta.kwargs = hf_checkpoint_spec(student, data.task.name)
+        if self.is_text:
+            meta.tokenizer, meta.task, meta.max_length = "tokenizer", data.task.name, data.max_length
+        return meta
+
+
+def assemble(recipe: Recipe, *, join: bool = True, student: StudentBuilder | None = None) -> Assembly:
+    """Build the recipe's engine, data, task, teacher, student and (with `join`) distiller.
+
+    `student` builds the model to train instead of the recipe's own student (prune: the trained checkpoint, which
+    it narrows before the distiller is joined). Every check that can fail does so here, before any folder is made.
+    """
+    engine = Engine(recipe.runtime)  # first: it knows the ranks, and only the main process touches the folder
+    engine.seed(recipe.seed)
+    data = build_data(recipe, static_shapes=engine.device.type == "xla")  # XLA: one compiled shape per step
+    if data.skipped and engine.is_main:
+        shown = "; ".join(data.skipped[:3]) + (f"; and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else "")
+        print(f"tinykd: data.bad_images=skip: left out {len(data.skipped)} unreadable file(s): {shown}")
+    teacher = build_teacher(recipe, data, for_init=student is None)
+    model = (student or build_student)(recipe, data, teacher)
+    if not needs_teacher(recipe):
+        teacher = None  # it was loaded only to start the student from its layers
+    parts = Assembly(recipe, engine, data, data.task, teacher, model, probe_batch(data))
+    if join:
+        parts.join()
+    return parts
