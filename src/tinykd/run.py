@@ -21,10 +21,9 @@ from tinykd.engine.runtime import resolve_precision
 from tinykd.engine.trackers import check_trackers
 from tinykd.errors import RunInterrupted, TinykdError
 from tinykd.generation import perplexity, prompts, seq2seq_scores
-from tinykd.measure import count_macs, count_params, generation_speed_row, measure_model, measure_speed
+from tinykd.measure import count_macs, count_params, first_sample, generation_speed_row, measure_model
 from tinykd.models.checkpoint import load_weights, save_model
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model, save_hf_directory
-from tinykd.models.outputs import call_model
 from tinykd.models.qat import is_pt2e
 from tinykd.pipeline import (
     build_data,
@@ -245,20 +244,18 @@ def save_predictions(engine: Engine, models: dict[str, Any], test_set: Any, batc
     """`predictions.npz` (test labels and each model's top-1) and, for images, `disagreements.png`: up to `grid`
     test images where teacher and student disagree, with both predictions."""
     import numpy as np
-    from accelerate.utils import send_to_device
+
+    from tinykd.compress.predictors import TorchPredictor
 
     labels: list[Any] = []
     preds: dict[str, list[Any]] = {role: [] for role in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-        for inputs, targets in engine.loader(test_set, batch, False):
-            keep = targets >= 0  # not the padding of the last batch
-            labels.append(targets[keep].numpy())
-            inputs = send_to_device(inputs, engine.device)
-            for role, model in models.items():
-                logits = call_model(engine.accelerator.unwrap_model(model), inputs).float()
-                preds[role].append(logits.argmax(-1).cpu()[keep].numpy())
+    predictors = {role: TorchPredictor(engine.accelerator.unwrap_model(model), device=engine.device)
+                  for role, model in models.items()}  # fmt: skip
+    for inputs, targets in engine.loader(test_set, batch, False):
+        keep = targets >= 0  # not the padding of the last batch
+        labels.append(targets[keep].numpy())
+        for role, predictor in predictors.items():
+            preds[role].append(predictor.predict(inputs).argmax(-1).cpu()[keep].numpy())
     saved = {"labels": np.concatenate(labels), **{role: np.concatenate(p) for role, p in preds.items()}}
     np.savez_compressed(run_dir / "predictions.npz", **saved)
     if "teacher" not in saved or "student" not in saved:
@@ -362,20 +359,24 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
         if engine.is_main:
             torch.save(converted.state_dict(), run_dir / "model.qat.pt")
             if recipe.measure.enabled:  # torchao's low-bit model as it runs in PyTorch
-                speed = measure_speed(converted, example, recipe.measure.latency_repeats,
-                                      recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
-                row.update({k: v for k, v in speed.items() if k != "threads"})
+                from tinykd.compress.predictors import TorchPredictor, speed
+
+                figures = speed(TorchPredictor(converted, threads=recipe.measure.threads), example,
+                                recipe.measure.latency_repeats, recipe.measure.throughput_batch)  # fmt: skip
+                row.update({k: v for k, v in figures.items() if k != "threads"})
         return row
     fmt = {"pt2e": f"onnx {spec.weights} QAT", "nbits": "onnx int4 QAT (MatMulNBits)",
            "qdq": f"onnx {spec.weights} QAT (QDQ)"}[form]  # fmt: skip
     row = {"role": role, "model": meta["model"], "format": fmt, "test_accuracy_pytorch": scores["accuracy"]}
     if not engine.is_main:
         return row
-    from tinykd.compress.onnxrt import measure_onnx, onnx_logits, onnx_size, session
+    from tinykd.compress.onnxrt import onnx_size
+    from tinykd.compress.predictors import OnnxPredictor, evaluate, measure
+    from tinykd.tasks import get_task
 
     path = run_dir / "model.qat.onnx"
     converted = converted.cpu()
-    one = {k: v[:1].cpu() for k, v in example.items()} if isinstance(example, dict) else example[:1].cpu()
+    one = first_sample(example)
     if pt2e:
         from tinykd.compress.export import export_qdq_onnx
 
@@ -394,20 +395,12 @@ def _qat_row(engine: Engine, recipe: Recipe, data: Any, student: Any, test_loade
             tables = f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables"
             row[f"{spec.weights}_tables"] = tables
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
-    runtime = session(path, recipe.measure.threads)
-    correct = total = 0
-    for inputs, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
-        arrays = {k: v.cpu().numpy() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.numpy()
-        logits, labels = onnx_logits(runtime, arrays), labels.cpu().numpy()
-        counted = labels >= 0  # not the padding of the last batch
-        correct += int((logits.argmax(-1) == labels)[counted].sum())
-        total += int(counted.sum())
-    row["test_accuracy"] = correct / max(total, 1)
+    runtime = OnnxPredictor(path, recipe.measure.threads)
+    host_batches = engine.loader(data.test, recipe.data.eval_batch_size, False)  # all of it, on the host
+    row["test_accuracy"] = evaluate(runtime, host_batches, get_task(data.task or "classification"))["accuracy"]
     if recipe.measure.enabled:
-        numpy = {k: v.numpy() for k, v in one.items()} if isinstance(one, dict) else one.numpy()
-        stats = measure_onnx(path, numpy, recipe.measure.latency_repeats, recipe.measure.throughput_batch,
-                             recipe.measure.threads)  # fmt: skip
-        row.update({k: v for k, v in stats.items() if k != "threads"})
+        figures = measure(runtime, one, recipe.measure.latency_repeats, recipe.measure.throughput_batch)
+        row.update({k: v for k, v in figures.items() if k != "threads"})
     else:
         row["size_bytes"] = onnx_size(path)
     return row

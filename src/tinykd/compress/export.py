@@ -18,17 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinykd.compress.onnxrt import (
-    INLINE_LIMIT,
-    _first_line,
-    onnx_logits,
-    onnx_size,
-    read_onnx,
-    session,
-    strip_debug_info,
-)
+from tinykd.compress.onnxrt import INLINE_LIMIT, _first_line, onnx_size, read_onnx, strip_debug_info
+from tinykd.compress.predictors import OnnxPredictor, Pt2Predictor, TorchPredictor, metrics_of, predict_all
 from tinykd.compress.source import (
-    accuracy,
     build_bundle,
     check_writable,
     checkpoint_recipe,
@@ -36,7 +28,6 @@ from tinykd.compress.source import (
     default_output,
     example_input,
     load_checkpoint_model,
-    torch_logits,
 )
 from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.errors import TinykdError
@@ -249,14 +240,19 @@ def _export_legacy(model: nn.Module, probe: Any, path: Path, opset: int | None) 
 
 
 def compare_outputs(
-    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray, tolerance: float, what: str
+    reference: Any, outputs: Any, labels: np.ndarray, tolerance: float, what: str, task: Any = None
 ) -> dict[str, Any]:
-    """Max |difference|, top-1 agreement and both accuracies; an error when the difference exceeds `tolerance`."""
+    """Max |difference|, top-1 agreement and both accuracies (`task`'s; classification by default); an error when
+    the difference exceeds `tolerance`."""
+    from tinykd.tasks import get_task
+
+    reference, outputs = np.asarray(reference), np.asarray(outputs)
+    task = task or get_task("classification")
     diff = float(np.abs(reference - outputs).max()) if reference.size else 0.0
     agree = float((reference.argmax(1) == outputs.argmax(1)).mean())
     report = {"images": len(reference), "max_abs_diff": diff, "top1_agreement": agree, "tolerance": tolerance,
-              "accuracy_pytorch": accuracy(reference, labels),
-              f"accuracy_{what}": accuracy(outputs, labels)}  # fmt: skip
+              "accuracy_pytorch": metrics_of(task, reference, labels)["accuracy"],
+              f"accuracy_{what}": metrics_of(task, outputs, labels)["accuracy"]}  # fmt: skip
     if not np.isfinite(diff) or diff > tolerance:
         raise TinykdError(f"verification failed: {what} and PyTorch differ by up to {diff:.3g} on {len(reference)} "
                           f"test images (tolerance {tolerance:g}; top-1 agreement {agree:.2%})")  # fmt: skip
@@ -268,8 +264,8 @@ def verify_onnx(
     tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the file in ONNX Runtime and the model in PyTorch on the same images; compare (raises on mismatch)."""
-    outputs = onnx_logits(session(path, threads), images)
-    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "onnxruntime")
+    outputs = predict_all(OnnxPredictor(Path(path), threads), images)
+    return compare_outputs(predict_all(TorchPredictor(model), images), outputs, labels, tolerance, "onnxruntime")
 
 
 def export_pt2(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict[str, Any]:
@@ -299,9 +295,8 @@ def verify_pt2(
     tolerance: float = DEFAULT_TOLERANCE, dynamic: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Load the saved program back and compare it with eager PyTorch on the same images (raises on mismatch)."""
-    program = torch.export.load(str(path)).module()
-    outputs = torch_logits(program, images, 256 if dynamic else 1, prepare=False)  # exported: eval() unsupported
-    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "torch.export")
+    outputs = predict_all(Pt2Predictor.open(Path(path)), images, 256 if dynamic else 1)
+    return compare_outputs(predict_all(TorchPredictor(model), images), outputs, labels, tolerance, "torch.export")
 
 
 def export_checkpoint(
