@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinykd.errors import TinykdError
-from tinykd.report import _cell, _columns, current_keys
+from tinykd.report import _cell, _columns, current_keys, ratio
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -179,10 +179,11 @@ def run_section(run_dir: Path) -> str:
     if student and teacher and student.get("test_accuracy") is not None:
         lead = (f"The student reaches <b>{student['test_accuracy']:.2%}</b> test accuracy against the teacher's "
                 f"{teacher['test_accuracy']:.2%}")  # fmt: skip
-        if student.get("params") and teacher.get("params"):
-            lead += f", with {teacher['params'] / student['params']:.1f}x fewer parameters"
-        if student.get("latency_ms_p50") and teacher.get("latency_ms_p50"):
-            lead += f" and {teacher['latency_ms_p50'] / student['latency_ms_p50']:.1f}x faster at batch 1"
+        fewer, faster = ratio(teacher, student, "params"), ratio(teacher, student, "latency_ms_p50")
+        if fewer:
+            lead += f", with {fewer:.1f}x fewer parameters"
+        if faster:
+            lead += f" and {faster:.1f}x faster at batch 1"
         lead = f'<p class="lead">{lead}.</p>'
     env = [f"device: {report.get('device', '?')}", f"epochs: {report.get('epochs')}",
            f"training: {report.get('train_seconds')} s ({report.get('train_samples_per_s')} samples/s)",

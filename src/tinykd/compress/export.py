@@ -29,9 +29,10 @@ from tinykd.compress.source import (
     example_input,
     load_checkpoint_model,
 )
+from tinykd.data.inputs import is_token_inputs
 from tinykd.data.text import GENERATIVE_TASKS
 from tinykd.errors import TinykdError
-from tinykd.measure import count_macs, count_params
+from tinykd.measure import count_macs, count_params, first_sample, repeat_sample
 from tinykd.models.checkpoint import run_folder_of
 
 EXPORTERS = ("auto", "dynamo", "legacy")
@@ -40,9 +41,7 @@ DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime 
 
 def _probe(example: Any) -> Any:
     """Two copies of one input: batch 2, so that exporters keep the batch dimension symbolic (not 0/1)."""
-    if isinstance(example, dict):
-        return {k: v[:1].cpu().expand(2, *v.shape[1:]).contiguous() for k, v in example.items()}
-    return example[:1].cpu().expand(2, *example.shape[1:]).contiguous()
+    return repeat_sample(first_sample(example), 2)
 
 
 class NamedInputs(nn.Module):
@@ -63,7 +62,7 @@ def _exportable(model: nn.Module, probe: Any) -> tuple[nn.Module, tuple[torch.Te
     """(module, positional inputs, input names, dynamic dims per input) for either kind of model.
 
     Text inputs get a dynamic batch and sequence length; images a dynamic batch."""
-    if isinstance(probe, dict):
+    if is_token_inputs(probe):
         names = list(probe)
         return NamedInputs(model, names).eval(), tuple(probe.values()), names, [{0: "batch", 1: "sequence"}
                                                                                  for _ in names]  # fmt: skip
@@ -118,7 +117,7 @@ def export_onnx(
         strip_debug_info(proto)
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         # MACs of a text model depend on the sequence length: they are measured per length (tinykd profile)
-        macs = None if isinstance(example, dict) else count_macs(model, example)
+        macs = None if is_token_inputs(example) else count_macs(model, example)
         info = {**(meta or {}), "format": "onnx fp32", "params": count_params(model), "macs": macs,
                 "exporter": used, "opset": opset_used}  # fmt: skip
         proto.metadata_props.add(key="tinykd", value=_json(info))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def session(path: str | Path, threads: int | None = None) -> Any:
 def check_images_fit(path: str | Path, images: Any, what: str = "images") -> None:
     """The images must have the model's input shape (apart from the batch dimension); text inputs must be named
     as the model's inputs."""
-    if isinstance(images, dict):
+    if isinstance(images, Mapping):
         missing = sorted(set(onnx_inputs(path)) - set(images))
         if missing:
             raise TinykdError(f"{Path(path).name} takes inputs {', '.join(missing)} that the {what} do not have")
@@ -153,12 +154,15 @@ def check_images_fit(path: str | Path, images: Any, what: str = "images") -> Non
         raise TinykdError(f"the {what} have shape {tuple(images.shape)} but {Path(path).name} takes {want}")
 
 
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+
+
 def feeds(sess: Any, inputs: Any) -> dict[str, np.ndarray]:
-    """What `sess.run` takes: the image array under the model's one input name, or the named text arrays."""
-    if isinstance(inputs, dict):
-        names = [i.name for i in sess.get_inputs()]
-        return {k: np.ascontiguousarray(inputs[k], dtype=np.int64) for k in names}
-    return {sess.get_inputs()[0].name: np.ascontiguousarray(inputs, dtype=np.float32)}
+    """What `sess.run` takes: each of the graph's inputs, of the type the graph declares; one array is the
+    graph's one input, named arrays go by name."""
+    given = inputs if isinstance(inputs, Mapping) else {sess.get_inputs()[0].name: inputs}
+    return {i.name: np.ascontiguousarray(given[i.name], dtype=ORT_TYPES.get(i.type)) for i in sess.get_inputs()}
 
 
 def onnx_image_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -113,11 +113,11 @@ class TorchPredictor(Predictor):
 
     def __init__(self, model: nn.Module, meta: dict[str, Any] | None = None, label: str = "", fmt: str | None = None,
                  threads: int | None = None, device: Any = None, path: Path | None = None,
-                 size: Callable[[nn.Module], int] = size_on_disk, prepare: bool = True) -> None:  # fmt: skip
+                 prepare: bool = True) -> None:  # fmt: skip
         self.model = model.eval().to(device or "cpu") if prepare else model  # a torch.export module has no eval()
         self.meta = meta or {}
         self.name = str(self.meta.get("model", label or type(model).__name__))
-        self.label, self.fmt, self.threads, self.path, self._size = label or self.name, fmt, threads, path, size
+        self.label, self.fmt, self.threads, self.path = label or self.name, fmt, threads, path
         self.device = torch.device(device or "cpu")
 
     @classmethod
@@ -138,7 +138,8 @@ class TorchPredictor(Predictor):
         return lambda: call_model(self.model, inputs)
 
     def size_bytes(self) -> int:
-        return self._size(self.model)
+        """The state dict as a safetensors file (what `tinykd` ships), whatever file it was read from."""
+        return size_on_disk(self.model)
 
     def describe(self) -> str:
         return self.fmt or ("pytorch fp32 (pruned)" if self.meta.get("pruned") else "pytorch fp32")
