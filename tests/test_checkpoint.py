@@ -78,6 +78,6 @@ def test_measurements_of_a_known_model() -> None:
     assert count_macs(model, torch.randn(1, 3, 2, 2)) == 60
     assert 4 * 65 < size_on_disk(model) < 4 * 65 + 1024
     stats = measure_model(model, torch.randn(1, 3, 2, 2), repeats=20, batch=8, threads=1)
-    assert stats.threads == 1 and 0 < stats.latency_ms_p50 <= stats.latency_ms_p90 and stats.throughput_img_s > 0
+    assert stats.threads == 1 and 0 < stats.latency_ms_p50 <= stats.latency_ms_p90 and stats.throughput_samples_s > 0
     conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert count_macs(conv, torch.randn(1, 1, 8, 8)) == 4 * 9 * 64

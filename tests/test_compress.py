@@ -151,9 +151,9 @@ def test_dynamo_export_and_pt2(trained: Path, tmp_path: Path) -> None:
 def test_a_failed_verification_is_an_error_and_removes_the_file(trained: Path, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(TinykdError, match=r"differ by up to 0.5 .*tolerance 0.001"):
         compare_outputs(np.zeros((4, 3)), np.full((4, 3), 0.5), np.zeros(4, int), 1e-3, "onnxruntime")
-    import tinykd.compress.export as export_module
+    from tinykd.compress.predictors import OnnxPredictor
 
-    monkeypatch.setattr(export_module, "onnx_logits", lambda sess, images: np.zeros((len(images), 10), np.float32))
+    monkeypatch.setattr(OnnxPredictor, "predict", lambda self, images: torch.zeros(len(images), 10))
     with pytest.raises(TinykdError, match="verification failed: .* was removed"):
         export_checkpoint(trained, "onnx", tmp_path / "bad.onnx", exporter="legacy")
     assert not (tmp_path / "bad.onnx").exists()
@@ -169,7 +169,7 @@ def test_static_int8_is_smaller_and_keeps_accuracy(trained: Path, tmp_path: Path
     meta = onnx_meta(path)
     assert meta["format"] == "onnx int8" and meta["recipe"]["data"]["name"] == "digits"
     before, after = report["rows"]
-    assert after["latency_ms_p50"] > 0 and after["throughput_img_s"] > 0 and before["size_ratio"] == 1.0
+    assert after["latency_ms_p50"] > 0 and after["throughput_samples_s"] > 0 and before["size_ratio"] == 1.0
     # an .onnx file (with tinykd metadata) can be quantized too; dynamic mode quantizes the Gemm only
     _, dyn = quantize_model(tmp_path / "q.onnx", "dynamic", out=tmp_path / "d.onnx", **FAST)
     assert dyn["quantized_nodes"] >= 1 and dyn["accuracy_drop_points"] <= 5.0
@@ -248,7 +248,7 @@ def test_the_demo_row_and_the_cli(trained: Path, tmp_path: Path, capsys) -> None
 
     row = quantize_for_demo(trained, tmp_path / "student.int8.onnx", calibration=64, exporter="legacy")
     assert row["role"] == "student (int8 onnx)" and row["format"] == "onnx int8"
-    assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)
+    assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_samples_s"} <= set(row)
     main(["export", str(trained), "--exporter", "legacy", "--out", str(tmp_path / "cli.onnx")])
     assert "verified on" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:

@@ -40,7 +40,7 @@ def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
     assert "in the same runtime" in proc.stdout and "Edge goal" in proc.stdout
     assert teacher["params"] >= 20 * distilled["params"] and scratch["params"] == distilled["params"]
     for row in report["rows"]:
-        assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_img_s"} <= set(row)
+        assert {"test_accuracy", "params", "size_bytes", "macs", "latency_ms_p50", "throughput_samples_s"} <= set(row)
     assert "Distillation gain" in proc.stdout and "student (distilled)" in proc.stdout
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# tinykd demo")
     page = (tmp_path / "demo" / "report.html").read_text()  # the whole story on one self-contained page

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tinykd.compress.predictors import TorchPredictor
+from tinykd.compress.predictors import measure as measure_predictor
 from tinykd.data import make_loader
 from tinykd.engine import Engine
 from tinykd.errors import TinykdError
 from tinykd.loading import load_model, recipe_from_checkpoint
-from tinykd.measure import measure_model
-from tinykd.pipeline import build_data, measure_input
+from tinykd.measure import timing_input
+from tinykd.pipeline import build_data
 
 
 def evaluate_checkpoint(
@@ -32,8 +34,8 @@ def evaluate_checkpoint(
     row[f"{split}_accuracy"] = engine.evaluate(model, loader)["accuracy"]
     if measure:
         example, _ = next(iter(make_loader(dataset, 1, False)))
-        if bundle.tokenizer is not None:  # a text model is timed at a stated sequence length
-            example = measure_input(bundle, example, recipe.measure.sequence_length)
-        row.update(measure_model(model, example, recipe.measure.latency_repeats, recipe.measure.throughput_batch,
-                                 recipe.measure.threads).as_dict())  # fmt: skip
+        example = timing_input(example, recipe.measure.sequence_length)  # text: at the stated sequence length
+        predictor = TorchPredictor(model, loaded.meta, loaded.label, threads=recipe.measure.threads)  # on the CPU
+        row.update(measure_predictor(predictor, example, recipe.measure.latency_repeats,
+                                     recipe.measure.throughput_batch))  # fmt: skip
     return row

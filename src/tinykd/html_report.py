@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinykd.errors import TinykdError
-from tinykd.report import _cell, _columns
+from tinykd.report import _cell, _columns, current_keys, ratio
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -66,7 +66,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def curves(records: list[dict[str, Any]]) -> str:
     """Losses (total and per term), accuracy (train, validation), learning rate and throughput against steps."""
-    train = [r for r in records if r.get("event") == "train"]
+    train = [current_keys(r) for r in records if r.get("event") == "train"]
     epochs = [r for r in records if r.get("event") == "epoch" and "val_accuracy" in r]
     if not train:
         return "<p>No training records in metrics.jsonl.</p>"
@@ -86,7 +86,7 @@ def curves(records: list[dict[str, Any]]) -> str:
     acc.legend(fontsize=7)
     lr.plot(steps, [r.get("lr", np.nan) for r in train])
     lr.set_title("learning rate")
-    speed.plot(steps, [r.get("img_per_s", np.nan) for r in train])
+    speed.plot(steps, [r.get("samples_per_s", np.nan) for r in train])
     speed.set_title("throughput (samples/s)")
     for ax in (loss, acc, lr, speed):
         ax.set_xlabel("step")
@@ -96,6 +96,7 @@ def curves(records: list[dict[str, Any]]) -> str:
 
 
 def models_table(rows: list[dict[str, Any]]) -> str:
+    rows = [current_keys(r) for r in rows]
     columns = _columns(rows)
     head = "".join(f"<th>{html.escape(header)}</th>" for _, header, _ in columns)
     body = []
@@ -167,7 +168,7 @@ def run_section(run_dir: Path) -> str:
     if not report_path.is_file():
         raise TinykdError(f"{run_dir} has no report.json: give a finished run folder")
     try:
-        report = json.loads(report_path.read_text())
+        report = current_keys(json.loads(report_path.read_text()))
     except json.JSONDecodeError as exc:
         raise TinykdError(f"{report_path} is not valid JSON ({exc.msg})") from None
     recipe = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").is_file() else ""
@@ -178,13 +179,14 @@ def run_section(run_dir: Path) -> str:
     if student and teacher and student.get("test_accuracy") is not None:
         lead = (f"The student reaches <b>{student['test_accuracy']:.2%}</b> test accuracy against the teacher's "
                 f"{teacher['test_accuracy']:.2%}")  # fmt: skip
-        if student.get("params") and teacher.get("params"):
-            lead += f", with {teacher['params'] / student['params']:.1f}x fewer parameters"
-        if student.get("latency_ms_p50") and teacher.get("latency_ms_p50"):
-            lead += f" and {teacher['latency_ms_p50'] / student['latency_ms_p50']:.1f}x faster at batch 1"
+        fewer, faster = ratio(teacher, student, "params"), ratio(teacher, student, "latency_ms_p50")
+        if fewer:
+            lead += f", with {fewer:.1f}x fewer parameters"
+        if faster:
+            lead += f" and {faster:.1f}x faster at batch 1"
         lead = f'<p class="lead">{lead}.</p>'
     env = [f"device: {report.get('device', '?')}", f"epochs: {report.get('epochs')}",
-           f"training: {report.get('train_seconds')} s ({report.get('train_img_per_s')} samples/s)",
+           f"training: {report.get('train_seconds')} s ({report.get('train_samples_per_s')} samples/s)",
            f"whole run: {report.get('total_seconds')} s"]  # fmt: skip
     where = report.get("environment") or {}
     if where:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinykd.data.inputs import from_numpy, is_token_inputs, map_inputs, to_numpy
 from tinykd.errors import TinykdError
 from tinykd.models.checkpoint import write_tensors
 from tinykd.models.outputs import call_model
@@ -32,16 +33,35 @@ Inputs = torch.Tensor | dict[str, torch.Tensor]  # an image batch, or a Hugging 
 
 def first_sample(inputs: Inputs) -> Inputs:
     """The first sample of a batch, as a batch of one, on the CPU."""
-    if isinstance(inputs, dict):
-        return {k: v[:1].cpu() for k, v in inputs.items()}
-    return inputs[:1].cpu()
+    return map_inputs(lambda v: v[:1].cpu(), inputs)
 
 
 def repeat_sample(inputs: Inputs, n: int) -> Inputs:
     """A batch of `n` copies of a one-sample batch (for throughput)."""
-    if isinstance(inputs, dict):
-        return {k: v[:1].expand(n, *v.shape[1:]).contiguous() for k, v in inputs.items()}
-    return inputs[:1].expand(n, *inputs.shape[1:]).contiguous()
+    return map_inputs(lambda v: v[:1].expand(n, *v.shape[1:]).contiguous(), inputs)
+
+
+def timing_input(inputs: Any, sequence_length: int) -> Any:
+    """What latency is timed on, for every tool and the run's report: the first sample at batch 1, and for text
+    the first text made exactly `sequence_length` tokens long (its attended tokens repeated, all attended; any
+    token types 0, any decoder sequence the same tokens), since a text model's latency depends on the length.
+
+    `inputs` is a batch of torch tensors or of numpy arrays; the example comes back in the same kind."""
+    if not is_token_inputs(inputs):
+        return map_inputs(lambda v: v[:1], inputs)
+    host = to_numpy(inputs)
+    ids = np.asarray(host["input_ids"][0])
+    if "attention_mask" in host:
+        ids = ids[np.asarray(host["attention_mask"][0]).astype(bool)]
+    ids = np.resize(ids, sequence_length)[None].astype(np.int64)
+    ones = np.ones_like(ids)
+    example = {"input_ids": ids, "attention_mask": ones}
+    if "token_type_ids" in host:
+        example["token_type_ids"] = np.zeros_like(ids)
+    if "decoder_input_ids" in host:  # an encoder-decoder: a decoder sequence of the same length
+        example.update(decoder_input_ids=ids.copy(), decoder_attention_mask=ones.copy())
+    torch_in = isinstance(next(iter(inputs.values())), torch.Tensor)
+    return from_numpy(example) if torch_in else example
 
 
 @dataclass
@@ -51,7 +71,7 @@ class ModelStats:
     macs: int
     latency_ms_p50: float
     latency_ms_p90: float
-    throughput_img_s: float
+    throughput_samples_s: float
     threads: int
 
     def as_dict(self) -> dict[str, float | int]:
@@ -119,6 +139,15 @@ def measure_model(
                       macs=count_macs(model, first_sample(example)), **speed)  # fmt: skip
 
 
+def time_speed(single: Callable[[], Any], batched: Callable[[], Any], batch: int, repeats: int) -> dict[str, float]:
+    """Latency of `single()` (batch 1: p50 and p90 of `repeats` timed calls after a warm-up) and throughput of
+    `batched()` (`batch` samples a call): the one timing every runtime's figures come from."""
+    one = time_calls(single, repeats)
+    many = time_calls(batched, max(10, repeats // 10), warmup=3)
+    return {"latency_ms_p50": statistics.median(one) * 1e3, "latency_ms_p90": percentile(one, 0.9) * 1e3,
+            "throughput_samples_s": batch / statistics.median(many)}  # fmt: skip
+
+
 def measure_speed(model: nn.Module, example: Inputs, repeats: int = 200, batch: int = 64,
                   threads: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Latency at batch 1 (p50, p90) and throughput at `batch`, eager, on the CPU: for any model that runs,
@@ -127,10 +156,8 @@ def measure_speed(model: nn.Module, example: Inputs, repeats: int = 200, batch: 
     example = first_sample(example)
     big = repeat_sample(example, batch)
     with torch_threads(threads) as n_threads, torch.inference_mode():
-        single = time_calls(lambda: call_model(model, example), repeats)
-        batched = time_calls(lambda: call_model(model, big), max(10, repeats // 10), warmup=3)
-    return {"latency_ms_p50": statistics.median(single) * 1e3, "latency_ms_p90": percentile(single, 0.9) * 1e3,
-            "throughput_img_s": batch / statistics.median(batched), "threads": n_threads}  # fmt: skip
+        speed = time_speed(lambda: call_model(model, example), lambda: call_model(model, big), batch, repeats)
+    return {**speed, "threads": n_threads}
 
 
 # --- generation: PyTorch's generate, timed at batch 1 with the KV cache ---------------------------------------------

@@ -11,7 +11,6 @@ import torch
 from tinykd.engine import Engine
 from tinykd.engine.log import describe_breakdown
 from tinykd.labels import IGNORE_INDEX
-from tinykd.models.outputs import call_model
 from tinykd.report import rows_markdown
 from tinykd.tasks import Task
 
@@ -52,20 +51,18 @@ def save_predictions(engine: Engine, models: dict[str, Any], test_set: Any, batc
     """`predictions.npz` (test labels and each model's top-1) and, for images, `disagreements.png`: up to `grid`
     test images where teacher and student disagree, with both predictions."""
     import numpy as np
-    from accelerate.utils import send_to_device
+
+    from tinykd.compress.predictors import TorchPredictor
 
     labels: list[Any] = []
     preds: dict[str, list[Any]] = {role: [] for role in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-        for inputs, targets in engine.loader(test_set, batch, False):
-            keep = targets != IGNORE_INDEX  # not the padding of the last batch
-            labels.append(targets[keep].numpy())
-            inputs = send_to_device(inputs, engine.device)
-            for role, model in models.items():
-                logits = call_model(engine.accelerator.unwrap_model(model), inputs).float()
-                preds[role].append(logits.argmax(-1).cpu()[keep].numpy())
+    predictors = {role: TorchPredictor(engine.accelerator.unwrap_model(model), device=engine.device)
+                  for role, model in models.items()}  # fmt: skip
+    for inputs, targets in engine.loader(test_set, batch, False):
+        keep = targets != IGNORE_INDEX  # not the padding of the last batch
+        labels.append(targets[keep].numpy())
+        for role, predictor in predictors.items():
+            preds[role].append(predictor.predict(inputs).argmax(-1).cpu()[keep].numpy())
     saved = {"labels": np.concatenate(labels), **{role: np.concatenate(p) for role, p in preds.items()}}
     np.savez_compressed(run_dir / "predictions.npz", **saved)
     if "teacher" not in saved or "student" not in saved:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "quantize_model": "quantize", "quantize_for_demo": "quantize",
     "prune_model": "prune", "prune_run": "prune", "prune_command": "prune",
     "profile_model": "profile", "compare_models": "compare",
+    "open_predictor": "predictors", "Predictor": "predictors", "evaluate": "predictors", "measure": "predictors",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -12,24 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from tinykd.compress.onnxrt import onnx_logits, onnx_meta, session
-from tinykd.compress.profile import onnx_image_shape, onnx_row, torch_row
-from tinykd.compress.source import (
-    accuracy,
-    dataset_arrays,
-    example_input,
-    input_shape_of,
-    onnx_label,
-    timing_example,
-    to_torch,
-    torch_logits,
-)
+from tinykd.compress.onnxrt import onnx_image_shape, onnx_meta
+from tinykd.compress.predictors import TorchPredictor, evaluate, is_model_path, measure_row, open_predictor
+from tinykd.compress.source import dataset_arrays, example_input, input_shape_of, onnx_label
 from tinykd.errors import TinykdError
-from tinykd.loading import is_checkpoint_source, load_any_recipe, load_model, recipe_from_checkpoint
+from tinykd.loading import is_checkpoint_source, load_any_recipe, recipe_from_checkpoint
+from tinykd.measure import timing_input
 from tinykd.models.checkpoint import read_meta, resolve_checkpoint
+from tinykd.report import RATIOS, add_ratios
 
 
 def _test_set(meta: dict[str, Any], where: str, recipe: str | None, overrides: list[str] | None) -> Any:
@@ -41,7 +33,7 @@ def _test_set(meta: dict[str, Any], where: str, recipe: str | None, overrides: l
     else:
         return None
     inputs, labels = dataset_arrays(rec, "test")
-    return inputs, labels, timing_example(inputs, rec.measure.sequence_length)
+    return inputs, labels, timing_input(inputs, rec.measure.sequence_length)
 
 
 def compare_row(
@@ -49,32 +41,24 @@ def compare_row(
     overrides: list[str] | None = None, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
 ) -> dict[str, Any]:  # fmt: skip
     """Accuracy and measurements of one run folder, checkpoint, .onnx file or (untrained) model name."""
-    test: tuple[Any, np.ndarray, Any] | None
-    if str(source).endswith(".onnx"):
-        path = Path(source)
-        meta = onnx_meta(path)
-        test = _test_set(meta, str(path), recipe, overrides)
-        example = to_torch(test[2]) if test else example_input(onnx_image_shape(path, in_shape))
-        row = onnx_row(path, example, onnx_label(path), meta.get("model", "-"), repeats, batch, threads)
-        if test is not None:
-            row["test_accuracy"] = accuracy(onnx_logits(session(path, threads), test[0]), test[1])
-    elif is_checkpoint_source(source):
-        loaded = load_model(source)
-        test = _test_set(loaded.meta, str(loaded.path), recipe, overrides)
-        example = to_torch(test[2]) if test else example_input(input_shape_of(loaded.meta) or in_shape)
-        fmt = "pytorch fp32 (pruned)" if loaded.meta.get("pruned") else "pytorch fp32"
-        row = torch_row(loaded.model, example, loaded.label, loaded.name, repeats, batch, threads, fmt)
-        if test is not None:
-            row["test_accuracy"] = accuracy(torch_logits(loaded.model, test[0]), test[1])
-    else:
+    if not is_model_path(source):  # a model name, built untrained: no accuracy
         from tinykd.models import create_model
         from tinykd.models.registry import sized_for
 
         if Path(str(source)).suffix in (".yaml", ".yml", ".safetensors"):
             raise TinykdError(f"{source} does not exist")
         kwargs = sized_for(str(source), {}, in_shape[-1])
-        model = create_model(str(source), num_classes=num_classes, in_channels=in_shape[0], **kwargs).eval()
-        row = torch_row(model, example_input(in_shape), str(source), str(source), repeats, batch, threads)
+        model = create_model(str(source), num_classes=num_classes, in_channels=in_shape[0], **kwargs)
+        return measure_row(TorchPredictor(model, label=str(source), threads=threads), example_input(in_shape),
+                           repeats, batch)  # fmt: skip
+    predictor = open_predictor(source, threads)
+    if str(source).endswith(".onnx"):
+        predictor.label = onnx_label(predictor.path)
+    test = _test_set(predictor.meta, str(predictor.path), recipe, overrides)
+    example = test[2] if test else example_input(predictor.image_shape(in_shape))
+    row = measure_row(predictor, example, repeats, batch)
+    if test is not None:
+        row["test_accuracy"] = evaluate(predictor, test[:2])["accuracy"]
     return row
 
 
@@ -117,10 +101,7 @@ def compare_models(
     shape, num_classes = reference_input(sources) or ((1, 28, 28), 10)
     rows = [compare_row(s, threads, repeats, batch, recipe, overrides, shape, num_classes) for s in sources]
     first = rows[0]
-    for row in rows:
-        row["compression"] = first["params"] / row["params"] if row.get("params") else None
-        row["size_ratio"] = first["size_bytes"] / row["size_bytes"] if row.get("size_bytes") else None
-        row["speedup"] = first["latency_ms_p50"] / row["latency_ms_p50"] if row.get("latency_ms_p50") else None
+    add_ratios(rows, first, RATIOS)
     report = {"models": rows, "threads": threads, "repeats": repeats, "batch": batch, "reference": first["role"],
               "sources": [str(s) for s in sources]}  # fmt: skip
     if out is not None:

@@ -18,27 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinykd.compress.onnxrt import (
-    INLINE_LIMIT,
-    _first_line,
-    onnx_logits,
-    onnx_size,
-    read_onnx,
-    session,
-    strip_debug_info,
-)
-from tinykd.compress.source import (
-    accuracy,
-    build_bundle,
-    check_writable,
-    dataset_arrays,
-    default_output,
-    example_input,
-    torch_logits,
-)
+from tinykd.compress.onnxrt import INLINE_LIMIT, _first_line, onnx_size, read_onnx, strip_debug_info
+from tinykd.compress.predictors import OnnxPredictor, Pt2Predictor, TorchPredictor, metrics_of, predict_all
+from tinykd.compress.source import build_bundle, check_writable, dataset_arrays, default_output, example_input
+from tinykd.data.inputs import is_token_inputs
 from tinykd.errors import TinykdError
 from tinykd.loading import load_model, recipe_from_checkpoint
-from tinykd.measure import count_macs, count_params
+from tinykd.measure import count_macs, count_params, first_sample, repeat_sample
 from tinykd.models.checkpoint import run_folder_of
 from tinykd.tasks import is_generative
 
@@ -48,9 +34,7 @@ DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed between ONNX Runtime 
 
 def _probe(example: Any) -> Any:
     """Two copies of one input: batch 2, so that exporters keep the batch dimension symbolic (not 0/1)."""
-    if isinstance(example, dict):
-        return {k: v[:1].cpu().expand(2, *v.shape[1:]).contiguous() for k, v in example.items()}
-    return example[:1].cpu().expand(2, *example.shape[1:]).contiguous()
+    return repeat_sample(first_sample(example), 2)
 
 
 class NamedInputs(nn.Module):
@@ -71,7 +55,7 @@ def _exportable(model: nn.Module, probe: Any) -> tuple[nn.Module, tuple[torch.Te
     """(module, positional inputs, input names, dynamic dims per input) for either kind of model.
 
     Text inputs get a dynamic batch and sequence length; images a dynamic batch."""
-    if isinstance(probe, dict):
+    if is_token_inputs(probe):
         names = list(probe)
         return NamedInputs(model, names).eval(), tuple(probe.values()), names, [{0: "batch", 1: "sequence"}
                                                                                  for _ in names]  # fmt: skip
@@ -126,7 +110,7 @@ def export_onnx(
         strip_debug_info(proto)
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         # MACs of a text model depend on the sequence length: they are measured per length (tinykd profile)
-        macs = None if isinstance(example, dict) else count_macs(model, example)
+        macs = None if is_token_inputs(example) else count_macs(model, example)
         info = {**(meta or {}), "format": "onnx fp32", "params": count_params(model), "macs": macs,
                 "exporter": used, "opset": opset_used}  # fmt: skip
         proto.metadata_props.add(key="tinykd", value=_json(info))
@@ -248,14 +232,19 @@ def _export_legacy(model: nn.Module, probe: Any, path: Path, opset: int | None) 
 
 
 def compare_outputs(
-    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray, tolerance: float, what: str
+    reference: Any, outputs: Any, labels: np.ndarray, tolerance: float, what: str, task: Any = None
 ) -> dict[str, Any]:
-    """Max |difference|, top-1 agreement and both accuracies; an error when the difference exceeds `tolerance`."""
+    """Max |difference|, top-1 agreement and both accuracies (`task`'s; classification by default); an error when
+    the difference exceeds `tolerance`."""
+    from tinykd.tasks import get_task
+
+    reference, outputs = np.asarray(reference), np.asarray(outputs)
+    task = task or get_task("classification")
     diff = float(np.abs(reference - outputs).max()) if reference.size else 0.0
     agree = float((reference.argmax(1) == outputs.argmax(1)).mean())
     report = {"images": len(reference), "max_abs_diff": diff, "top1_agreement": agree, "tolerance": tolerance,
-              "accuracy_pytorch": accuracy(reference, labels),
-              f"accuracy_{what}": accuracy(outputs, labels)}  # fmt: skip
+              "accuracy_pytorch": metrics_of(task, reference, labels)["accuracy"],
+              f"accuracy_{what}": metrics_of(task, outputs, labels)["accuracy"]}  # fmt: skip
     if not np.isfinite(diff) or diff > tolerance:
         raise TinykdError(f"verification failed: {what} and PyTorch differ by up to {diff:.3g} on {len(reference)} "
                           f"test images (tolerance {tolerance:g}; top-1 agreement {agree:.2%})")  # fmt: skip
@@ -267,8 +256,8 @@ def verify_onnx(
     tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the file in ONNX Runtime and the model in PyTorch on the same images; compare (raises on mismatch)."""
-    outputs = onnx_logits(session(path, threads), images)
-    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "onnxruntime")
+    outputs = predict_all(OnnxPredictor(Path(path), threads), images)
+    return compare_outputs(predict_all(TorchPredictor(model), images), outputs, labels, tolerance, "onnxruntime")
 
 
 def export_pt2(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict[str, Any]:
@@ -298,9 +287,8 @@ def verify_pt2(
     tolerance: float = DEFAULT_TOLERANCE, dynamic: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Load the saved program back and compare it with eager PyTorch on the same images (raises on mismatch)."""
-    program = torch.export.load(str(path)).module()
-    outputs = torch_logits(program, images, 256 if dynamic else 1, prepare=False)  # exported: eval() unsupported
-    return compare_outputs(torch_logits(model, images), outputs, labels, tolerance, "torch.export")
+    outputs = predict_all(Pt2Predictor.open(Path(path)), images, 256 if dynamic else 1)
+    return compare_outputs(predict_all(TorchPredictor(model), images), outputs, labels, tolerance, "torch.export")
 
 
 def export_checkpoint(

@@ -90,15 +90,13 @@ def export_linear_qdq(converted: nn.Module, example: Any, path: str | Path,
     return written | {"qdq_layers": written["replaced"]}
 
 
-def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: dict[str, Any] | None, fmt: str,
-                    form: str) -> dict[str, Any]:  # fmt: skip
-    """Export `converted` with dequantized weights, then put each quantized linear layer back in low bits: as
-    `MatMulNBits` (form "nbits": 4-bit, symmetric, blocks of 16 or more) or as QDQ (form "qdq": any of them)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+Found = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # codes [N, K], scales, zero points, block (see _codes)
+Entry = tuple[str, Found, np.ndarray, bool]  # module name, its codes, its dequantized weight, per-token activations
 
-    path = Path(path)
-    plain = dequantized(converted).eval()
+
+def _quantized_modules(converted: nn.Module, plain: nn.Module) -> tuple[list[Entry], list[Entry]]:
+    """(linear layers, embedding tables) of `converted` that hold torchao codes, with `plain`'s dequantized
+    weight of each (to find it in the graph by value)."""
     layers, tables = [], []
     plain_modules = dict(plain.named_modules())
     for module_name, module in converted.named_modules():
@@ -108,6 +106,41 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
                 entry = (module_name, found, plain_modules[module_name].weight.detach().numpy(),
                          getattr(module.weight, "activation_quantization", None) is not None)  # fmt: skip
                 (layers if isinstance(module, nn.Linear) else tables).append(entry)
+    return layers, tables
+
+
+def _weight_of(node: Any, arrays: dict[str, np.ndarray], producers: dict[str, Any]) -> tuple[str, bool] | None:
+    """(initializer, is [N, K]) that is this MatMul/Gemm's B, through one Transpose if there is one."""
+    b = node.input[1]
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+        if trans_a or alpha != 1.0:
+            return None
+        return (b, bool(trans_b)) if b in arrays else None
+    if b in arrays:
+        return b, False
+    source = producers.get(b)
+    if source is not None and source.op_type == "Transpose" and source.input[0] in arrays:
+        return source.input[0], True
+    return None
+
+
+def _fits(found: Found, form: str) -> bool:
+    """Whether a layer's codes can take `form`: QDQ takes any; MatMulNBits symmetric blocks of 16, 32, ..."""
+    _, _, zeros, block = found
+    return form == "qdq" or (block >= MIN_BLOCK and not block & (block - 1) and not zeros.any())
+
+
+def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: dict[str, Any] | None, fmt: str,
+                    form: str) -> dict[str, Any]:  # fmt: skip
+    """Export `converted` with dequantized weights, then put each quantized linear layer back in low bits: as
+    `MatMulNBits` (form "nbits": 4-bit, symmetric, blocks of 16 or more) or as QDQ (form "qdq": any of them)."""
+    import onnx
+
+    plain = dequantized(converted).eval()
+    layers, tables = _quantized_modules(converted, plain)
     if not layers:
         kind = "int4 per-group" if form == "nbits" else "torchao-quantized"
         raise TinykdError(f"the quantized student has no {kind} linear layer to export")
@@ -115,7 +148,26 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
         raw = Path(tmp) / "model.onnx"
         export_onnx(plain, example, raw, "dynamo", meta=meta)
         proto = read_onnx(raw, load_external_data=True)
-    graph = proto.graph
+    new_nodes, replaced, tables_done = _low_bit_nodes(proto.graph, layers, tables, form)
+    _replace_nodes(proto, new_nodes, form, bool(tables_done))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp_path))
+    count = {"nbits": "matmul_nbits", "qdq": "qdq_layers"}[form]  # the file's metadata, as the report's row names it
+    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": fmt, count: replaced,
+                               "quantized_tables": tables_done})  # fmt: skip
+    tmp_path.replace(path)
+    return {"path": str(path), "size_bytes": onnx_size(path), "replaced": replaced, "linear_layers": len(layers),
+            "quantized_tables": tables_done, "embedding_tables": len(tables),
+            "weight_bytes": sum(t.ByteSize() for t in proto.graph.initializer)}  # fmt: skip
+
+
+def _low_bit_nodes(graph: Any, layers: list[Entry], tables: list[Entry], form: str) -> tuple[list[Any], int, int]:
+    """The graph's nodes with each matching Gather of a quantized table and MatMul/Gemm of a quantized layer
+    replaced by its low-bit form (new initializers go into `graph`); (nodes, layers replaced, tables replaced)."""
+    from onnx import TensorProto, helper, numpy_helper
+
     initializers = {t.name: t for t in graph.initializer}
     arrays = {name: numpy_helper.to_array(t) for name, t in initializers.items() if t.data_type == TensorProto.FLOAT}
     producers = {out: node for node in graph.node for out in node.output}
@@ -123,28 +175,6 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
     for node in graph.node:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
-
-    def weight_of(node: Any) -> tuple[str, bool] | None:
-        """(initializer, is [N, K]) that is this MatMul/Gemm's B, through one Transpose if there is one."""
-        b = node.input[1]
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
-            if trans_a or alpha != 1.0:
-                return None
-            return (b, bool(trans_b)) if b in arrays else None
-        if b in arrays:
-            return b, False
-        source = producers.get(b)
-        if source is not None and source.op_type == "Transpose" and source.input[0] in arrays:
-            return source.input[0], True
-        return None
-
-    def fits(found: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> bool:
-        _, _, zeros, block = found
-        return form == "qdq" or (block >= MIN_BLOCK and not block & (block - 1) and not zeros.any())
-
     replaced, done, tables_done = 0, set(), set()
     new_nodes: list[Any] = []
     token_qdq: dict[str, str] = {}  # a layer input already quantized per token -> its dequantized copy
@@ -158,12 +188,12 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
                 new_nodes.extend(_dequantized_table(node, tables[table][1], f"table_{len(tables_done) - 1}", graph,
                                                     fast=form == "nbits"))  # fmt: skip
                 continue
-        target = weight_of(node) if node.op_type in ("MatMul", "Gemm") else None
+        target = _weight_of(node, arrays, producers) if node.op_type in ("MatMul", "Gemm") else None
         match = None
         if target is not None and users.get(target[0], 0) == 1:
             value = arrays[target[0]]
             nk = value if target[1] else value.T
-            match = next((i for i, (_, found, weight, _) in enumerate(layers) if i not in done and fits(found)
+            match = next((i for i, (_, found, weight, _) in enumerate(layers) if i not in done and _fits(found, form)
                           and nk.shape == weight.shape and np.array_equal(nk, weight)), None)  # fmt: skip
         if match is None:
             new_nodes.append(node)
@@ -186,7 +216,15 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
         if bias:
             new_nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{tag}.bias"))
         replaced += 1
-    # a Transpose left without users (its weight moved into the new nodes) goes, then the initializers nobody reads
+    return new_nodes, replaced, len(tables_done)
+
+
+def _replace_nodes(proto: Any, new_nodes: list[Any], form: str, tables: bool) -> None:
+    """Put `new_nodes` in the graph: a Transpose left without users (its weight moved into the new nodes) goes,
+    then the initializers nobody reads; the opsets the new nodes need are declared."""
+    from onnx import helper
+
+    graph = proto.graph
     read = {name for node in new_nodes for name in node.input} | {o.name for o in graph.output}
     new_nodes = [node for node in new_nodes if node.op_type != "Transpose" or any(o in read for o in node.output)]
     del graph.node[:]
@@ -197,18 +235,8 @@ def _export_linears(converted: nn.Module, example: Any, path: str | Path, meta: 
     graph.initializer.extend(keep)
     if form == "nbits" and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    if tables_done or form == "qdq":
+    if tables or form == "qdq":
         raise_opset(proto, 21)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    onnx.save_model(proto, str(tmp_path))
-    count = {"nbits": "matmul_nbits", "qdq": "qdq_layers"}[form]  # the file's metadata, as the report's row names it
-    write_onnx_meta(tmp_path, {**onnx_meta(tmp_path), "format": fmt, count: replaced,
-                               "quantized_tables": len(tables_done)})  # fmt: skip
-    tmp_path.replace(path)
-    return {"path": str(path), "size_bytes": onnx_size(path), "replaced": replaced, "linear_layers": len(layers),
-            "quantized_tables": len(tables_done), "embedding_tables": len(tables),
-            "weight_bytes": sum(t.ByteSize() for t in proto.graph.initializer)}  # fmt: skip
 
 
 def _matmul_nbits(source: str, found: tuple[np.ndarray, np.ndarray, np.ndarray, int], tag: str, out: str,

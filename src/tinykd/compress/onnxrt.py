@@ -1,4 +1,5 @@
-"""ONNX files and ONNX Runtime: reading, metadata, size on disk, sessions, outputs and timings.
+"""ONNX files and ONNX Runtime: reading, metadata, size on disk, inputs and sessions (`predictors.OnnxPredictor`
+runs them).
 
 tinykd writes its metadata (model name, recipe, parameters, MACs, format) into an exported file's
 `metadata_props`, so that a later `quantize`, `profile` or `compare` of the bare .onnx file still knows its
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tinykd.errors import TinykdError
-from tinykd.measure import percentile, time_calls
 
 META_KEY = "tinykd"
 INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GiB limit: larger models keep an external data file
@@ -141,7 +141,7 @@ def session(path: str | Path, threads: int | None = None) -> Any:
 def check_images_fit(path: str | Path, images: Any, what: str = "images") -> None:
     """The images must have the model's input shape (apart from the batch dimension); text inputs must be named
     as the model's inputs."""
-    if isinstance(images, dict):
+    if isinstance(images, Mapping):
         missing = sorted(set(onnx_inputs(path)) - set(images))
         if missing:
             raise TinykdError(f"{Path(path).name} takes inputs {', '.join(missing)} that the {what} do not have")
@@ -154,72 +154,23 @@ def check_images_fit(path: str | Path, images: Any, what: str = "images") -> Non
         raise TinykdError(f"the {what} have shape {tuple(images.shape)} but {Path(path).name} takes {want}")
 
 
-def _feeds(sess: Any, inputs: Any) -> dict[str, np.ndarray]:
-    """What `sess.run` takes: the image array under the model's one input name, or the named text arrays."""
-    if isinstance(inputs, dict):
-        names = [i.name for i in sess.get_inputs()]
-        return {k: np.ascontiguousarray(inputs[k], dtype=np.int64) for k in names}
-    return {sess.get_inputs()[0].name: np.ascontiguousarray(inputs, dtype=np.float32)}
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
 
 
-def _fixed_batch(sess: Any) -> int | None:
-    shape = sess.get_inputs()[0].shape
-    return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+def feeds(sess: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """What `sess.run` takes: each of the graph's inputs, of the type the graph declares; one array is the
+    graph's one input, named arrays go by name."""
+    given = inputs if isinstance(inputs, Mapping) else {sess.get_inputs()[0].name: inputs}
+    return {i.name: np.ascontiguousarray(given[i.name], dtype=ORT_TYPES.get(i.type)) for i in sess.get_inputs()}
 
 
-def onnx_logits(sess: Any, inputs: Any, batch: int = 256) -> np.ndarray:
-    """Outputs of an ORT session batch by batch (a model with a fixed batch size gets padded batches)."""
-    from tinykd.compress.source import count, take
-
-    fixed = _fixed_batch(sess)
-    step = fixed or batch
-    outs = []
-    for i in range(0, count(inputs), step):
-        chunk = take(inputs, i, i + step)
-        n = count(chunk)
-        if fixed and n < fixed:
-            chunk = _repeat(chunk, fixed, keep=n)
-        outs.append(sess.run(None, _feeds(sess, chunk))[0][:n])
-    return np.concatenate(outs)
-
-
-def _repeat(inputs: Any, n: int, keep: int = 1) -> Any:
-    """The first `keep` samples, then copies of the first one, up to `n` samples."""
-    def grow(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a[:keep], np.repeat(a[:1], n - keep, axis=0)])
-
-    return {k: grow(v) for k, v in inputs.items()} if isinstance(inputs, dict) else grow(inputs)
-
-
-def measure_onnx(
-    path: str | Path, example: Any, repeats: int = 200, batch: int = 64, threads: int | None = None
-) -> dict[str, Any]:
-    """Size (external data included), parameters, and ORT CPU latency (p50, p90 at batch 1) and throughput.
-
-    `example` is one input of batch 1 (an image array, or named text arrays). `threads` defaults to torch's
-    thread count, so that the PyTorch and ONNX Runtime rows use the same number.
-    """
-    import torch
-
-    from tinykd.compress.source import take
-
-    threads = threads or torch.get_num_threads()
-    sess = session(path, threads)
-    fixed = _fixed_batch(sess)
-    one = take(example, 0, 1)
-    if fixed and fixed != 1:
-        one = _repeat(one, fixed)
-    big_n = fixed or batch
-    single_feeds, big_feeds = _feeds(sess, one), _feeds(sess, _repeat(one, big_n))
-    single = time_calls(lambda: sess.run(None, single_feeds), repeats)
-    batched = time_calls(lambda: sess.run(None, big_feeds), max(10, repeats // 10), warmup=3)
-    meta = onnx_meta(path)
-    return {
-        "params": meta.get("params", onnx_params(read_onnx(path))),
-        "size_bytes": onnx_size(path),
-        "macs": meta.get("macs"),
-        "latency_ms_p50": statistics.median(single) * 1e3,
-        "latency_ms_p90": percentile(single, 0.9) * 1e3,
-        "throughput_img_s": big_n / statistics.median(batched),
-        "threads": threads,
-    }
+def onnx_image_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, H, W) of an image model's one input when the file fixes them, else `fallback` (text models too)."""
+    inputs = onnx_inputs(path)
+    if len(inputs) != 1:
+        return fallback
+    dims = next(iter(inputs.values()))
+    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        return int(dims[1]), int(dims[2]), int(dims[3])
+    return fallback

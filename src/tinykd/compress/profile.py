@@ -12,53 +12,81 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from tinykd.compress.export import export_onnx
-from tinykd.compress.onnxrt import measure_onnx, onnx_inputs, onnx_meta
-from tinykd.compress.source import example_input, input_shape_of
+from tinykd.compress.onnxrt import onnx_inputs
+from tinykd.compress.predictors import (
+    OnnxPredictor,
+    Predictor,
+    TorchPredictor,
+    is_model_path,
+    measure_row,
+    open_predictor,
+)
+from tinykd.compress.source import example_input
 from tinykd.errors import TinykdError
-from tinykd.loading import is_checkpoint_source, load_model
-from tinykd.measure import measure_model
-
-
-def torch_row(model: nn.Module, example: Any, label: str, name: str, repeats: int, batch: int,
-              threads: int, fmt: str = "pytorch fp32") -> dict[str, Any]:  # fmt: skip
-    """One row of figures for a PyTorch model, eager mode."""
-    stats = measure_model(model, example, repeats, batch, threads).as_dict()
-    return {"role": label, "model": name, "format": fmt, **stats, "flops": 2 * int(stats["macs"])}
-
-
-def onnx_row(path: Path, example: Any, label: str, name: str, repeats: int, batch: int, threads: int,
-             fmt: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """One row of figures for an .onnx file in ONNX Runtime (CPU)."""
-    numpy = {k: v.numpy() for k, v in example.items()} if isinstance(example, dict) else example.numpy()
-    stats = measure_onnx(path, numpy, repeats, batch, threads)
-    row = {"role": label, "model": name, "format": fmt or onnx_meta(path).get("format", "onnx"), **stats}
-    if row.get("macs") is not None:
-        row["flops"] = 2 * int(row["macs"])
-    return row
-
-
-def onnx_image_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
-    """(C, H, W) of an image model's one input when the file fixes them, else `fallback` (text models too)."""
-    inputs = onnx_inputs(path)
-    if len(inputs) != 1:
-        return fallback
-    dims = next(iter(inputs.values()))
-    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        return int(dims[1]), int(dims[2]), int(dims[3])
-    return fallback
-
+from tinykd.measure import timing_input
 
 TEXT_LENGTHS = (16, 64, 128)  # sequence lengths a text model is timed at
 
 
 def text_example(length: int, vocab_size: int, names: tuple[str, ...] = ("input_ids", "attention_mask")) -> dict:
-    """One sequence of `length` seeded token ids (all attended): latency does not depend on which tokens."""
+    """One sequence of `length` seeded token ids (all attended), with the inputs in `names`: a text model's timing
+    input when there is no data, since latency does not depend on which tokens."""
     ids = torch.randint(5, max(6, vocab_size), (1, length), generator=torch.Generator().manual_seed(0))
-    parts = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    return {name: parts[name] for name in names}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    example = timing_input({name: batch[name] for name in names}, length)
+    return {name: example[name] for name in names}
+
+
+def _untrained(name: str, num_classes: int, in_channels: int, image_size: int) -> TorchPredictor:
+    """A registered model name, built untrained for `num_classes` classes of `in_channels` x `image_size`^2."""
+    from tinykd.models import create_model
+    from tinykd.models.registry import sized_for
+
+    if Path(name).suffix in (".yaml", ".yml", ".json"):
+        raise TinykdError(f"{name}: tinykd profile takes a model name, a checkpoint, a run folder or an .onnx file, "
+                          "not a recipe")  # fmt: skip
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels,
+                         **sized_for(name, {}, image_size))  # fmt: skip
+    return TorchPredictor(model, {"model": name}, name)
+
+
+def _examples(predictor: Predictor, source: str | Path, shape: tuple[int, int, int],
+              lengths: tuple[int, ...]) -> list[tuple[str, int | None, Any]]:  # fmt: skip
+    """(label suffix, sequence length, input) to time: one image, or one text per length the model takes (an
+    .onnx file's rows are told apart by their sequence_length alone)."""
+    suffix = "" if isinstance(predictor, OnnxPredictor) else " (seq {})"
+    if isinstance(predictor, OnnxPredictor):
+        names = tuple(onnx_inputs(predictor.path))
+        vocab, longest = (100, max(lengths)) if "input_ids" in names else (None, None)
+    else:
+        config = getattr(predictor.model, "config", None)
+        vocab, names = getattr(config, "vocab_size", None), ("input_ids", "attention_mask")
+        longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or \
+            max(lengths)  # fmt: skip
+    if not vocab:
+        return [("", None, example_input(shape))]
+    examples = [(suffix.format(n), n, text_example(n, vocab, names)) for n in lengths if n <= longest]
+    if not examples:
+        raise TinykdError(f"{source} takes at most {longest} tokens; no sequence length to time in {lengths}")
+    return examples
+
+
+def _onnx_rows(predictor: TorchPredictor, examples: list[tuple[str, int | None, Any]], eager: list[dict[str, Any]],
+               exporter: str, repeats: int, batch: int) -> list[dict[str, Any]]:  # fmt: skip
+    """The PyTorch model exported on the fly and timed in ONNX Runtime, one row per example."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        exported = export_onnx(predictor.model, examples[0][2], path, exporter,
+                               meta={k: v for k, v in predictor.meta.items() if k != "recipe"})  # fmt: skip
+        for (suffix, length, example), torch_row in zip(examples, eager, strict=True):
+            onnx = OnnxPredictor(path, predictor.threads, predictor.label + suffix, "onnx fp32 (ort)", predictor.name)
+            row = measure_row(onnx, example, repeats, batch)
+            row.update(exporter=exported["exporter"], macs=torch_row["macs"], flops=torch_row["flops"])  # this length's
+            rows.append({**row, **({"sequence_length": length} if length else {})})
+    return rows
 
 
 def profile_model(
@@ -82,64 +110,17 @@ def profile_model(
     if repeats < 1 or batch < 1:
         raise TinykdError("--repeats and --batch must be at least 1")
     threads = threads or torch.get_num_threads()
-    fallback = (in_channels, image_size, image_size)
-    rows: list[dict[str, Any]] = []
-    shape: Any = fallback
-    if str(source).endswith(".onnx"):
-        path = Path(source)
-        meta = onnx_meta(path)
-        names = tuple(onnx_inputs(path))
-        if "input_ids" in names:  # a text model
-            shape = ["sequence", *lengths]
-            for length in lengths:
-                row = onnx_row(path, text_example(length, 100, names), path.name, meta.get("model", "-"), repeats,
-                               batch, threads)  # fmt: skip
-                rows.append({**row, "sequence_length": length})
-        else:
-            shape = onnx_image_shape(path, fallback)
-            rows.append(onnx_row(path, example_input(shape), path.name, meta.get("model", "-"), repeats, batch,
-                                 threads))  # fmt: skip
-    else:
-        if is_checkpoint_source(source):
-            loaded = load_model(source)
-            model, name, label = loaded.model, loaded.name, loaded.label
-            shape = input_shape_of(loaded.meta) or fallback
-            meta = loaded.meta
-        else:
-            from tinykd.models import create_model
-            from tinykd.models.registry import sized_for
-
-            if Path(str(source)).suffix in (".yaml", ".yml", ".json"):
-                raise TinykdError(f"{source}: tinykd profile takes a model name, a checkpoint, a run folder or an "
-                                  ".onnx file, not a recipe")  # fmt: skip
-            name = label = str(source)
-            kwargs = sized_for(name, {}, image_size)
-            model = create_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs).eval()
-            meta = {"model": name}
-        config = getattr(model, "config", None)
-        vocab = getattr(config, "vocab_size", None)
-        longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or \
-            max(lengths)  # fmt: skip
-        examples = [(f" (seq {n})", n, text_example(n, vocab)) for n in lengths if n <= longest] if vocab else \
-            [("", None, example_input(shape))]  # fmt: skip
-        if not examples:
-            raise TinykdError(f"{source} takes at most {longest} tokens; no sequence length to time in {lengths}")
-        if vocab:
-            shape = ["sequence", *(n for _, n, _ in examples)]
-        fmt = "pytorch fp32 (pruned)" if meta.get("pruned") else "pytorch fp32"
-        for suffix, length, example in examples:
-            rows.append({**torch_row(model, example, label + suffix, name, repeats, batch, threads, fmt),
-                         **({"sequence_length": length} if length else {})})  # fmt: skip
-        if onnx:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.onnx"
-                exported = export_onnx(model, examples[0][2], path, exporter, meta={k: v for k, v in meta.items()
-                                                                                   if k != "recipe"})  # fmt: skip
-                for (suffix, length, example), eager in zip(examples, list(rows), strict=True):
-                    row = onnx_row(path, example, label + suffix, name, repeats, batch, threads, "onnx fp32 (ort)")
-                    row.update(exporter=exported["exporter"], macs=eager["macs"], flops=eager["flops"])  # this length's
-                    rows.append({**row, **({"sequence_length": length} if length else {})})
-    report = {"source": str(source), "input_shape": [1, *shape], "threads": threads, "repeats": repeats,
+    predictor = open_predictor(source, threads) if is_model_path(source) else \
+        _untrained(str(source), num_classes, in_channels, image_size)  # fmt: skip
+    predictor.threads = threads
+    shape = predictor.image_shape((in_channels, image_size, image_size))
+    examples = _examples(predictor, source, shape, lengths)
+    rows = [{**measure_row(predictor, example, repeats, batch), "role": predictor.label + suffix,
+             **({"sequence_length": length} if length else {})} for suffix, length, example in examples]  # fmt: skip
+    if onnx and isinstance(predictor, TorchPredictor):
+        rows += _onnx_rows(predictor, examples, list(rows), exporter, repeats, batch)
+    sequence = ["sequence", *(n for _, n, _ in examples)] if examples[0][1] else None
+    report = {"source": str(source), "input_shape": [1, *(sequence or shape)], "threads": threads, "repeats": repeats,
               "batch": batch, "rows": rows}  # fmt: skip
     return rows, report
 

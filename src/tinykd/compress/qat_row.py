@@ -9,9 +9,8 @@ from typing import Any
 import torch
 
 from tinykd.assemble import Assembly
-from tinykd.data.inputs import map_inputs, take, to_numpy
-from tinykd.labels import IGNORE_INDEX
-from tinykd.measure import count_macs, count_params, measure_speed
+from tinykd.compress.predictors import OnnxPredictor, TorchPredictor, evaluate, measure, speed
+from tinykd.measure import count_macs, count_params, first_sample
 from tinykd.models.checkpoint import CheckpointMeta
 from tinykd.models.qat import is_pt2e
 from tinykd.pipeline import plain_student
@@ -46,20 +45,20 @@ def qat_row(parts: Assembly, test_loader: Any, meta: CheckpointMeta, run_dir: Pa
         if engine.is_main:
             torch.save(converted.state_dict(), run_dir / "model.qat.pt")
             if recipe.measure.enabled:  # torchao's low-bit model as it runs in PyTorch
-                speed = measure_speed(converted, example, recipe.measure.latency_repeats,
-                                      recipe.measure.throughput_batch, recipe.measure.threads)  # fmt: skip
-                row.update({k: v for k, v in speed.items() if k != "threads"})
+                figures = speed(TorchPredictor(converted, threads=recipe.measure.threads), example,
+                                recipe.measure.latency_repeats, recipe.measure.throughput_batch)  # fmt: skip
+                row.update({k: v for k, v in figures.items() if k != "threads"})
         return row
     fmt = {"pt2e": f"onnx {spec.weights} QAT", "nbits": "onnx int4 QAT (MatMulNBits)",
            "qdq": f"onnx {spec.weights} QAT (QDQ)"}[form]  # fmt: skip
     row = {"role": role, "model": meta.model, "format": fmt, "test_accuracy_pytorch": scores["accuracy"]}
     if not engine.is_main:
         return row
-    from tinykd.compress.onnxrt import measure_onnx, onnx_logits, onnx_size, session
+    from tinykd.compress.onnxrt import onnx_size
 
     path = run_dir / "model.qat.onnx"
     converted = converted.cpu()
-    one = map_inputs(lambda v: v.cpu(), take(example, 1))
+    one = first_sample(example)
     if pt2e:
         from tinykd.compress.export import export_qdq_onnx
 
@@ -78,18 +77,12 @@ def qat_row(parts: Assembly, test_loader: Any, meta: CheckpointMeta, run_dir: Pa
             tables = f"{written['quantized_tables']} of {written['embedding_tables']} embedding tables"
             row[f"{spec.weights}_tables"] = tables
     row["weight_bytes"] = written["weight_bytes"]  # the file's tensors: codes, scales, zero points, biases
-    runtime = session(path, recipe.measure.threads)
-    correct = total = 0
-    for inputs, labels in engine.loader(data.test, recipe.data.eval_batch_size, False):  # all of it, on the host
-        logits, labels = onnx_logits(runtime, to_numpy(inputs)), labels.cpu().numpy()
-        counted = labels != IGNORE_INDEX  # not the padding of the last batch
-        correct += int((logits.argmax(-1) == labels)[counted].sum())
-        total += int(counted.sum())
-    row["test_accuracy"] = correct / max(total, 1)
+    runtime = OnnxPredictor(path, recipe.measure.threads)
+    host_batches = engine.loader(data.test, recipe.data.eval_batch_size, False)  # all of it, on the host
+    row["test_accuracy"] = evaluate(runtime, host_batches, parts.task)["accuracy"]
     if recipe.measure.enabled:
-        stats = measure_onnx(path, to_numpy(one), recipe.measure.latency_repeats, recipe.measure.throughput_batch,
-                             recipe.measure.threads)  # fmt: skip
-        row.update({k: v for k, v in stats.items() if k != "threads"})
+        figures = measure(runtime, one, recipe.measure.latency_repeats, recipe.measure.throughput_batch)
+        row.update({k: v for k, v in figures.items() if k != "threads"})
     else:
         row["size_bytes"] = onnx_size(path)
     return row

@@ -18,14 +18,10 @@ Accuracy is measured on the whole test set of the model's own recipe, before and
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,128 +31,22 @@ from torch import nn
 
 from tinykd.compress.export import export_onnx, export_qdq_onnx, verify_onnx
 from tinykd.compress.generative import OrtGenerator, _files, generative_size
-from tinykd.compress.onnxrt import (
-    check_images_fit,
-    measure_onnx,
-    onnx_input,
-    onnx_logits,
-    onnx_meta,
-    read_onnx,
-    session,
-    write_onnx_meta,
-)
-from tinykd.compress.source import (
-    accuracy,
-    check_writable,
-    dataset_arrays,
-    default_output,
-    take,
-    timing_example,
-    to_torch,
-    torch_logits,
-)
+from tinykd.compress.int8 import DYNAMIC_OPS, TEXT_DYNAMIC_OPS, quantize_dynamic_onnx, quantize_static_onnx
+from tinykd.compress.onnxrt import check_images_fit
+from tinykd.compress.predictors import OnnxPredictor, TorchPredictor, evaluate, measure, open_predictor, speed
+from tinykd.compress.source import check_writable, dataset_arrays, default_output
+from tinykd.data.inputs import from_numpy, is_token_inputs, take
 from tinykd.errors import TinykdError
 from tinykd.loading import load_any_recipe, load_model, recipe_from_checkpoint
-from tinykd.measure import count_macs, count_params, first_sample, percentile, repeat_sample, time_calls, torch_threads
-from tinykd.models.outputs import call_model
+from tinykd.measure import count_macs, count_params, timing_input
+from tinykd.report import add_ratios
 from tinykd.tasks import is_generative
+
+__all__ = ["DYNAMIC_OPS", "quantize_dynamic_onnx", "quantize_static_onnx"]  # the int8 calls, where they were
 
 MODES = ("static", "dynamic", "torch-dynamic", "int4")
 SUFFIXES = {"static": ".int8.onnx", "dynamic": ".dynamic-int8.onnx", "torch-dynamic": ".torch-int8.pt",
             "int4": ".int4.onnx"}  # fmt: skip
-DYNAMIC_OPS = ("MatMul", "Gemm")
-TEXT_DYNAMIC_OPS = (*DYNAMIC_OPS, "Gather")  # a text model's token embeddings are a Gather: often most of it
-
-
-@contextmanager
-def _scratch_folder() -> Iterator[Path]:
-    """A temporary folder, also the working directory while ORT runs: when its symbolic shape inference is
-    incomplete, it saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` file into the working directory."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        yield Path(tmp)
-
-
-def _preprocess(fp32_path: Path, folder: Path) -> tuple[Path, str | None]:
-    """ORT's recommended pre-processing (shape inference, graph optimisation); the input itself if it fails."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out = folder / "preprocessed.onnx"
-    try:
-        quant_pre_process(str(fp32_path), str(out))
-        return out, None
-    except Exception as exc:  # pre-processing is an optimisation: quantize the file as it is
-        return fp32_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def quantize_static_onnx(
-    fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, per_channel: bool = True
-) -> dict[str, Any]:
-    """Static int8 (QDQ) quantization with activation ranges from `calibration` (N, C, H, W float32 images)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    fp32_path, out_path = Path(fp32_path).absolute(), Path(out_path).absolute()
-    read_onnx(fp32_path)
-    calibration = np.asarray(calibration)
-    if calibration.ndim == 0 or len(calibration) == 0:
-        raise TinykdError("the calibration set is empty; give at least one image (--calibration N)")
-    if not np.issubdtype(calibration.dtype, np.floating):
-        raise TinykdError(f"calibration images must be float (normalised like the training data), "
-                          f"not {calibration.dtype}")  # fmt: skip
-    check_images_fit(fp32_path, calibration, "calibration images")
-    name, dims = onnx_input(fp32_path)
-    step = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 64
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(calibration), step))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.starts, None)
-            if start is None:
-                return None
-            chunk = np.ascontiguousarray(calibration[start : start + step], dtype=np.float32)
-            if len(chunk) < step and isinstance(dims[0], int) and dims[0] > 0:
-                chunk = np.concatenate([chunk, np.repeat(chunk[:1], step - len(chunk), axis=0)])
-            return {name: chunk}
-
-    start = time.perf_counter()
-    with _scratch_folder() as tmp:
-        model_in, skipped = _preprocess(fp32_path, tmp)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        quantize_static(str(model_in), str(out_path), Batches(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
-    meta = {**onnx_meta(fp32_path), "format": "onnx int8", "quantization": "static QDQ per-channel",
-            "calibration_images": len(calibration)}
-    write_onnx_meta(out_path, meta)
-    return {"mode": "static", "format": "QDQ", "per_channel": per_channel, "calibration_images": len(calibration),
-            "preprocess_skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
-
-
-def quantize_dynamic_onnx(
-    fp32_path: str | Path, out_path: str | Path, op_types: tuple[str, ...] = DYNAMIC_OPS
-) -> dict[str, Any]:
-    """Dynamic int8 quantization of the weights of `op_types` nodes (default: MatMul and Gemm only)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32_path, out_path = Path(fp32_path).absolute(), Path(out_path).absolute()
-    model = read_onnx(fp32_path)
-    matched = sum(node.op_type in op_types for node in model.graph.node)
-    start = time.perf_counter()
-    with _scratch_folder() as tmp:
-        model_in, skipped = _preprocess(fp32_path, tmp)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(model_in), str(out_path), op_types_to_quantize=list(op_types),
-                         weight_type=QuantType.QInt8)  # fmt: skip
-    write_onnx_meta(out_path, {**onnx_meta(fp32_path), "format": "onnx int8", "quantization": "dynamic"})
-    return {"mode": "dynamic", "op_types": list(op_types), "quantized_nodes": matched,
-            "preprocess_skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
 def quantize_torch_dynamic(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
@@ -179,15 +69,28 @@ def torch_save_size(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def _measure_torch(model: nn.Module, example: Any, repeats: int, batch: int, threads: int) -> dict[str, Any]:
-    """Latency (p50, p90 at batch 1) and throughput of any module, quantized ones included."""
-    model = model.eval()
-    one, big = first_sample(example), repeat_sample(example, batch)
-    with torch_threads(threads) as n, torch.inference_mode():
-        single = time_calls(lambda: call_model(model, one), repeats)
-        batched = time_calls(lambda: call_model(model, big), max(10, repeats // 10), warmup=3)
-    return {"latency_ms_p50": statistics.median(single) * 1e3, "latency_ms_p90": percentile(single, 0.9) * 1e3,
-            "throughput_img_s": batch / statistics.median(batched), "threads": n}  # fmt: skip
+def _check_options(mode: str, calibration: int, group_size: int, tables: str) -> None:
+    """The options that are wrong whatever the model, each a one-line error."""
+    if mode not in (*MODES, "auto"):
+        raise TinykdError(f"--mode must be one of auto, {', '.join(MODES)}, not '{mode}'")
+    if calibration < 1:
+        raise TinykdError(f"--calibration must be at least 1 image, not {calibration}")
+    if mode == "int4" and (group_size < 16 or group_size & (group_size - 1)):
+        raise TinykdError(f"--group-size must be a power of 2 of at least 16 (ONNX Runtime's MatMulNBits), not "
+                          f"{group_size}")  # fmt: skip
+    if tables not in ("per-group", "per-row"):
+        raise TinykdError(f"--tables must be per-group or per-row, not '{tables}'")
+
+
+def _text_mode(mode: str, text: bool) -> str:
+    """`auto` made concrete: static for images, dynamic for text; static int8 is refused for text."""
+    if mode == "auto":
+        mode = "dynamic" if text else "static"
+    if text and mode == "static":
+        raise TinykdError("static int8 (calibrated activations) is for image models; quantize a text model with "
+                          "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly) or "
+                          "--mode int4 (4-bit weights)")  # fmt: skip
+    return mode
 
 
 def quantize_model(
@@ -213,73 +116,35 @@ def quantize_model(
     normalised (N, C, H, W) images to use instead of the first `calibration` training images; `group_size` is the
     block of a text model's int4 weights, and `tables` (per-group or per-row) the scales of its embedding tables.
     """
-    if mode not in (*MODES, "auto"):
-        raise TinykdError(f"--mode must be one of auto, {', '.join(MODES)}, not '{mode}'")
-    if calibration < 1:
-        raise TinykdError(f"--calibration must be at least 1 image, not {calibration}")
-    is_onnx = str(source).endswith(".onnx")
-    if is_onnx and mode in ("torch-dynamic", "int4"):
+    _check_options(mode, calibration, group_size, tables)
+    given = open_predictor(source)
+    loaded = given if isinstance(given, TorchPredictor) else None  # None: an .onnx file
+    if loaded is None and mode in ("torch-dynamic", "int4"):
         raise TinykdError(f"--mode {mode} quantizes a PyTorch checkpoint or run folder, not an .onnx file")
-    loaded = None if is_onnx else load_model(source)
-    meta = loaded.meta if loaded is not None else onnx_meta(source)
-    rec = load_any_recipe(recipe, overrides) if recipe else recipe_from_checkpoint(meta, source, overrides)
-    if loaded is not None and is_generative(meta.get("task")):
+    rec = load_any_recipe(recipe, overrides) if recipe else recipe_from_checkpoint(given.meta, source, overrides)
+    if loaded is not None and is_generative(given.meta.get("task")):
         if mode not in ("auto", "dynamic"):
-            raise TinykdError(f"a {meta['task']} model is quantized with --mode dynamic (ORT int8 weights of "
+            raise TinykdError(f"a {given.meta['task']} model is quantized with --mode dynamic (ORT int8 weights of "
                               f"MatMul/Gemm, its KV cache in fp32), not {mode}")  # fmt: skip
         return quantize_generative_checkpoint(loaded, rec, out, threads, overwrite)
     images, labels = dataset_arrays(rec, "test")
-    text = isinstance(images, dict)
-    if mode == "auto":
-        mode = "dynamic" if text else "static"
-    if text and mode == "static":
-        raise TinykdError("static int8 (calibrated activations) is for image models; quantize a text model with "
-                          "--mode dynamic (int8 weights of MatMul/Gemm, activations quantized on the fly) or "
-                          "--mode int4 (4-bit weights)")  # fmt: skip
-    if mode == "int4" and (group_size < 16 or group_size & (group_size - 1)):
-        raise TinykdError(f"--group-size must be a power of 2 of at least 16 (ONNX Runtime's MatMulNBits), not "
-                          f"{group_size}")  # fmt: skip
-    if tables not in ("per-group", "per-row"):
-        raise TinykdError(f"--tables must be per-group or per-row, not '{tables}'")
-    repeats = repeats or rec.measure.latency_repeats
-    batch = batch or rec.measure.throughput_batch
+    text = is_token_inputs(images)
+    mode = _text_mode(mode, text)
     threads = threads or rec.measure.threads or torch.get_num_threads()
+    timing = {"repeats": repeats or rec.measure.latency_repeats, "batch": batch or rec.measure.throughput_batch,
+              "threads": threads, "example": timing_input(images, rec.measure.sequence_length)}  # fmt: skip
     path = Path(out) if out else default_output(source, SUFFIXES[mode])
     check_writable(path, overwrite)
-    name = meta.get("model", Path(str(source)).name)
+    name = given.meta.get("model", Path(str(source)).name)
     start = time.perf_counter()
-    timing = {"repeats": repeats, "batch": batch, "threads": threads,
-              "example": timing_example(images, rec.measure.sequence_length)}  # fmt: skip
     if loaded is not None and mode == "torch-dynamic":
         rows, info = _torch_dynamic(loaded.model, name, path, images, labels, **timing)
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            info = {}
-            fp32 = Path(source)
-            if loaded is not None:  # the "before" model: the checkpoint as fp32 ONNX, verified
-                fp32 = Path(tmp) / "fp32.onnx"
-                exported = export_onnx(loaded.model, to_torch(take(images, 0, 1)), fp32, exporter,
-                                       meta=loaded.meta)  # fmt: skip
-                verify_onnx(loaded.model, fp32, take(images, 0, 1000), labels[:1000])
-                info = {"exporter": exported["exporter"], "opset": exported["opset"]}
-            check_images_fit(fp32, take(images, 0, 1), "test images")
-            if mode == "static":
-                info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
-            elif mode == "int4" and text:
-                info |= _post_training_int4_text(loaded, path, group_size, tables, to_torch(take(images, 0, 2)))
-            elif mode == "int4":
-                info |= _post_training_int4(loaded, path, _calibration_set(rec, calibration, calibration_data))
-            else:
-                info |= quantize_dynamic_onnx(fp32, path, TEXT_DYNAMIC_OPS if text else DYNAMIC_OPS)
-                if not info["quantized_nodes"]:
-                    info["note"] = "the model has no MatMul/Gemm node: nothing was quantized; use --mode static"
-            after = ("int4 weights", path, "onnx int4 PTQ") if mode == "int4" else (f"int8 {mode}", path, "onnx int8")
-            models = (("fp32", fp32, "onnx fp32"), after)
-            rows = [_onnx_row(role, file, fmt, name, images, labels, **timing) for role, file, fmt in models]
+        work = {"rec": rec, "calibration": calibration, "calibration_data": calibration_data, "exporter": exporter,
+                "group_size": group_size, "tables": tables}  # fmt: skip
+        rows, info = _quantize_onnx(given, mode, path, name, images, labels, timing, **work)
     before, after = rows
-    for row in rows:
-        row["size_ratio"] = before["size_bytes"] / row["size_bytes"]
-        row["speedup"] = before["latency_ms_p50"] / row["latency_ms_p50"]
+    add_ratios(rows, before, {"size_ratio": "size_bytes", "speedup": "latency_ms_p50"})
     report = {
         "source": str(source), "out": str(path), "mode": mode, **info,
         "test_images": len(labels), "accuracy_before": before["test_accuracy"],
@@ -291,6 +156,39 @@ def quantize_model(
         "threads": threads, "seconds": round(time.perf_counter() - start, 2), "rows": rows,
     }  # fmt: skip
     return path, report
+
+
+def _quantize_onnx(given: Any, mode: str, path: Path, name: str, images: Any, labels: np.ndarray,
+                   timing: dict[str, Any], rec: Any, calibration: int, calibration_data: str | Path | None,
+                   exporter: str, group_size: int,
+                   tables: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """The ONNX modes: the fp32 file (the checkpoint exported and verified, or the .onnx file given) quantized
+    into `path`; rows for both, evaluated and timed in ONNX Runtime."""
+    text = is_token_inputs(images)
+    with tempfile.TemporaryDirectory() as tmp:
+        info: dict[str, Any] = {}
+        if isinstance(given, TorchPredictor):  # the "before" model: the checkpoint as fp32 ONNX, verified
+            fp32 = Path(tmp) / "fp32.onnx"
+            exported = export_onnx(given.model, from_numpy(take(images, 1)), fp32, exporter, meta=given.meta)
+            verify_onnx(given.model, fp32, take(images, 1000), labels[:1000])
+            info = {"exporter": exported["exporter"], "opset": exported["opset"]}
+        else:
+            fp32 = given.path
+        check_images_fit(fp32, take(images, 1), "test images")
+        if mode == "static":
+            info |= quantize_static_onnx(fp32, path, _calibration_set(rec, calibration, calibration_data))
+        elif mode == "int4" and text:
+            info |= _post_training_int4_text(given, path, group_size, tables, from_numpy(take(images, 2)))
+        elif mode == "int4":
+            info |= _post_training_int4(given, path, _calibration_set(rec, calibration, calibration_data))
+        else:
+            info |= quantize_dynamic_onnx(fp32, path, TEXT_DYNAMIC_OPS if text else DYNAMIC_OPS)
+            if not info["quantized_nodes"]:
+                info["note"] = "the model has no MatMul/Gemm node: nothing was quantized; use --mode static"
+        after = ("int4 weights", path, "onnx int4 PTQ") if mode == "int4" else (f"int8 {mode}", path, "onnx int8")
+        models = (("fp32", fp32, "onnx fp32"), after)
+        rows = [_onnx_row(role, file, fmt, name, images, labels, **timing) for role, file, fmt in models]
+    return rows, info
 
 
 def _post_training_int4(loaded: Any, path: Path, calibration: np.ndarray) -> dict[str, Any]:
@@ -337,23 +235,25 @@ def _post_training_int4_text(loaded: Any, path: Path, group_size: int, tables: s
 def _onnx_row(role: str, file: Path, fmt: str, name: str, images: Any, labels: np.ndarray, repeats: int,
               batch: int, threads: int, example: Any) -> dict[str, Any]:  # fmt: skip
     """Test accuracy and measurements (timed on `example`) of an .onnx file in ONNX Runtime."""
-    return {"role": role, "model": name, "format": fmt,
-            "test_accuracy": accuracy(onnx_logits(session(file, threads), images), labels),
-            **measure_onnx(file, example, repeats, batch, threads)}  # fmt: skip
+    predictor = OnnxPredictor(file, threads, role, fmt, name)
+    return {"role": role, "model": name, "format": fmt, "test_accuracy": evaluate(predictor, (images, labels))[
+        "accuracy"], **measure(predictor, example, repeats, batch)}  # fmt: skip
 
 
 def _torch_dynamic(model: nn.Module, name: str, path: Path, images: Any, labels: np.ndarray, repeats: int,
                    batch: int, threads: int, example: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """PyTorch dynamic int8: write the quantized state dict; rows for the model before and after."""
+    """PyTorch dynamic int8: write the quantized state dict; rows for the model before and after (parameters and
+    MACs are the fp32 model's, sizes those of torch.save files)."""
     quantized, info = quantize_torch_dynamic(model)
     torch.save(quantized.state_dict(), path)
-    example = to_torch(example)
+    example = from_numpy(example)
     rows = []
     for role, m, fmt in (("fp32", model, "pytorch fp32"), ("int8 torch-dynamic", quantized, "pytorch int8")):
+        predictor = TorchPredictor(m, label=role, fmt=fmt, threads=threads)
         rows.append({"role": role, "model": name, "format": fmt,
-                     "test_accuracy": accuracy(torch_logits(m, images), labels), "params": count_params(model),
+                     "test_accuracy": evaluate(predictor, (images, labels))["accuracy"], "params": count_params(model),
                      "size_bytes": torch_save_size(m), "macs": count_macs(model, example),
-                     **_measure_torch(m, example, repeats, batch, threads)})  # fmt: skip
+                     **speed(predictor, example, repeats, batch)})  # fmt: skip
     info["note"] = "sizes are torch.save files of the state dicts; load: quantize_dynamic, then load_state_dict"
     return rows, info
 
@@ -463,11 +363,11 @@ def export_for_demo(checkpoint: str | Path, out: str | Path, role: str, recipe: 
     one against the other is not also a change of runtime."""
     loaded = load_model(checkpoint)
     images, labels = dataset_arrays(recipe, "test")
-    export_onnx(loaded.model, to_torch(take(images, 0, 1)), out, exporter, meta=loaded.meta)
-    verify_onnx(loaded.model, out, take(images, 0, 1000), labels[:1000])
+    export_onnx(loaded.model, from_numpy(take(images, 1)), out, exporter, meta=loaded.meta)
+    verify_onnx(loaded.model, out, take(images, 1000), labels[:1000])
     m = recipe.measure
     row = _onnx_row(role, Path(out), "onnx fp32", loaded.name, images, labels, m.latency_repeats, m.throughput_batch,
-                    m.threads or torch.get_num_threads(), timing_example(images, m.sequence_length))  # fmt: skip
+                    m.threads or torch.get_num_threads(), timing_input(images, m.sequence_length))  # fmt: skip
     return {**row, "path": str(out)}
 
 

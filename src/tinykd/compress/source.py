@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from tinykd.data.inputs import batch_size, from_numpy, map_inputs, take
 from tinykd.errors import TinykdError
 
 
@@ -54,8 +54,7 @@ def dataset_arrays(recipe: Any, split: str = "test", limit: int | None = None) -
         dataset = BatchSubset(dataset, range(limit))
     batches, labels = [], []
     for x, y in make_loader(dataset, 512, train=False):
-        batches.append({k: v.numpy().astype(np.int64) for k, v in x.items()} if isinstance(x, dict)
-                       else x.numpy().astype(np.float32))  # fmt: skip
+        batches.append(map_inputs(lambda v: v.numpy().astype(np.float32 if v.is_floating_point() else np.int64), x))
         labels.append(y.numpy().astype(np.int64))
     _ARRAYS[key] = _concatenate(batches), np.concatenate(labels)
     return _ARRAYS[key]
@@ -71,58 +70,10 @@ def _concatenate(batches: list[Inputs]) -> Inputs:
             for k in batches[0]}  # fmt: skip
 
 
-def count(inputs: Inputs) -> int:
-    """The number of samples in images or named text arrays."""
-    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
-
-
-def take(inputs: Inputs, start: int, stop: int) -> Inputs:
-    """Samples start..stop of images or named text arrays, contiguous (ONNX Runtime wants them so)."""
-    if isinstance(inputs, dict):
-        return {k: np.ascontiguousarray(v[start:stop]) for k, v in inputs.items()}
-    return np.ascontiguousarray(inputs[start:stop])
-
-
-def timing_example(inputs: Inputs, sequence_length: int) -> Inputs:
-    """What latency is timed on: the first image, or the first text made exactly `sequence_length` tokens long
-    (its tokens repeated, all attended), since a text model's latency depends on the length."""
-    if not isinstance(inputs, dict):
-        return take(inputs, 0, 1)
-    ids = inputs["input_ids"][0][inputs["attention_mask"][0].astype(bool)]
-    ids = np.resize(ids, sequence_length)[None]
-    example = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64)}
-    if "token_type_ids" in inputs:
-        example["token_type_ids"] = np.zeros_like(ids, dtype=np.int64)
-    return example
-
-
-def to_torch(inputs: Inputs) -> Any:
-    return {k: torch.from_numpy(v.copy()) for k, v in inputs.items()} if isinstance(inputs, dict) else \
-        torch.from_numpy(inputs.copy())  # fmt: skip
-
-
-@torch.inference_mode()
-def torch_logits(model: nn.Module, inputs: Inputs, batch: int = 256, prepare: bool = True) -> np.ndarray:
-    """The model's outputs on CPU in eval mode, batch by batch (`prepare=False`: leave the module as it is)."""
-    from tinykd.models.outputs import call_model
-
-    if prepare:
-        model = model.eval().cpu()
-    n = count(inputs)
-    outs = [call_model(model, to_torch(take(inputs, i, i + batch))).float().numpy() for i in range(0, n, batch)]
-    return np.concatenate(outs)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy; labels of -1 (padding) are not counted."""
-    valid = labels >= 0
-    return float((logits.argmax(1)[valid] == labels[valid]).mean()) if valid.any() else float("nan")
-
-
 def example_input(shape: tuple[int, int, int], images: Inputs | None = None) -> Any:
     """One input of batch 1: a real image (or text) when there are some, else a seeded random image."""
-    if images is not None and count(images):
-        return to_torch(take(images, 0, 1))
+    if images is not None and batch_size(images):
+        return from_numpy(take(images, 1))
     return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
 
 
