@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
+from tinykd.data.datasets import is_text_dataset
 from tinykd.data.text import TextOptions
 from tinykd.data.text_augment import TextAugmentOptions
 from tinykd.distill import Distiller
@@ -32,12 +33,6 @@ from tinykd.recipes.schema import ModelSpec
 from tinykd.tasks import get_task
 
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-TEXT_DATASETS = ("text", "sst2")
-
-
-def is_text(recipe: Recipe) -> bool:
-    """Whether the recipe's data is text (tokenized for Hugging Face models) rather than images."""
-    return recipe.data.name in TEXT_DATASETS or recipe.data.name.startswith("hf:")
 
 
 def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool = False) -> DataBundle:
@@ -50,9 +45,9 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
     task = get_task(d.task)
     augment = d.augment if augment is None else augment
     text = None
-    if d.text_augment is not None and not is_text(recipe):
+    if d.text_augment is not None and not is_text_dataset(d.name):
         raise TinykdError(f"data.text_augment swaps words of texts; data.name {d.name} is images: remove it")
-    if is_text(recipe):
+    if is_text_dataset(d.name):
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
                            label_column=d.label_column, task=task, max_length=d.max_length,
                            tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,

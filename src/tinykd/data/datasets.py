@@ -31,6 +31,13 @@ from tinykd.data.text_augment import show_swaps, word_swaps
 from tinykd.errors import TinykdError
 from tinykd.registry import Registry
 
+TEXT_DATASETS = ("text", "sst2")  # and every hub dataset (hf:NAME)
+
+
+def is_text_dataset(name: str) -> bool:
+    """Whether the dataset `name` is texts (tokenized for Hugging Face models) rather than images."""
+    return name in TEXT_DATASETS or name.startswith("hf:")
+
 
 @dataclass
 class RawSplits:
