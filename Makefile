@@ -61,7 +61,7 @@ test-main: $(STAMP) data browser
 	$(VENV)/bin/pytest -q $(PYTEST_XDIST)
 
 test-xla: $(XSTAMP)
-	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q tests/xla
+	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q $(PYTEST_XDIST) tests/xla
 
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py
