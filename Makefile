@@ -51,12 +51,17 @@ demo: $(STAMP) data
 
 test: test-main test-xla
 
+# the suite in two worker processes (tests/conftest.py: one torch thread each, and the modules that share a trained
+# model or run folder kept whole on one worker, longest first); PYTEST_WORKERS=0 runs it in this process
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST   := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 test-main: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(PYTEST_XDIST)
 
 test-xla: $(XSTAMP)
-	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q tests/xla
+	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q $(PYTEST_XDIST) tests/xla
 
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py

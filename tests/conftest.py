@@ -2,20 +2,92 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `pytest -n 2`) the workers share the cores: one torch thread each, here and
+# in every process a test starts (OMP_NUM_THREADS, inherited); alone, a run uses up to two.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+THREADS = 1 if XDIST_WORKER else min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
+
+# Modules whose tests share module-scoped state (a trained model, a run folder that later tests read or extend):
+# under xdist each runs whole on one worker, in order (`--dist loadgroup`, see GroupedModules). Listed longest
+# first: they are handed out first, and the other tests, one at a time, fill the workers around them.
+GROUPED_MODULES = ("test_text_e2e", "test_generative", "test_teacher_cache", "test_compress", "test_generative_onnx",
+                   "test_html_report")  # fmt: skip
+
+
+def _module(item: pytest.Item) -> str:
+    return Path(item.nodeid.split("::", 1)[0]).stem
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist: the grouped modules first (each keeps its own order; the controller takes the workers' order)."""
+    if XDIST_WORKER:
+        rank = {name: i for i, name in enumerate(GROUPED_MODULES)}
+        items.sort(key=lambda item: rank.get(_module(item), len(rank)))
+
+
+class GroupedModules:
+    """`--dist loadgroup`, with the groups named here: a module of GROUPED_MODULES is one unit of work, any other
+    test is a unit of its own. (xdist's own xdist_group marks are not seen with pytest 9, whose node ids xdist
+    3.8 cannot rename.)"""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> object:
+        if config.getoption("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = nodeid.split("::", 1)[0]
+                return module if Path(module).stem in GROUPED_MODULES else nodeid
+
+        return Scheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(GroupedModules(), "tinykd-grouped-modules")
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder made once per pytest run by `make(folder)`, for every xdist worker: the first to take the lock
+    makes it, the others wait and use it (alone, a folder in this run's base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if XDIST_WORKER else base
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (root / f"shared-{name}.done").exists():
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(folder)  # a half-made one, from a worker that failed
+                folder.mkdir()
+                make(folder)
+                (root / f"shared-{name}.done").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
 
 
 def run_tinykd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -59,7 +131,7 @@ def fake_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tinykd_env(fake_fmnist: Path) -> dict[str, str]:
     """Environment for running the CLI in a subprocess on the fake data, offline."""
     env = dict(os.environ)
-    env.update(TINYKD_DATA=str(fake_fmnist), OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+    env.update(TINYKD_DATA=str(fake_fmnist), OMP_NUM_THREADS=str(THREADS), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
                TINYKD_OFFLINE="1")  # fmt: skip
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env

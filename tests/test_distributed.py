@@ -70,7 +70,7 @@ def test_accelerate_launch_runs_two_ranks(tmp_path: Path, tinykd_env: dict[str, 
     env = {**tinykd_env, "OMP_NUM_THREADS": "1"}
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",  # a free port
            "-m", "tinykd", "train", str(recipe(tmp_path, 32)), "--out", "run"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

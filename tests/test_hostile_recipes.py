@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import THREADS
 from tinykd.errors import TinykdError
 from tinykd.recipes import load_recipe
 from tinykd.recipes.load import apply_override
@@ -54,7 +55,7 @@ def _limit_memory() -> None:
 
 def run_tinykd(args: list[str], cwd: Path, timeout: float) -> Finished:
     """`python -m tinykd ARGS` with its own wall time and peak RSS (`os.wait4` reports that child's alone)."""
-    env = dict(os.environ, TINYKD_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TINYKD_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(THREADS), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()

@@ -24,6 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tinykd
+from conftest import shared_folder
 from tinykd.engine.state import capture_rng, complete_checkpoints, flatten_optimizer, restore_rng, unflatten_optimizer
 from tinykd.errors import TinykdError
 from tinykd.losses import LossTerm, register_loss
@@ -57,13 +58,14 @@ def _recipe(teacher: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("resume-recipe")
-    torch.manual_seed(0)
-    teacher = tinykd.create_model("cnn_small", num_classes=10, in_channels=1)
-    save_model(teacher, folder / "teacher.safetensors", {"model": "cnn_small", "num_classes": 10, "in_channels": 1})
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(_recipe(folder / "teacher.safetensors")))
-    return path
+    def make(folder: Path) -> None:
+        torch.manual_seed(0)
+        teacher = tinykd.create_model("cnn_small", num_classes=10, in_channels=1)
+        meta = {"model": "cnn_small", "num_classes": 10, "in_channels": 1}
+        save_model(teacher, folder / "teacher.safetensors", meta)
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(_recipe(folder / "teacher.safetensors")))
+
+    return shared_folder(tmp_path_factory, "resume-recipe", make) / "recipe.yaml"  # one for all xdist workers
 
 
 def _env() -> dict[str, str]:
@@ -78,12 +80,14 @@ def tinykd_cli(*args: str, kill: str | None = None, cwd: Path) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def reference(recipe_file: Path) -> Path:
-    """The uninterrupted run."""
-    out = recipe_file.parent / "reference"
-    proc = tinykd_cli("distill", str(recipe_file), "--out", str(out), cwd=recipe_file.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
+def reference(recipe_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (made once for all xdist workers)."""
+
+    def make(folder: Path) -> None:
+        proc = tinykd_cli("distill", str(recipe_file), "--out", str(folder / "reference"), cwd=recipe_file.parent)
+        assert proc.returncode == 0, proc.stderr
+
+    return shared_folder(tmp_path_factory, "resume-reference", make) / "reference"
 
 
 def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:

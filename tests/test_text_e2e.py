@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import THREADS
 from tinykd.cli import main
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -88,7 +89,7 @@ def teacher_run(workdir: Path) -> Path:
 def run_cli(cwd: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "TINYKD_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "2"}  # fmt: skip
+           "OMP_NUM_THREADS": str(THREADS)}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == code, proc.stderr[-3000:]
