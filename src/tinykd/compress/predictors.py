@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinykd.compress.onnxrt import feeds, onnx_image_shape, onnx_meta, onnx_params, onnx_size, read_onnx, session
 from tinykd.data.inputs import batch_size, from_numpy, map_inputs, to_numpy
 from tinykd.errors import TinykdError
 from tinykd.measure import (
@@ -182,8 +183,6 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, path: Path, threads: int | None = None, label: str | None = None, fmt: str | None = None,
                  name: str | None = None) -> None:  # fmt: skip
-        from tinykd.compress.onnxrt import onnx_meta
-
         self.path = Path(path)
         self.meta = onnx_meta(self.path)  # also: a file that is not a model is a one-line error here
         self.threads = threads or torch.get_num_threads()
@@ -197,10 +196,8 @@ class OnnxPredictor(Predictor):
 
     @property
     def session(self) -> Any:
-        from tinykd.compress.onnxrt import session
-
         if self._session is None:
-            self._session = session(self.path, self.threads)
+            self._session = session(self.path, self.threads)  # made when first used
         return self._session
 
     def _fixed(self) -> int | None:
@@ -209,8 +206,6 @@ class OnnxPredictor(Predictor):
 
     def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
         """The session's feeds, each sample count padded to the file's fixed batch size (copies of the first)."""
-        from tinykd.compress.onnxrt import feeds
-
         host, fixed = to_numpy(inputs), self._fixed()
         n = batch_size(host)
         if fixed and n < fixed:
@@ -235,21 +230,15 @@ class OnnxPredictor(Predictor):
         yield self.threads  # the session's own
 
     def size_bytes(self) -> int:
-        from tinykd.compress.onnxrt import onnx_size
-
         return onnx_size(self.path)
 
     def describe(self) -> str:
         return self.fmt or str(self.meta.get("format", "onnx"))
 
     def params(self) -> int:
-        from tinykd.compress.onnxrt import onnx_params, read_onnx
-
         return self.meta.get("params", onnx_params(read_onnx(self.path)))
 
     def image_shape(self, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
-        from tinykd.compress.onnxrt import onnx_image_shape
-
         return onnx_image_shape(self.path, fallback)
 
 
