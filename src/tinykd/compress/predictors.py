@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from tinykd.measure import (
     torch_threads,
 )
 from tinykd.models.outputs import call_model
-from tinykd.tasks import Task, get_task
+from tinykd.tasks import Task, get_task, task_of_architecture
 
 RUN_FOLDER, HF_FOLDER = "run folder", "Hugging Face folder"  # the registry's keys of the two kinds of directory
 PREDICTORS: dict[str, type[Predictor]] = {}
@@ -156,9 +156,6 @@ class TorchPredictor(Predictor):
 class HfPredictor(TorchPredictor):
     """A Hugging Face `save_pretrained` folder (a text run's `model/`), its task read from the architecture."""
 
-    TASKS: ClassVar[dict[str, str]] = {"ForSequenceClassification": "classification", "ForMaskedLM": "masked-lm",
-                                       "ForCausalLM": "causal-lm", "ForConditionalGeneration": "seq2seq"}  # fmt: skip
-
     @classmethod
     def open(cls, path: Path, threads: int | None = None) -> TorchPredictor:
         import json
@@ -167,11 +164,12 @@ class HfPredictor(TorchPredictor):
 
         config = json.loads((path / "config.json").read_text())
         architecture = next(iter(config.get("architectures") or ["?"]))
-        task = next((t for end, t in cls.TASKS.items() if architecture.endswith(end)), None)
-        if task is None:
+        found = task_of_architecture(architecture)
+        if found is None:
             raise TinykdError(f"{path}: a Hugging Face model of architecture {architecture}, which no tinykd task "
                               "runs")  # fmt: skip
         labels = len(config.get("id2label") or {}) or config.get("num_labels") or 2
+        task = found.name
         model = create_hf_model(str(path), num_classes=labels, task=task)
         return cls(model, {"model": f"hf:{path}", "task": task}, path.name, threads=threads, path=path)
 

@@ -23,8 +23,15 @@ from torch import nn
 
 from tinykd.errors import TinykdError, close_matches
 
-TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM",
-                "causal-lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}  # fmt: skip
+# task name -> (the transformers Auto class, whether it takes num_labels): filled by `tinykd.tasks` as each task is
+# registered (models sit below tasks and never name one), and read as the `task` argument of `create_hf_model`,
+# the keyword that tinykd checkpoints of Hugging Face models save in their kwargs.
+HF_TASKS: dict[str, tuple[str, bool]] = {}
+
+
+def register_hf_task(name: str, auto_class: str, labelled: bool) -> None:
+    """Let `create_hf_model(task=name)` build `auto_class` models (`labelled`: a classifier head of num_classes)."""
+    HF_TASKS[name] = (auto_class, labelled)
 
 # model_type -> the transformer stacks: (config key of the layer count, module path under `model.base_model`).
 # An encoder-decoder lists two stacks, e.g. "bart": (("encoder_layers", "encoder.layers"), ("decoder_layers", ...)).
@@ -73,15 +80,16 @@ def create_hf_model(name: str, num_classes: int | None = None, task: str = "clas
 
     `token_ids` (bos_token_id, eos_token_id, decoder_start_token_id: the tokenizer's) go into a config built
     here, so that generate() starts and stops on tokens the tokenizer has; a saved model keeps its own."""
-    if task not in TASK_CLASSES:
-        raise TinykdError(f"unknown task '{task}' for hf:{name}; tasks: {', '.join(TASK_CLASSES)}")
-    if task == "classification" and (num_classes is None or num_classes < 1):
+    if task not in HF_TASKS:
+        raise TinykdError(f"unknown task '{task}' for hf:{name}; tasks: {', '.join(HF_TASKS)}")
+    auto_class, labelled = HF_TASKS[task]
+    if labelled and (num_classes is None or num_classes < 1):
         raise TinykdError(f"hf:{name} as a classifier needs num_classes >= 1, got {num_classes}")
     import transformers
 
-    auto = getattr(transformers, TASK_CLASSES[task])
+    auto = getattr(transformers, auto_class)
     extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    labels = {"num_labels": num_classes} if task == "classification" else {}
+    labels = {"num_labels": num_classes} if labelled else {}
     overrides = dict(config or {})
     if "num_labels" in overrides and labels and overrides["num_labels"] != num_classes:
         raise TinykdError(f"hf:{name}: config num_labels={overrides['num_labels']} but the data has {num_classes} "

@@ -3,8 +3,15 @@
 Outside this package no module compares a task's name: it asks the task (`get_task(name).generative`, ...).
 """
 
+from tinykd.models.hf import register_hf_task
 from tinykd.tasks import causal_lm, classification, masked_lm, seq2seq  # noqa: F401  (registers the built-ins)
 from tinykd.tasks.base import TASKS, Task
+
+# what `hf:` models of each task are (models never import tasks: they are told), in the order errors list them
+for _name in ("classification", "masked-lm", "causal-lm", "seq2seq", *TASKS.list()):
+    _task = TASKS.get(_name)
+    if _task.hf_auto_class is not None:
+        register_hf_task(_name, _task.hf_auto_class, _task.needs_labels)
 
 
 def get_task(name: str) -> Task:
@@ -23,9 +30,18 @@ def generative_tasks() -> list[str]:
     return [name for name in TASKS.list() if get_task(name).generative]
 
 
+def task_of_architecture(architecture: str) -> Task | None:
+    """The task whose Hugging Face models are of class `architecture` (e.g. BertForMaskedLM), or None."""
+    for name in TASKS.list():
+        task = get_task(name)
+        if task.hf_architecture and architecture.endswith(task.hf_architecture):
+            return task
+    return None
+
+
 def generative_task(encoder_decoder: bool) -> Task:
     """The generative task of a Hugging Face model, from its config's `is_encoder_decoder`."""
     return get_task("seq2seq" if encoder_decoder else "causal-lm")
 
 
-__all__ = ["TASKS", "Task", "generative_task", "generative_tasks", "get_task", "is_generative"]
+__all__ = ["TASKS", "Task", "generative_task", "generative_tasks", "get_task", "is_generative", "task_of_architecture"]

@@ -29,6 +29,7 @@ class Task:
 
     name: str = ""
     hf_auto_class: str | None = None  # the transformers Auto class for a Hugging Face model of this task
+    hf_architecture: str | None = None  # how the class names of its models end (config.json's `architectures`)
     per_token: bool = False  # logits are one distribution per token (B, T, V) rather than per sample (B, C)
     generative: bool = False  # predicts tokens that generate() continues: the tokenizer needs an end token
     ignore_index: int = IGNORE_INDEX

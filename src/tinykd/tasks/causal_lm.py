@@ -14,6 +14,7 @@ from tinykd.tasks.base import TASKS, Task, perplexity
 class CausalLM(Task):
     name = "causal-lm"
     hf_auto_class = "AutoModelForCausalLM"
+    hf_architecture = "ForCausalLM"
     per_token = True
     generative = True
     needs_labels = False

@@ -14,6 +14,7 @@ from tinykd.tasks.base import TASKS, Task
 class Classification(Task):
     name = "classification"
     hf_auto_class = "AutoModelForSequenceClassification"
+    hf_architecture = "ForSequenceClassification"
     allows_text_augment = True
 
     def targets(self, dataset: Any, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:

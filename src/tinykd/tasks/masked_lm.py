@@ -14,6 +14,7 @@ from tinykd.tasks.base import TASKS, Task
 class MaskedLM(Task):
     name = "masked-lm"
     hf_auto_class = "AutoModelForMaskedLM"
+    hf_architecture = "ForMaskedLM"
     per_token = True
     needs_labels = False
     needs_mask_token = True

@@ -16,6 +16,7 @@ from tinykd.tasks.base import TASKS, Task, perplexity
 class Seq2Seq(Task):
     name = "seq2seq"
     hf_auto_class = "AutoModelForSeq2SeqLM"
+    hf_architecture = "ForConditionalGeneration"
     per_token = True
     generative = True
     needs_labels = False
