@@ -19,6 +19,7 @@ from tinykd.distill import Distiller
 from tinykd.distill.cache import TeacherCache
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
+from tinykd.measure import timing_input
 from tinykd.models.checkpoint import CheckpointMeta
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model
 from tinykd.models.qat import is_pt2e
@@ -52,15 +53,6 @@ class Assembly:
     distiller: Distiller | None = None  # None until `join` (prune builds it after pruning the student)
     cache: TeacherCache | None = None  # the teacher cache, when the recipe has one (opened by `open_cache`)
 
-    @property
-    def is_text(self) -> bool:
-        return self.data.tokenizer is not None
-
-    @property
-    def unit(self) -> str:
-        """What the data's samples are called in messages."""
-        return "texts" if self.is_text else "images"
-
     def join(self) -> Distiller:
         """The distiller of this teacher, student and the recipe's loss terms (each teacher in its precision)."""
         precisions = [resolve_precision(spec.precision, self.engine.device.type) for spec in self.recipe.teacher_specs]
@@ -92,6 +84,10 @@ class Assembly:
         assert loader is not None
         return self.engine.accelerator.prepare(loader)
 
+    def timing_input(self) -> Any:
+        """What the models are timed on: the first training input; a text made `measure.sequence_length` long."""
+        return timing_input(self.probe_inputs, self.recipe.measure.sequence_length)
+
     def checkpoint_meta(self, **extra: Any) -> CheckpointMeta:
         """What the student's checkpoints say about it: enough to rebuild it and find its data."""
         recipe, data, student = self.recipe, self.data, self.engine.accelerator.unwrap_model(self.student)
@@ -102,7 +98,7 @@ class Assembly:
             meta.qat = "pt2e"
         if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
             meta.model, meta.kwargs = hf_checkpoint_spec(student, data.task.name)
-        if self.is_text:
+        if data.is_text:
             meta.tokenizer, meta.task, meta.max_length = "tokenizer", data.task.name, data.max_length
         return meta
 

@@ -317,14 +317,3 @@ def open_teacher_cache(recipe: Recipe, data: DataBundle, distiller: Distiller) -
                               width, spec.cache_format, spec.cache_topk, precision)  # fmt: skip
     distiller.teacher_cache = cache
     return cache
-
-
-def measure_input(data: DataBundle, probe_inputs: Any, length: int) -> dict[str, torch.Tensor]:
-    """One real text of exactly `length` tokens (the probe's first, its tokens repeated), all attended: latency
-    of a text model depends on the sequence length, so reports state it and time a fixed one."""
-    ids = probe_inputs["input_ids"][0][probe_inputs["attention_mask"][0].bool()]
-    ids = ids.repeat(-(-length // len(ids)))[:length]
-    inputs = {"input_ids": ids[None].clone(), "attention_mask": torch.ones(1, length, dtype=torch.long)}
-    if "decoder_input_ids" in probe_inputs:  # an encoder-decoder: a decoder sequence of the same length
-        inputs.update(decoder_input_ids=ids[None].clone(), decoder_attention_mask=inputs["attention_mask"].clone())
-    return inputs

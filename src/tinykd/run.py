@@ -23,7 +23,7 @@ from tinykd.measure import generation_speed_row, measure_model
 from tinykd.models.checkpoint import CheckpointMeta, load_weights, save_model
 from tinykd.models.hf import is_hf_model, save_hf_directory
 from tinykd.models.qat import is_pt2e
-from tinykd.pipeline import measure_input, needs_teacher, plain_student
+from tinykd.pipeline import needs_teacher, plain_student
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
 from tinykd.report import format_table
 from tinykd.run_report import environment, report_markdown, write_page
@@ -65,7 +65,7 @@ def run(
     )  # fmt: skip
     if dry_run:
         if engine.is_main:
-            print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(parts.data.train)} train {parts.unit}), "
+            print(f"tinykd: dry run of {recipe.name}: recipe, data ({len(parts.data.train)} train {parts.data.unit}), "
                   f"models and loss terms are valid; loss = {distiller.formula()}; would write to {run_dir}")
         return RunResult(run_dir, {"dry_run": True, "loss": distiller.formula()}, parts.student)
     meta = parts.checkpoint_meta()
@@ -76,7 +76,7 @@ def run(
     if recipe.quantize is not None and engine.device.type != "xla":
         from tinykd.compress.qat_row import qat_row
 
-        rows.append(qat_row(parts, test_loader, meta, run_dir, timing_input(parts)))
+        rows.append(qat_row(parts, test_loader, meta, run_dir, parts.timing_input()))
     metrics = run_metrics(parts, fit, rows, time.perf_counter() - start)
     student = engine.accelerator.unwrap_model(parts.student)
     if engine.is_main:
@@ -94,15 +94,15 @@ def train(parts: Assembly, run_dir: Path, meta: CheckpointMeta, resumed: bool) -
     assert distiller is not None
     if engine.is_main and not resumed:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    if parts.is_text and engine.is_main and not (run_dir / "tokenizer").is_dir():
-        data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))  # the run's checkpoints name it
+    if engine.is_main:
+        data.save_tokenizer(run_dir)
     cache = parts.open_cache()
     train_loader, val_loader = parts.train_loader(), parts.eval_loader("val")
     if engine.is_main:
         verb = "distilling" if parts.teacher is not None else "training"
         procs = engine.accelerator.num_processes
         print(f"tinykd: {recipe.name}: {verb} {meta.model} on {recipe.data.name} ({len(data.train)} train "
-              f"{parts.unit}) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
+              f"{parts.data.unit}) on {engine.describe()}; global batch {recipe.data.batch_size * procs} "
               f"({recipe.data.batch_size} per process x {procs}), lr {recipe.train.optimizer.lr:g} (as given, "
               f"not scaled); loss = {distiller.formula()}")
     try:
@@ -138,13 +138,6 @@ def trained_models(parts: Assembly, fit: FitResult, meta: CheckpointMeta) -> dic
     return {"model": trained} if teacher is None else {"teacher": teacher, "student": trained}
 
 
-def timing_input(parts: Assembly) -> Any:
-    """What the models are timed on: the probe batch, or one text of `measure.sequence_length` tokens."""
-    if parts.is_text:
-        return measure_input(parts.data, parts.probe_inputs, parts.recipe.measure.sequence_length)
-    return parts.probe_inputs
-
-
 def test_row(parts: Assembly, role: str, model: nn.Module, meta: CheckpointMeta, test_loader: Any) -> dict[str, Any]:
     """One model's row of the report: its scores on the test set, then (main process) its measurements."""
     engine, recipe, task = parts.engine, parts.recipe, parts.task
@@ -162,7 +155,7 @@ def test_row(parts: Assembly, role: str, model: nn.Module, meta: CheckpointMeta,
         row.update(test_exact_match=generated["exact_match"], test_rouge_l=generated["rouge_l"])
     if recipe.measure.enabled and engine.is_main:
         m = recipe.measure
-        row.update(measure_model(plain, timing_input(parts), m.latency_repeats, m.throughput_batch,
+        row.update(measure_model(plain, parts.timing_input(), m.latency_repeats, m.throughput_batch,
                                  m.threads).as_dict())  # fmt: skip
         if task.generative:
             row.update(generation_speed_row(plain, prompts(parts.data.test, 1)[0], m.new_tokens, m.threads))
@@ -193,7 +186,7 @@ def run_metrics(parts: Assembly, fit: FitResult, rows: list[dict[str, Any]], sec
         metrics["teacher_cache"] = {"folder": str(cache.folder), "batches_read": cache.served,
                                     "batches_computed": cache.computed, "bytes": cache.size_bytes(),
                                     "format": cache.format}  # fmt: skip
-    if parts.is_text:
+    if data.is_text:
         metrics["sequence_length"] = recipe.measure.sequence_length
     if data.classes:
         metrics["classes"] = list(data.classes)

@@ -75,6 +75,21 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def is_text(self) -> bool:
+        """Texts, tokenized (rather than images): the run folder keeps the tokenizer, reports state the length."""
+        return self.tokenizer is not None
+
+    @property
+    def unit(self) -> str:
+        """What the samples are called in messages."""
+        return "texts" if self.is_text else "images"
+
+    def save_tokenizer(self, run_dir: Path) -> None:
+        """Keep the tokenizer in `run_dir/tokenizer` (texts; once): the run's checkpoints name it."""
+        if self.is_text and not (run_dir / "tokenizer").is_dir():
+            self.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+
 
 DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset")
 
