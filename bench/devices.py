@@ -54,7 +54,7 @@ def main() -> None:
             continue
         report = json.loads((out / "report.json").read_text())
         xla = report.get("xla", {})
-        rows.append({"backend": name, "device": report["device"], "train_img_per_s": report["train_img_per_s"],
+        rows.append({"backend": name, "device": report["device"], "train_img_per_s": report["train_samples_per_s"],
                      "train_seconds": report["train_seconds"], "wall_seconds": round(time.perf_counter() - start, 1),
                      "compilations": xla.get("compilations"), "executions": xla.get("executions"),
                      "steps": xla.get("train_steps", args.steps)})  # fmt: skip

@@ -82,8 +82,8 @@ def main() -> None:
             metrics = metrics or _run_method(method, seed, args, folder)
             student = next(r for r in metrics["models"] if r["role"] in ("student", "model"))
             results[method].append({"seed": seed, "accuracy": student["test_accuracy"],
-                                    "img_per_s": metrics["train_img_per_s"]})  # fmt: skip
-            print(f"seed {seed} {method}: {student['test_accuracy']:.2%}, {metrics['train_img_per_s']:.0f} img/s",
+                                    "img_per_s": metrics["train_samples_per_s"]})  # fmt: skip
+            print(f"seed {seed} {method}: {student['test_accuracy']:.2%}, {metrics['train_samples_per_s']:.0f} img/s",
                   file=sys.stderr)  # fmt: skip
 
     results = {method: rows for method, rows in results.items() if rows}

@@ -45,7 +45,7 @@ def main() -> None:
 
     def add(label: str, folder: Path, m: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         rows.append({"run": label, "test_accuracy": m["models"][-1]["test_accuracy"],
-                     "epoch_seconds": m["train_seconds"] / m["epochs"], "img_per_s": m["train_img_per_s"],
+                     "epoch_seconds": m["train_seconds"] / m["epochs"], "img_per_s": m["train_samples_per_s"],
                      "folder": str(folder), **(extra or {})})  # fmt: skip
         print(f"{label}: {rows[-1]['test_accuracy']:.2%}, {rows[-1]['epoch_seconds']:.1f} s per epoch", file=sys.stderr)
 

@@ -53,7 +53,7 @@ def test_training_learns_and_writes_its_run_folder(tmp_path: Path) -> None:
     train = [r for r in records if r["event"] == "train"]
     epochs = [r for r in records if r["event"] == "epoch"]
     assert len(epochs) == 4 and all("val_accuracy" in r for r in epochs)
-    assert {"loss", "loss/ce", "accuracy", "lr", "img_per_s", "step"} <= set(train[0])
+    assert {"loss", "loss/ce", "accuracy", "lr", "samples_per_s", "step"} <= set(train[0])
     assert train[-1]["loss"] < train[0]["loss"]
     student = result.metrics["models"][0]
     assert student["test_accuracy"] > 0.85, student

@@ -73,9 +73,9 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path: Path, monkeypatch
 
 def test_records_become_scalars_by_event() -> None:
     train = {"event": "train", "epoch": 1, "step": 50, "loss": 1.5, "loss/kd": 1.0, "accuracy": 0.5, "lr": 0.1,
-             "img_per_s": 900.0, "skipped": 0}  # fmt: skip
+             "samples_per_s": 900.0, "skipped": 0}  # fmt: skip
     assert scalars(train) == {"train/loss": 1.5, "train/loss/kd": 1.0, "train/accuracy": 0.5, "lr": 0.1,
-                              "img_per_s": 900.0, "train/skipped": 0.0}  # fmt: skip
+                              "samples_per_s": 900.0, "train/skipped": 0.0}  # fmt: skip
     epoch = {"event": "epoch", "epoch": 1, "step": 60, "seconds": 3.0, "val_accuracy": 0.9, "val_loss": float("nan")}
     assert scalars(epoch) == {"epoch/seconds": 3.0, "val/accuracy": 0.9}  # a NaN is left out
     assert scalars({"event": "resume", "step": 10, "from": "x"}) == {}

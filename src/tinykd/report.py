@@ -97,6 +97,11 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_markdown(title: str, facts: list[str], rows: list[dict[str, Any]]) -> str:
+    """A run's report.md: its name, a list of facts, and the table of the models it tested."""
+    return "\n".join([f"# {title}", "", *(f"- {fact}" for fact in facts), "", rows_markdown(rows), ""])
+
+
 def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
     """The rows as a rich table rendered to plain text (so it can be printed, logged or tested)."""
     table = Table(title=title or None)

@@ -25,8 +25,8 @@ from tinykd.models.hf import is_hf_model, save_hf_directory
 from tinykd.models.qat import is_pt2e
 from tinykd.pipeline import needs_teacher, plain_student
 from tinykd.recipes import Recipe, dump_recipe, load_recipe
-from tinykd.report import format_table
-from tinykd.run_report import environment, report_markdown, write_page
+from tinykd.report import format_table, report_markdown
+from tinykd.run_report import environment, run_facts, write_page
 from tinykd.rundir import RunResult, check_resume_dir, checkpoint_bytes, prepare_run_dir, run_recipe_file
 
 __all__ = ["RunResult", "check_mode", "fill_teacher_cache", "run"]
@@ -169,7 +169,7 @@ def run_metrics(parts: Assembly, fit: FitResult, rows: list[dict[str, Any]], sec
     metrics = {
         "name": recipe.name, "dataset": recipe.data.name, "loss": distiller.formula(), "epochs": recipe.train.epochs,
         "best_val_accuracy": fit.best_accuracy, "best_epoch": fit.best_epoch,
-        "train_seconds": round(fit.seconds, 2), "train_img_per_s": round(fit.samples_per_second, 1),
+        "train_seconds": round(fit.seconds, 2), "train_samples_per_s": round(fit.samples_per_second, 1),
         "total_seconds": round(seconds, 2), "device": str(engine.device),
         "checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None, "models": rows,
     }  # fmt: skip
@@ -196,9 +196,10 @@ def run_metrics(parts: Assembly, fit: FitResult, rows: list[dict[str, Any]], sec
 def write_reports(parts: Assembly, run_dir: Path, metrics: dict[str, Any], models: dict[str, nn.Module]) -> None:
     """report.json, report.md and report.html in the run folder, and the table on the terminal (main process)."""
     (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "report.md").write_text(report_markdown(metrics))
+    name, rows = parts.recipe.name, metrics["models"]
+    (run_dir / "report.md").write_text(report_markdown(name, run_facts(metrics), rows))
     write_page(parts.engine, models, parts.data, parts.task, parts.recipe.data.eval_batch_size, run_dir)
-    print(format_table(metrics["models"], title=f"{parts.recipe.name}: test set"))
+    print(format_table(rows, title=f"{name}: test set"))
     print(f"run folder: {run_dir}")
 
 

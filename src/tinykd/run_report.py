@@ -11,7 +11,6 @@ import torch
 from tinykd.engine import Engine
 from tinykd.engine.log import describe_breakdown
 from tinykd.labels import IGNORE_INDEX
-from tinykd.report import rows_markdown
 from tinykd.tasks import Task
 
 
@@ -94,18 +93,13 @@ def save_predictions(engine: Engine, models: dict[str, Any], test_set: Any, batc
 
 
 
-def report_markdown(metrics: dict[str, Any]) -> str:
-    lines = [
-        f"# {metrics['name']}",
-        "",
-        f"- dataset: {metrics['dataset']}; epochs: {metrics['epochs']}; device: {metrics['device']}",
-        f"- loss = {metrics['loss']}",
-        f"- best validation accuracy {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}",
-        f"- training {metrics['train_seconds']} s ({metrics['train_img_per_s']} img/s); "
+def run_facts(metrics: dict[str, Any]) -> list[str]:
+    """The lines of a training run's report.md above its table."""
+    return [
+        f"dataset: {metrics['dataset']}; epochs: {metrics['epochs']}; device: {metrics['device']}",
+        f"loss = {metrics['loss']}",
+        f"best validation accuracy {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}",
+        f"training {metrics['train_seconds']} s ({metrics['train_samples_per_s']} samples/s); "
         f"whole run {metrics['total_seconds']} s",
-        *([f"- {describe_breakdown(metrics['time_breakdown'])}"] if metrics.get("time_breakdown") else []),
-        "",
-        rows_markdown(metrics["models"]),
-        "",
+        *([describe_breakdown(metrics["time_breakdown"])] if metrics.get("time_breakdown") else []),
     ]
-    return "\n".join(lines)

@@ -254,29 +254,25 @@ def stage_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_prune_report(run_dir: Path, metrics: dict[str, Any]) -> None:
     """report.json and report.md of a prune run, and its table on the terminal."""
-    from tinykd.report import format_table, rows_markdown
+    from tinykd.report import format_table, report_markdown
 
     rows = metrics["models"]
     (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "report.md").write_text(_report_markdown(metrics, rows_markdown(rows)))
+    (run_dir / "report.md").write_text(report_markdown(metrics["name"], prune_facts(metrics), rows))
     print(format_table(rows, title=f"{metrics['name']}: test set"))
     print(f"run folder: {run_dir}")
 
 
-def _report_markdown(metrics: dict[str, Any], table: str) -> str:
+def prune_facts(metrics: dict[str, Any]) -> list[str]:
+    """The lines of a prune run's report.md above its table."""
     p = metrics["pruning"]
-    return "\n".join([
-        f"# {metrics['name']}",
-        "",
-        f"- dataset: {metrics['dataset']}; pruned from: {metrics['pruned_from']}",
-        f"- pruning: remove {p['ratio']:.0%} of the {p['target']} (removed {p['removed']:.1%} in {p['steps']} "
+    return [
+        f"dataset: {metrics['dataset']}; pruned from: {metrics['pruned_from']}",
+        f"pruning: remove {p['ratio']:.0%} of the {p['target']} (removed {p['removed']:.1%} in {p['steps']} "
         f"steps): {p['params_before']:,} -> {p['params_after']:,} params, {p['macs_before']:,} -> "
         f"{p['macs_after']:,} MACs",
-        f"- recovery: {metrics['epochs']} epoch(s), loss = {metrics['loss']}; {metrics['train_seconds']} s",
-        "",
-        table,
-        "",
-    ])  # fmt: skip
+        f"recovery: {metrics['epochs']} epoch(s), loss = {metrics['loss']}; {metrics['train_seconds']} s",
+    ]
 
 
 def prune_command(

@@ -215,7 +215,8 @@ class Distiller(nn.Module):
 
     def _student_outputs(self, inputs: Any) -> Outputs:
         out = forward_outputs(self.student, inputs, self._hidden_states, bool(self._attentions), "student")
-        return Outputs(out.logits, self._student_taps.pop(), out.hidden_states, out.attentions, padding_mask(inputs))
+        out.features, out.mask = self._student_taps.pop(), padding_mask(inputs)
+        return out
 
     def _teacher_outputs(self, inputs: Any) -> Outputs | None:
         if self.teacher is None:
@@ -225,13 +226,13 @@ class Distiller(nn.Module):
                 inputs = cast_floats(inputs, self.teacher_dtype)
             out = forward_outputs(self.teacher, inputs, self._hidden_states, bool(self._attentions), "teacher")
         features = self._teacher_taps.pop()  # type: ignore[union-attr]
-        logits, hidden, attentions = out.logits, out.hidden_states, out.attentions
-        features = {k: v.float() if v.is_floating_point() else v for k, v in features.items()}  # any teacher's format
+        out.features = {k: v.float() if v.is_floating_point() else v for k, v in features.items()}  # any format
+        out.mask = padding_mask(inputs)
         if self.teacher_dtype is not None:  # the loss terms compute in the student's precision
-            logits = logits.float()
-            hidden = tuple(h.float() for h in hidden) if hidden is not None else None
-            attentions = tuple(a.float() for a in attentions) if attentions is not None else None
-        return Outputs(logits, features, hidden, attentions, padding_mask(inputs))
+            out.logits = out.logits.float()
+            out.hidden_states = tuple(h.float() for h in out.hidden_states) if out.hidden_states is not None else None
+            out.attentions = tuple(a.float() for a in out.attentions) if out.attentions is not None else None
+        return out
 
     def formula(self) -> str:
         """The total loss as a readable sum, e.g. `0.1 * ce + 0.9 * kd(temperature=4.0)`."""

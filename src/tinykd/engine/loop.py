@@ -77,7 +77,7 @@ def log_interval(acc: Accelerator, loop: Loop, totals: list[float], epoch: int, 
     record = interval_means(totals, tally.previous, tally.names)
     tally.previous, now = totals, time.perf_counter()
     record.update(event="train", epoch=epoch, step=pos.step, lr=lr,
-                  img_per_s=loop.window_samples / max(now - loop.window_start, 1e-9))  # fmt: skip
+                  samples_per_s=loop.window_samples / max(now - loop.window_start, 1e-9))  # fmt: skip
     if skip_nonfinite:
         record["skipped"] = pos.skipped
     loop.window_start, loop.window_samples = now, 0

@@ -46,7 +46,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
         if not math.isfinite(value):
             continue
         if event == "train":
-            name = key if key in ("lr", "img_per_s") else f"train/{key}"
+            name = key if key in ("lr", "samples_per_s") else f"train/{key}"
         elif event == "epoch" and key.startswith("val_"):
             name = f"val/{key[4:]}"
         elif event == "epoch":

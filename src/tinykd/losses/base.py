@@ -12,7 +12,6 @@ counts this much in the total") and there is no `alpha` to read two ways.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pydantic
@@ -20,27 +19,10 @@ import torch
 from torch import nn
 
 from tinykd.errors import TinykdError
+from tinykd.forward_pass import Outputs
 from tinykd.registry import Registry
 
 TAP_INPUT = ":input"  # a tap path ending so reads the module's first input, not its output
-
-
-@dataclass
-class Outputs:
-    """What one forward pass of a model gives the loss terms.
-
-    `hidden_states` and `attentions` are Hugging Face's (the embedding output first, then one (B, T, D) tensor
-    per layer; one (B, H, T, T) tensor of attention probabilities per layer), present only when a term asks for
-    them. `mask` is the inputs' `attention_mask` (B, T): 1 for real tokens, 0 for padding. `index` (B,) is each
-    sample's position in the training set, given in training to terms that set `needs_index` (CRD's memory).
-    """
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    mask: torch.Tensor | None = None
-    index: torch.Tensor | None = None
 
 
 class LossTerm(nn.Module):

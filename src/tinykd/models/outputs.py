@@ -9,25 +9,16 @@ the one attention implementation that returns probabilities at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from tinykd.errors import TinykdError
+from tinykd.forward_pass import Outputs
 
 # config keys of the attention-probability dropout: BERT-likes, DistilBERT/BART/Llama-likes, GPT-2
 _ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
-
-
-@dataclass
-class ModelOutputs:
-    """One forward pass: the logits, and Hugging Face's hidden states and attentions when they were asked for."""
-
-    logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -57,14 +48,14 @@ def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def forward_outputs(model: nn.Module, inputs: Any, hidden_states: bool = False, attentions: bool = False,
-                    role: str = "model") -> ModelOutputs:  # fmt: skip
+                    role: str = "model") -> Outputs:  # fmt: skip
     """Run `model` once; with `hidden_states` / `attentions`, ask a Hugging Face model (dict inputs) for them too.
 
     A model that gives none of what was asked is one line naming it (`role`: "teacher", "student"), not a
     `None` that fails later inside a loss term.
     """
     if not (hidden_states or attentions):
-        return ModelOutputs(call_model(model, inputs))
+        return Outputs(call_model(model, inputs))
     asked = [w for w, on in (("hidden states", hidden_states), ("attention probabilities", attentions)) if on]
     if not isinstance(inputs, Mapping):
         raise TinykdError(f"the {role} ({type(model).__name__}) takes a tensor, but its {' and '.join(asked)} "
@@ -74,8 +65,8 @@ def forward_outputs(model: nn.Module, inputs: Any, hidden_states: bool = False, 
     out = model(**inputs, **flags)
     # an encoder-decoder's logits are the decoder's: its hidden states and self-attentions are the ones that line up
     prefix = "decoder_" if hasattr(out, "decoder_hidden_states") else ""
-    got = ModelOutputs(_logits(out), getattr(out, f"{prefix}hidden_states", None) if hidden_states else None,
-                       getattr(out, f"{prefix}attentions", None) if attentions else None)  # fmt: skip
+    got = Outputs(_logits(out), hidden_states=getattr(out, f"{prefix}hidden_states", None) if hidden_states else None,
+                  attentions=getattr(out, f"{prefix}attentions", None) if attentions else None)  # fmt: skip
     # transformers gives an empty tuple, not None, for attentions its sdpa/flash kernels never computed
     missing = [w for w, value in (("hidden states", got.hidden_states), ("attention probabilities", got.attentions))
                if w in asked and not value]  # fmt: skip
