@@ -85,7 +85,7 @@ def test_an_mlp_is_sized_for_the_data_and_a_model_that_does_not_fit_is_one_line(
     result = tinykd.run({**quick, "student": mlp}, out=tmp_path / "sized")  # 8x8 digits, mlp's default is 28
     state = load_file(str(result.run_dir / "checkpoints" / "last.safetensors"))
     assert sorted(tuple(v.shape) for v in state.values() if v.ndim == 2) == [(10, 16), (16, 64)]
-    from tinykd.compress.source import load_model  # export, eval and compare rebuild it the same way
+    from tinykd.loading import load_model  # export, eval and compare rebuild it the same way
 
     assert load_model(str(result.run_dir)).model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     wrong = {"name": "mlp", "kwargs": {"hidden": [16], "image_size": 28}}

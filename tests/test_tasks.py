@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +64,41 @@ def test_causal_lm_targets_are_the_next_tokens_and_ignore_padding() -> None:
     mask = (ids != 0).long()
     batch = get_task("causal-lm").targets(None, {"input_ids": ids, "attention_mask": mask}, torch.arange(2))
     assert batch.targets.tolist() == [[6, 7, -100, -100], [9, -100, -100, -100]]
+
+
+def test_a_new_task_is_one_class_and_its_registration(tmp_path: Path) -> None:
+    """A task added from outside the package (what the README's "Adding a task" says): the recipe accepts it,
+    the engine picks the best checkpoint by its score, and the report shows its columns; nothing else changes."""
+    import tinykd
+    from tinykd.tasks.classification import Classification
+
+    class TopTwo(Classification):
+        name = "top2-classification"
+        sum_names = ("correct", "loss", "count", "top2")
+        best_metric = "top2"
+        report_metrics = ("accuracy", "top2")
+
+        def metric_sums(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            valid = targets != self.ignore_index
+            top2 = ((logits.topk(2, dim=-1).indices == targets[..., None]).any(-1) & valid).sum().float()
+            return torch.cat([super().metric_sums(logits, targets), top2[None]])
+
+        def metrics(self, sums: torch.Tensor | list[float]) -> dict[str, float]:
+            values = sums.tolist() if isinstance(sums, torch.Tensor) else list(sums)
+            scores = super().metrics(values[:3])
+            return {**scores, "top2": values[3] / max(scores["count"], 1)}
+
+    TASKS.register("top2-classification")(TopTwo)
+    try:
+        recipe = {"name": "top2", "data": {"name": "digits", "batch_size": 64, "val_size": 0.15,
+                                           "task": "top2-classification"},
+                  "student": {"name": "cnn_small"}, "train": {"epochs": 2, "optimizer": {"lr": 0.05}},
+                  "measure": {"enabled": False}}  # fmt: skip
+        result = tinykd.run(recipe, out=tmp_path / "run", mode="train")
+        row = result.metrics["models"][0]
+        assert 0 < row["test_accuracy"] <= row["test_top2"] <= 1
+        records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        top2 = [r["val_top2"] for r in records if r.get("event") == "epoch"]
+        assert result.metrics["best_epoch"] == 1 + top2.index(max(top2))  # chosen by the task's own score
+    finally:
+        TASKS._entries.pop("top2-classification", None)
