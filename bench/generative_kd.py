@@ -134,13 +134,9 @@ def row_of(metrics: dict[str, Any], role: str) -> dict[str, Any]:
 def speed(model_dir: Path, task: str, prompts: list[list[int]], new_tokens: int, threads: int) -> dict[str, float]:
     """Generation speed of a saved Hugging Face model in PyTorch and, exported with its KV cache, in ONNX Runtime
     (verified token for token against PyTorch on the prompts first): means over the prompts of the medians."""
-    from tinykd.compress.generative import (
-        export_generative,
-        generation_speed,
-        greedy_fn,
-        load_generative,
-        verify_greedy,
-    )
+    from tinykd.compress.generative import export_generative, load_generative, verify_greedy
+    from tinykd.compress.generative_ort import greedy_fn
+    from tinykd.measure import generation_speed
 
     model, _ = load_generative(model_dir, task)
     onnx = export_generative(model_dir, model_dir.parent / "onnx", task=task)

@@ -15,18 +15,12 @@ import torch
 import transformers
 from torch import nn
 
-from tinykd.compress.generative import (
-    OrtGenerator,
-    export_generative,
-    generation_speed,
-    generative_size,
-    greedy_fn,
-    ort_greedy_generate,
-    verify_greedy,
-)
+from tinykd.compress.generative import export_generative, verify_greedy
+from tinykd.compress.generative_ort import OrtGenerator, generative_size, greedy_fn, ort_greedy_generate
 from tinykd.compress.onnxrt import onnx_inputs, onnx_meta, onnx_size
 from tinykd.compress.quantize import quantize_generative_int8
 from tinykd.errors import TinykdError
+from tinykd.measure import generation_speed
 
 GPT2_PROMPTS = [[5], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16]]  # lengths 1, 3 and 7
 BART_PROMPTS = [[0, 42, 2], [0, 5, 6, 7, 2], [0, 10, 11, 12, 13, 14, 15, 16, 2]]

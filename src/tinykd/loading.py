@@ -73,14 +73,14 @@ def is_checkpoint_source(source: str | Path) -> bool:
     return p.is_dir() or (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
 
 
-def load_model(source: str | Path, task: str | None = None) -> Loaded:
+def load_model(source: str | Path, task: str | None = None, purpose: str = "loaded") -> Loaded:
     """The model at `source` (a run folder, a tinykd checkpoint, or a Hugging Face directory), in eval mode.
 
     `task` (a registered task name) picks the Auto class of a Hugging Face directory; without it, the class its
-    config names. Every problem with the file is one line naming it.
+    config names. Every problem with the file is one line naming it (`purpose`: what the caller does with it).
     """
     if is_hf_directory(source):
-        return _load_hf_directory(Path(source), task)
+        return _load_hf_directory(Path(source), task, purpose)
     from tinykd.models import create_model
     from tinykd.models.registry import sized_for
 
@@ -104,22 +104,32 @@ def load_model(source: str | Path, task: str | None = None) -> Loaded:
     return Loaded(model.eval(), meta, path, saved_tokenizer(meta, path))
 
 
-def _load_hf_directory(folder: Path, task: str | None) -> Loaded:
+def hf_config(folder: Path) -> Any:
+    """The config of a `save_pretrained` directory; a missing or broken one is one line."""
+    import transformers
+
+    if not is_hf_directory(folder):
+        raise TinykdError(f"{folder} is not a Hugging Face model folder (no config.json; write one with "
+                          "save_pretrained)")  # fmt: skip
+    try:
+        return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # transformers raises several types for a broken config
+        raise TinykdError(f"{folder}/config.json cannot be read as a model config: {_first_line(exc)}") from None
+
+
+def _load_hf_directory(folder: Path, task: str | None, purpose: str) -> Loaded:
     """A `save_pretrained` directory as the class its config names (or `task`'s Auto class), fp32, on the CPU."""
     import transformers
 
     from tinykd.models.hf import quiet_transformers
 
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:  # transformers raises several types for a broken config
-        raise TinykdError(f"{folder}/config.json cannot be read as a model config: {_first_line(exc)}") from None
+    config = hf_config(folder)
     if task is not None:
         from tinykd.tasks import get_task
 
         auto = getattr(transformers, get_task(task).hf_auto_class or "AutoModel")
         if type(config) not in auto._model_mapping:
-            raise TinykdError(f"model type '{getattr(config, 'model_type', '?')}' cannot be loaded as {task}: "
+            raise TinykdError(f"model type '{getattr(config, 'model_type', '?')}' cannot be {purpose} as {task}: "
                               f"transformers has no {auto.__name__} for it")  # fmt: skip
         cls = auto
     else:

@@ -339,7 +339,8 @@ def export_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | Non
     greedy decoding of the first `prompt_count` test texts in ONNX Runtime against PyTorch, token for token."""
     import shutil
 
-    from tinykd.compress.generative import export_generative, generative_size, verify_greedy
+    from tinykd.compress.generative import export_generative, verify_greedy
+    from tinykd.compress.generative_ort import generative_size
     from tinykd.generation import base_dataset, prompts
     from tinykd.models.hf import save_hf_directory
 

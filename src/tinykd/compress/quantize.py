@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tinykd.compress.export import export_onnx, export_qdq_onnx, verify_onnx
-from tinykd.compress.generative import OrtGenerator, _files, generative_size
+from tinykd.compress.generative_ort import OrtGenerator, _files, generative_size
 from tinykd.compress.int8 import DYNAMIC_OPS, TEXT_DYNAMIC_OPS, quantize_dynamic_onnx, quantize_static_onnx
 from tinykd.compress.onnxrt import check_images_fit
 from tinykd.compress.predictors import OnnxPredictor, TorchPredictor, evaluate, measure, open_predictor, speed
@@ -280,7 +280,8 @@ def quantize_generative_checkpoint(loaded: Any, recipe: Any, out: str | Path | N
     greedy-decoding agreement with PyTorch on test prompts, new tokens per second at batch 1 and first-token
     latency, all in the same threads."""
     from tinykd.compress.export import export_generative_checkpoint
-    from tinykd.compress.generative import greedy_fn, verify_greedy
+    from tinykd.compress.generative import verify_greedy
+    from tinykd.compress.generative_ort import greedy_fn
     from tinykd.compress.source import build_bundle
     from tinykd.generation import base_dataset, prompts
     from tinykd.measure import generation_speed
