@@ -58,7 +58,7 @@ PYTEST_XDIST   := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dis
 
 test-main: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/pytest -q $(PYTEST_XDIST)
+	$(VENV)/bin/pytest -q --durations=30 $(PYTEST_XDIST)
 
 test-xla: $(XSTAMP)
 	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q $(PYTEST_XDIST) tests/xla
