@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -235,11 +236,9 @@ def fashion_mnist(root: str | None, download: bool, augment: bool, image_size: i
 @DATASETS.register("digits")
 def digits(root: str | None, download: bool, augment: bool, image_size: int | None) -> RawSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); a fixed 20% test split (seed 0)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy((bunch.images * 255.0 / 16.0).round()).to(torch.uint8).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target).long()
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy((pixels.reshape(-1, 8, 8) * 255.0 / 16.0).round()).to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(target).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     n_test = len(labels) // 5
     test_idx, train_idx = order[:n_test], order[n_test:]
@@ -248,6 +247,24 @@ def digits(root: str | None, download: bool, augment: bool, image_size: int | No
     full = TensorImageDataset(images, labels, mean, std, None, classes)
     aug = Augment(pad=1) if augment else None
     return RawSplits(full.subset(train_idx, aug), full.subset(train_idx), full.subset(test_idx), classes, 1, 8)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (0..16) and labels of scikit-learn's `digits.csv.gz`, read from its package folder: importing
+    scikit-learn (`load_digits`) costs seconds in every process, reading its 1,797 rows a few milliseconds."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise TinykdError("the digits dataset comes with scikit-learn; install it: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a scikit-learn that keeps its data elsewhere
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.data, bunch.target
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 # --- CIFAR -------------------------------------------------------------------------------------------------------
