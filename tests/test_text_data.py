@@ -162,7 +162,7 @@ def test_the_text_column_is_found_by_name_and_can_be_chosen(tmp_path: Path) -> N
         (
             "names.csv",
             "sentence,label\nhi,positive\nho,negative\n",
-            r"names\.csv: column 'label' holds text labels \(e\.g\. 'positive'\), not integers.*map each class",
+            r"column 'label' holds class ids in .*good\.csv but class names in .*names\.csv; write the labels",
         ),
         (
             "negative.csv",

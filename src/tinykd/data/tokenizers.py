@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from tinykd.data.tables import first_line, offline
+from tinykd.data.tables import first_line
 from tinykd.data.tokens import Encoded
 from tinykd.errors import TinykdError
+from tinykd.hub import offline, source_kwargs
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -69,8 +70,11 @@ def load_tokenizer(spec: Any) -> Any:
         try:
             if local.is_dir():
                 tokenizer = AutoTokenizer.from_pretrained(str(local))
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=offline())
+            else:  # a hub id: the cache alone when it has the files, no network call (tinykd.hub)
+                kwargs = source_kwargs(spec, "data.tokenizer", filename="tokenizer_config.json")
+                tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs)
+        except TinykdError:
+            raise
         except Exception as exc:  # not a tokenizer, not cached, not on the hub: one line
             where = f"directory {local}" if local.is_dir() else f"'{spec}' (not a directory; a hub id)"
             hint = "; TINYKD_OFFLINE or HF_HUB_OFFLINE is set, so only the cache was read" if offline() and \

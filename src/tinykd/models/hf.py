@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -54,10 +53,6 @@ LAYER_STACKS: dict[str, tuple[tuple[str, str], ...]] = {
 # from `num_classes`, which the checkpoint records already), so a rebuilt config stays exact and JSON-able.
 _NOT_REBUILT = ("model_type", "architectures", "transformers_version", "_name_or_path", "id2label", "label2id",
                 "num_labels", "torch_dtype", "dtype", "_commit_hash", "auto_map")  # fmt: skip
-
-
-def _offline() -> bool:
-    return os.environ.get("TINYKD_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") == "1"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,8 +145,14 @@ def quiet_transformers() -> Iterator[None]:
 
 def _load_pretrained(auto: Any, source: Any, name: str, **kwargs: Any) -> nn.Module:
     """`from_pretrained`, saying in one line which weights were new (a fresh head) and which were left unused."""
-    with quiet_transformers():
-        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    try:
+        with quiet_transformers():
+            model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise TinykdError(f"hf:{name}: {_damaged_file(source, kwargs.get('revision'))} is damaged "
+                          f"({_first_line(exc)}): download or save it again") from None  # fmt: skip
     new, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
     resized = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or [])
     parts = [f"{len(new)} new tensors ({_short(new)})" if new else "",
@@ -160,6 +161,26 @@ def _load_pretrained(auto: Any, source: Any, name: str, **kwargs: Any) -> nn.Mod
     if any(parts):
         print(f"tinykd: hf:{name}: weights loaded; " + "; ".join(p for p in parts if p), flush=True)
     return model
+
+
+def _damaged_file(source: Any, revision: str | None) -> str:
+    """The first `.safetensors` file of a model directory or cached hub id whose header does not read (a
+    truncated download, most often); the folder's pattern when none can be named."""
+    from safetensors import safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(source), "config.json", revision=revision)
+        folder = Path(cached).parent if isinstance(cached, str) else folder
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:
+            return str(path)
+    return str(folder / "*.safetensors")
 
 
 def _short(keys: list[str], shown: int = 3) -> str:
@@ -192,14 +213,15 @@ def _from_config(auto: Any, base: Any, vocab_size: int | None, pad_token_id: int
 
 def _from_hub(auto: Any, name: str, revision: str | None, labels: dict[str, Any], pad_token_id: int | None,
               extra: dict[str, Any]) -> nn.Module:  # fmt: skip
-    offline = _offline()
-    kwargs = {**labels, **extra, **({"revision": revision} if revision else {})}
-    if offline:
-        kwargs["local_files_only"] = True
+    """A hub id: from the hub cache with no network call when it is there (tinykd.hub), else downloaded."""
+    from tinykd.hub import offline, source_kwargs
+
+    local = source_kwargs(name, f"hf:{name}", revision)
+    kwargs = {**labels, **extra, **local, **({"revision": revision} if revision else {})}
     try:
         model = _load_pretrained(auto, name, name, **kwargs)
     except OSError as exc:
-        if offline:
+        if local and offline():
             raise TinykdError(f"hf:{name} is not in the local Hugging Face cache and downloads are off "
                               "(TINYKD_OFFLINE or HF_HUB_OFFLINE); download it once with network access, or give a "
                               "local directory (hf:/path/to/model)") from None  # fmt: skip
@@ -304,11 +326,17 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, Any] | None:
     return {k: copies[id(v)] for k, v in state.items()}
 
 
-def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None = None) -> Path:
+def save_hf_directory(model: nn.Module, path: str | Path, tokenizer: Any | None = None,
+                      classes: list[str] | None = None) -> Path:  # fmt: skip
     """`save_pretrained` of the model (safetensors) and of the tokenizer if given: a normal Hugging Face
-    directory that `AutoModel...from_pretrained` and `AutoTokenizer.from_pretrained` read back."""
+    directory that `AutoModel...from_pretrained` and `AutoTokenizer.from_pretrained` read back. A classifier's
+    `classes` become its config's id2label and label2id (what a transformers pipeline prints)."""
     if not is_hf_model(model):
         raise TinykdError(f"{type(model).__name__} is not a Hugging Face model; save it as a tinykd checkpoint")
+    classifier = type(model).__name__.endswith("ForSequenceClassification")
+    if classes and classifier and model.config.num_labels == len(classes):
+        model.config.id2label = dict(enumerate(classes))
+        model.config.label2id = {name: i for i, name in enumerate(classes)}
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise TinykdError(f"{out} is a file; give a directory to save the Hugging Face model in")

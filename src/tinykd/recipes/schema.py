@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -78,6 +78,9 @@ class DataSpec(Section):
     text_column: str | None = Field(None, description="text: default the first of text, sentence, content, review")
     text_pair_column: str | None = Field(None, description="text: a second text per sample (sentence pairs)")
     label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None, min_length=1, description="text: the class names in id order (labels written as names map to them)"
+    )
     task: str = Field("classification", description="a registered task: classification, masked-lm, causal-lm, seq2seq")
     source_column: str | None = Field(None, description="seq2seq: the input texts; default as text_column's")
     target_column: str = Field("target", description="seq2seq: the texts the decoder learns to write")
@@ -92,6 +95,13 @@ class DataSpec(Section):
     text_augment: TextAugmentSpec | None = Field(
         None, description="classification: TinyBERT's word swaps in training batches (while augment is true)"
     )
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and (len(set(names)) != len(names) or not all(n.strip() for n in names)):
+            raise ValueError(f"label_names {names} must be distinct, non-empty class names in id order")
+        return names
 
 
 class LossTermSpec(BaseModel):
