@@ -13,7 +13,7 @@ XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
 # about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
 WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
-.PHONY: demo test test-main test-xla data browser pretrained lint bench bench-text clean
+.PHONY: demo test test-main test-xla fuzz data browser pretrained lint bench bench-text clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ PYTEST_XDIST   := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dis
 test-main: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest -q --durations=30 $(PYTEST_XDIST)
+
+# the property-based tests with ten times the examples of `make test` (hostile recipes, damaged run folders)
+fuzz: $(STAMP)
+	TINYKD_FUZZ=10 $(VENV)/bin/pytest -q tests/test_fuzz_recipes.py tests/test_resume.py -k "malformed or damaged"
 
 test-xla: $(XSTAMP)
 # the XLA tests stay in one process: they are bound by compilation, and two workers took 334 s against 202 s

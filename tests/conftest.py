@@ -26,6 +26,15 @@ if XDIST_WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
+# Property-based tests (hypothesis) try a bounded number of examples in `make test`; `make fuzz` sets TINYKD_FUZZ=10
+# and tries ten times as many (minutes more, the same tests).
+FUZZ = max(1, int(os.environ.get("TINYKD_FUZZ", "1") or "1"))
+
+
+def examples(count: int) -> int:
+    """How many examples a property-based test tries: `count`, times TINYKD_FUZZ."""
+    return count * FUZZ
+
 
 # Modules whose tests share module-scoped state (a trained model, a run folder that later tests read or extend):
 # under xdist each runs whole on one worker, in order (`--dist loadgroup`, see GroupedModules). Listed longest
@@ -96,6 +105,27 @@ def run_tinykd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
+
+
+def run_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`tinykd ARGS` in this process, from `cwd`, with its exit code and what it printed: run_tinykd's answer
+    without a new interpreter's start-up (about 7 s of imports a call). For what needs a process of its own (a
+    kill, a signal, several ranks), run_tinykd."""
+    import io
+
+    from tinykd.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_tinykd's processes: one thread, the same maths in every run
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["tinykd", *args], code, out.getvalue(), err.getvalue())
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

@@ -17,6 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from tinykd.cli import main
 
 BASE = {
@@ -74,7 +75,7 @@ def mutate(recipe: dict, op: str, path: tuple[str, ...], value: object) -> None:
         node[path[-1]] = [node[path[-1]]]  # wrong nesting
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                       HealthCheck.too_slow])  # fmt: skip
 @given(mutations=st.lists(mutation, min_size=1, max_size=3), command=st.sampled_from(["train", "distill"]))
 def test_malformed_recipes_never_crash(tmp_path: Path, mutations: list, command: str) -> None:

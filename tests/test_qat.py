@@ -245,14 +245,15 @@ def test_a_convolutional_student_is_prepared_by_pt2e_and_converts_to_what_it_tra
     with torch.no_grad():
         fake = graph(x)
         assert all(torch.equal(v, graph.state_dict()[k]) for k, v in scales.items())  # eval froze the observers
-        converted = convert_qat(graph, spec)(x)
+        conversion = convert_qat(graph, spec)
+        converted = conversion(x)
     # the converted graph folds BatchNorm into the weights before rounding them, as the fake quantizers did; an
     # activation that lies on a rounding boundary can round the other way (x / scale against x * (1 / scale)):
     # then one sample's logits move by about one activation step, never more than one sample in 64 here
     apart = (converted - fake).abs().amax(1)
     assert int((apart > 1e-6).sum()) <= 1 and float(apart.max()) < 1e-3, apart.max()
     bound = {"int4": 7, "int8": 127, "int8-reduced": 63}[weights]
-    codes = [t for k, t in convert_qat(graph, spec).state_dict().items() if t.dtype == torch.int8]
+    codes = [t for k, t in conversion.state_dict().items() if t.dtype == torch.int8]
     assert codes and max(int(t.abs().max()) for t in codes) == bound  # symmetric: [-7, 7], [-127, 127], [-63, 63]
 
 

@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tinykd
-from conftest import shared_folder
+from conftest import examples, shared_folder
 from tinykd.engine.state import capture_rng, complete_checkpoints, flatten_optimizer, restore_rng, unflatten_optimizer
 from tinykd.errors import TinykdError
 from tinykd.losses import LossTerm, register_loss
@@ -386,7 +386,7 @@ def _apply(run: Path, op: tuple) -> None:
             file.write_bytes(bytes(data))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])  # fmt: skip
 @given(ops=st.lists(damage, min_size=1, max_size=3))
 def test_damaged_run_folders_resume_or_fail_in_one_line(tiny_run: Path, tmp_path: Path, ops: list) -> None:

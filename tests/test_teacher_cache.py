@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tinykd
-from conftest import run_tinykd as cli
+from conftest import run_here as cli
 from tinykd.distill.cache import TeacherCache, _logits_from_topk, batch_key
 from tinykd.models.checkpoint import save_model
 

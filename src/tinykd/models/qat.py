@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -141,7 +143,8 @@ def convert_qat(model: nn.Module, spec: Any) -> nn.Module:
     if is_pt2e(model):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        converted = convert_pt2e(copy.deepcopy(model).cpu())
+        with _convolution_kinds_of(model):
+            converted = convert_pt2e(copy.deepcopy(model).cpu())
         _train_eval_freezes_observers(converted)
         return converted.eval()
     converted = copy.deepcopy(model).cpu().eval()
@@ -280,7 +283,11 @@ def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
     if not isinstance(example, torch.Tensor):
         raise TinykdError("quantize: a convolutional student is prepared from a batch of image tensors")
     quantizer = _quantizer(spec)
-    graph, example = _exported_and_prepared(model.cpu().eval(), example, lambda g: prepare_qat_pt2e(g, quantizer))
+    def prepare(exported: nn.Module) -> nn.Module:
+        with _convolution_kinds_of(exported):
+            return prepare_qat_pt2e(exported, quantizer)
+
+    graph, example = _exported_and_prepared(model.cpu().eval(), example, prepare)
     _train_eval_freezes_observers(graph)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
@@ -307,9 +314,41 @@ def post_training_pt2e(model: nn.Module, weights: str, calibration: torch.Tensor
     with torch.no_grad():
         for start in range(0, len(calibration), batch):
             graph(calibration[start : start + batch])
-    converted = convert_pt2e(graph)
+    with _convolution_kinds_of(graph):
+        converted = convert_pt2e(graph)
     _train_eval_freezes_observers(converted)
     return converted.eval()
+
+
+@contextmanager
+def _convolution_kinds_of(graph: nn.Module) -> Iterator[None]:
+    """While torchao prepares or converts `graph`: BatchNorm fused into (prepare) or folded into (convert) the
+    convolution kinds that `graph` holds, not all four. torchao tries conv1d, conv2d and their transposes alike,
+    tracing a dozen patterns per kind with torch.export (0.3-0.9 s each; 132 exports, 40-100 s, in every convert
+    of any student here); a kind the graph does not hold has nothing to match. The rewrite itself is torchao's."""
+    try:
+        from torchao.quantization.pt2e import qat_utils
+    except ImportError:
+        yield
+        return
+    held = {str(n.target).split(".")[1] for n in graph.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("aten.")}  # fmt: skip
+    originals = {name: getattr(qat_utils, name) for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
+                 if callable(getattr(qat_utils, name, None))}  # fmt: skip
+
+    def only_held(original: Any) -> Any:
+        def helper(m: Any, conv_fn: Any, *args: Any, **kwargs: Any) -> Any:
+            return original(m, conv_fn, *args, **kwargs) if getattr(conv_fn, "__name__", "") in held else m
+
+        return helper
+
+    for name, original in originals.items():
+        setattr(qat_utils, name, only_held(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(qat_utils, name, original)
 
 
 def plain_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
