@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-# Under pytest-xdist (`make test` runs `pytest -n 2`) the workers share the cores: one torch thread each, here and
-# in every process a test starts (OMP_NUM_THREADS, inherited); alone, a run uses up to two.
+# One torch thread, here and in every process a test starts (OMP_NUM_THREADS, inherited): under pytest-xdist
+# (`make test` runs `pytest -n 2`) the workers share the cores, and a run made in this process (run_here) computes
+# bit for bit what one made in a new process does (a process that has computed with two threads once does not).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-THREADS = 1 if XDIST_WORKER else min(2, os.cpu_count() or 1)
+THREADS = 1
 torch.set_num_threads(THREADS)
-if XDIST_WORKER:
-    os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
 # Property-based tests (hypothesis) try a bounded number of examples in `make test`; `make fuzz` sets TINYKD_FUZZ=10

@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tinykd
-from conftest import examples, shared_folder
+from conftest import examples, run_here, shared_folder
 from tinykd.engine.state import capture_rng, complete_checkpoints, flatten_optimizer, restore_rng, unflatten_optimizer
 from tinykd.errors import TinykdError
 from tinykd.losses import LossTerm, register_loss
@@ -75,8 +75,11 @@ def _env() -> dict[str, str]:
 
 
 def tinykd_cli(*args: str, kill: str | None = None, cwd: Path) -> subprocess.CompletedProcess:
-    prefix = [sys.executable, str(WORKER), kill, "--"] if kill else [sys.executable, "-m", "tinykd"]
-    return subprocess.run([*prefix, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    """`tinykd ARGS`: in a process of its own, killed at `kill` (tests/kill_worker.py), or else in this one."""
+    if not kill:
+        return run_here(*args, cwd=cwd)
+    command = [sys.executable, str(WORKER), kill, "--", *args]
+    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
