@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,13 +169,14 @@ def tinykd_env(fake_fmnist: Path) -> dict[str, str]:
 
 
 @pytest.fixture()
-def cli(tinykd_env: dict[str, str], tmp_path: Path):
-    """Run `python -m tinykd ARGS` in tmp_path; returns the CompletedProcess."""
-    import subprocess
+def cli(fake_fmnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`tinykd ARGS` in tmp_path on the fake data, offline, in this process (run_here); returns the
+    CompletedProcess."""
+    monkeypatch.setenv("TINYKD_DATA", str(fake_fmnist))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     def call(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=tmp_path, env=tinykd_env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        proc = run_here(*args, cwd=tmp_path)
         if check and proc.returncode != 0:
             raise AssertionError(f"tinykd {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc

