@@ -226,18 +226,26 @@ def prune(
 @app.command()
 def shrink(
     source: Annotated[str, typer.Argument(help="A Hugging Face directory, or a tinykd run or checkpoint of one.")],
-    layers: Annotated[str, typer.Option(help="Teacher layers to keep: every-other, or numbers like 0,2,4.")] = (
+    layers: Annotated[str, typer.Option(help="Teacher layers to keep: every-other, all, or numbers like 0,2,4.")] = (
         "every-other"
     ),
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: SOURCE-shrunk).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    vocabulary: Annotated[Path | None, typer.Option(help="Keep only the tokens these texts use.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="The texts' column (default: text, sentence, ...).")] = None,
+    min_count: Annotated[int, typer.Option(help="With --vocabulary: keep tokens used this often.")] = 1,
 ) -> None:
-    """A transformer student that keeps some of its teacher's layers (DistilBERT-style), as a Hugging Face directory."""
+    """A transformer student that keeps some of its teacher's layers (DistilBERT-style) and, with --vocabulary,
+    only the tokens a corpus uses (model and tokenizer), as a Hugging Face directory."""
     from tinykd.compress.shrink import shrink_command
 
-    report = shrink_command(source, layers, out, overwrite)
+    report = shrink_command(source, layers, out, overwrite, vocabulary, text_column, min_count)
     print(f"wrote {report['out']}: layers {report['layers']} of {source}, {report['params_teacher']:,} -> "
           f"{report['params_student']:,} parameters{'' if report['tokenizer'] else ' (no tokenizer found to copy)'}")
+    if "vocabulary" in report:
+        v = report["vocabulary"]
+        print(f"vocabulary: {v['tokens_before']:,} -> {v['tokens_after']:,} tokens (those {v['rows']:,} texts of "
+              f"{v['texts']} use at least {v['min_count']} times, and the special ones)")
 
 
 @app.command()
