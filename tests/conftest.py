@@ -21,14 +21,10 @@ import torch
 # One torch thread, here and in every process a test starts (OMP_NUM_THREADS, inherited): under pytest-xdist
 # (`make test` runs `pytest -n 2`) the workers share the cores, and a run made in this process (run_here) computes
 # bit for bit what one made in a new process does (a process that has computed with two threads once does not).
-# The XLA tests run alone in their own environment and are bound by compilation: they keep two threads (one
-# thread took them from 202 s to 428 s).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-XLA_ALONE = __import__("importlib").util.find_spec("torch_xla") is not None and not XDIST_WORKER
-THREADS = min(2, os.cpu_count() or 1) if XLA_ALONE else 1
+THREADS = 1
 torch.set_num_threads(THREADS)
-if not XLA_ALONE:
-    os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["TINYKD_OFFLINE"] = "1"  # tests never use the network
 ROOT = Path(__file__).resolve().parents[1]
 # Property-based tests (hypothesis) try a bounded number of examples in `make test`; `make fuzz` sets TINYKD_FUZZ=10
