@@ -27,24 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from text_kd import run_once  # bench/: a finished run folder is read, not trained again
 from tinykd.compress.quantize import quantize_model
 from tinykd.recipes import load_recipe
-from tinykd.run import run
 
 ROWS = {  # row: (recipe, mode, needs the teacher of its seed)
     "teacher": ("sst2-minilm-teacher", "train", False),
     "shrink": ("sst2-minilm-shrink", "train", True),
     "distil": ("sst2-minilm-distil", "distill", True),
 }
-
-
-def run_once(recipe: Any, folder: Path, mode: str) -> dict[str, Any]:
-    """A run's report; a folder that holds a finished run is read instead."""
-    report = folder / "report.json"
-    if report.is_file():
-        print(f"reusing {folder}", file=sys.stderr)
-        return json.loads(report.read_text())
-    return run(recipe, folder, mode=mode).metrics
 
 
 def trained_row(metrics: dict[str, Any]) -> dict[str, Any]:
