@@ -98,8 +98,8 @@ class Assembly:
             meta.qat = "pt2e"
         if is_hf_model(student):  # rebuilt from its own config (a layer-copied student has no name of its own)
             meta.model, meta.kwargs = hf_checkpoint_spec(student, data.task.name)
-        if data.is_text:
-            meta.tokenizer, meta.task, meta.max_length = "tokenizer", data.task.name, data.max_length
+        for key, value in data.checkpoint_fields().items():
+            setattr(meta, key, value)
         return meta
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tinykd.data import DataBundle, WithIndex, build_datasets, make_loader
-from tinykd.data.datasets import is_text_dataset
+from tinykd.data.datasets import check_text_settings, is_text_dataset
 from tinykd.data.text import TextOptions
 from tinykd.data.text_augment import TextAugmentOptions
 from tinykd.distill import Distiller
@@ -46,11 +46,7 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
     task = get_task(d.task)
     augment = d.augment if augment is None else augment
     text = None
-    if d.text_augment is not None and not is_text_dataset(d.name):
-        raise TinykdError(f"data.text_augment swaps words of texts; data.name {d.name} is images: remove it")
-    if d.label_names is not None and not is_text_dataset(d.name):
-        raise TinykdError(f"data.label_names names the classes of text labels; data.name {d.name} is images (its "
-                          "classes come with it, or from imagefolder's folder names): remove it")  # fmt: skip
+    check_text_settings(d.name, text_augment=d.text_augment, label_names=d.label_names)
     if is_text_dataset(d.name):
         text = TextOptions(train=d.train, test=d.test, text_column=d.text_column, text_pair_column=d.text_pair_column,
                            label_column=d.label_column, label_names=d.label_names, task=task, max_length=d.max_length,

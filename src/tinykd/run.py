@@ -186,8 +186,7 @@ def run_metrics(parts: Assembly, fit: FitResult, rows: list[dict[str, Any]], sec
         metrics["teacher_cache"] = {"folder": str(cache.folder), "batches_read": cache.served,
                                     "batches_computed": cache.computed, "bytes": cache.size_bytes(),
                                     "format": cache.format}  # fmt: skip
-    if data.is_text:
-        metrics["sequence_length"] = recipe.measure.sequence_length
+    metrics.update(data.report_fields(recipe.measure.sequence_length))
     if data.classes:
         metrics["classes"] = list(data.classes)
     return metrics

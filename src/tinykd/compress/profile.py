@@ -24,6 +24,7 @@ from tinykd.compress.predictors import (
     open_predictor,
 )
 from tinykd.compress.source import example_input
+from tinykd.data.inputs import is_token_inputs
 from tinykd.errors import TinykdError
 from tinykd.measure import timing_input
 
@@ -59,7 +60,7 @@ def _examples(predictor: Predictor, source: str | Path, shape: tuple[int, int, i
     suffix = "" if isinstance(predictor, OnnxPredictor) else " (seq {})"
     if isinstance(predictor, OnnxPredictor):
         names = tuple(onnx_inputs(predictor.path))
-        vocab, longest = (100, max(lengths)) if "input_ids" in names else (None, None)
+        vocab, longest = (100, max(lengths)) if is_token_inputs(names) else (None, None)
     else:
         config = getattr(predictor.model, "config", None)
         vocab, names = getattr(config, "vocab_size", None), ("input_ids", "attention_mask")

@@ -39,6 +39,17 @@ class DataBundle:
         """What the samples are called in messages."""
         return "texts" if self.is_text else "images"
 
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """What a checkpoint records of its data to be read back alone: a text model's tokenizer folder (in the
+        run folder), task and sequence length; nothing for images (their classes and shape are recorded anyway)."""
+        if not self.is_text:
+            return {}
+        return {"tokenizer": "tokenizer", "task": self.task.name, "max_length": self.max_length}
+
+    def report_fields(self, sequence_length: int) -> dict[str, Any]:
+        """What a report states of the inputs it timed: the tokens per sequence for text, nothing for images."""
+        return {"sequence_length": sequence_length} if self.is_text else {}
+
     def save_tokenizer(self, run_dir: Path) -> None:
         """Keep the tokenizer in `run_dir/tokenizer` (texts; once): the run's checkpoints name it."""
         if self.is_text and not (run_dir / "tokenizer").is_dir():

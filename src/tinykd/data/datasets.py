@@ -41,6 +41,21 @@ def is_text_dataset(name: str) -> bool:
     return name in TEXT_DATASETS or name.startswith("hf:")
 
 
+TEXT_ONLY = {  # settings that mean something for texts only: what each does, for the error an image run gets
+    "text_augment": "swaps words of texts",
+    "label_names": "names the classes of text labels (images' come with the dataset, or from imagefolder's folders)",
+}
+
+
+def check_text_settings(name: str, **settings: Any) -> None:
+    """Text-only data settings (`TEXT_ONLY`) given for an image dataset: one line naming the first."""
+    if is_text_dataset(name):
+        return
+    for key, value in settings.items():
+        if value is not None:
+            raise TinykdError(f"data.{key} {TEXT_ONLY[key]}; data.name {name} is images: remove it")
+
+
 @dataclass
 class RawSplits:
     """What a builder returns: a training set (with and without augmentation) and a test set."""

@@ -63,5 +63,6 @@ def describe_inputs(inputs: Any) -> str:
 
 
 def is_token_inputs(inputs: Any) -> bool:
-    """Whether `inputs` are a tokenizer's (a mapping with `input_ids`) rather than images."""
-    return isinstance(inputs, Mapping) and "input_ids" in inputs
+    """Whether `inputs` (a batch, or the names of an exported model's inputs) are a tokenizer's (`input_ids`)
+    rather than images."""
+    return isinstance(inputs, Mapping | list | tuple) and "input_ids" in inputs
