@@ -81,7 +81,7 @@ def main() -> None:
             t0 = time.perf_counter()
             metrics = run_once(load_recipe(recipe_name, [f"seed={seed}", *budget, *extra]), folder, mode)
             trained = trained_row(metrics)
-            results[row].append({"seed": seed, "accuracy": trained["test_accuracy"], "params": trained["params"],
+            results[row].append({"seed": seed, "accuracy": trained["test_accuracy"], "params": trained.get("params"),
                                  "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
             folders.setdefault(row, folder)
             print(f"seed {seed} {row}: SST-2 dev {trained['test_accuracy']:.2%}", file=sys.stderr)
@@ -105,7 +105,8 @@ def main() -> None:
         share = f"{mean / teacher_mean:.1%}" if teacher_mean else "-"
         fp32, int8 = edge.get(row, ({}, {}))
         speed = f" ({teacher_fp32 / int8['latency_ms_p50']:.1f}x)" if teacher_fp32 and int8 else ""
-        lines.append(f"| {row} | {100 * mean:.2f}% ({100 * std:.2f}) | {share} | {runs[0]['params'] / 1e6:.2f}M | "
+        params = fp32.get("params") or runs[0]["params"] or 0  # the runs measure nothing (measure.enabled=false)
+        lines.append(f"| {row} | {100 * mean:.2f}% ({100 * std:.2f}) | {share} | {params / 1e6:.2f}M | "
                      f"{fp32.get('size_bytes', 0) / 2**20:.1f} MiB | {int8.get('size_bytes', 0) / 2**20:.1f} MiB | "
                      f"{fp32.get('latency_ms_p50', 0):.2f} ms | {int8.get('latency_ms_p50', 0):.2f} ms{speed} | "
                      f"{100 * int8.get('test_accuracy', 0):.2f}% |")  # fmt: skip
