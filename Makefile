@@ -18,16 +18,17 @@ WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,all]"
+	$(PY) -m pip install --quiet --no-cache-dir $(TORCH)
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[dev,all]"
 	touch $(STAMP)
 
-$(XSTAMP): pyproject.toml
+# after the main environment (order-only): both unpacking at once filled CI's disk (Errno 28), one after the other fits
+$(XSTAMP): pyproject.toml | $(STAMP)
 	test -x $(XVENV)/bin/python || $(PYTHON) -m venv $(XVENV)
 	$(XVENV)/bin/python -m pip install --quiet --upgrade pip
 	mkdir -p $(WHEELS)
-	$(XVENV)/bin/python -m pip install --quiet --find-links $(WHEELS) $(XTORCH)
-	$(XVENV)/bin/python -m pip install --quiet -e ".[dev,edge,text]"
+	$(XVENV)/bin/python -m pip install --quiet --no-cache-dir --find-links $(WHEELS) $(XTORCH)
+	$(XVENV)/bin/python -m pip install --quiet --no-cache-dir -e ".[dev,edge,text]"
 	PJRT_DEVICE=CPU $(XVENV)/bin/python -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0')"
 	touch $(XSTAMP)
 
@@ -55,7 +56,8 @@ pretrained: $(STAMP)
 demo: $(STAMP) data
 	$(VENV)/bin/tinykd demo
 
-# the XLA environment (4.5 GB of wheels to unpack, mostly disk) is built while the main suite runs
+# the XLA environment (4.5 GB of wheels to unpack, mostly disk) is built while the main suite runs; no pip cache
+# (--no-cache-dir): a second copy of every downloaded wheel is disk CI does not have
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-main $(XSTAMP)
 	$(MAKE) --no-print-directory test-xla
