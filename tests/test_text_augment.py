@@ -20,6 +20,7 @@ from test_text_data import make_rows, one_line_error, text_options, write
 from tinykd.data import build_datasets, train_wordpiece
 from tinykd.data import text_augment as augment_module
 from tinykd.data.text_augment import TextAugmentOptions, WordSwaps, find_candidates, swappable, token_kinds
+from tinykd.errors import TinykdError
 from tinykd.pipeline import masked_lm
 
 
@@ -189,3 +190,40 @@ def test_a_recipe_with_text_augment_on_images_is_one_line() -> None:
     recipe = load_recipe("fmnist-distill", ["data.text_augment.model=x"])
     with pytest.raises(TinykdError, match="text_augment swaps words of texts; data.name fashion-mnist is images"):
         build_data(recipe)
+
+
+def test_embedding_candidates_are_each_words_nearest_other_words_of_the_texts(mlm_dir: Path, tmp_path: Path) -> None:
+    """`candidates: embeddings` (a teacher without a masked-LM head): the nearest words by cosine in its input
+    embeddings, the same for a word wherever it stands, and read through the pipeline from the model's folder."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from tinykd.data.text_augment import nearest_words
+    from tinykd.pipeline import embedding_model
+
+    tokenizer, model = AutoTokenizer.from_pretrained(mlm_dir), AutoModelForMaskedLM.from_pretrained(mlm_dir)
+    ids = tokenizer(TEXTS[:40])["input_ids"]
+    flat = np.array([i for row in ids for i in row], dtype=np.int32)
+    offsets = np.cumsum([0, *map(len, ids)])
+    table = model.get_input_embeddings().weight
+    row_of, choices = nearest_words(table, flat, offsets, tokenizer, top_k=4, chunk=7)
+    words = sorted({int(flat[p]) for p in np.flatnonzero(row_of.numpy() >= 0)})
+    assert len(choices) == len(words) and choices.shape[1] == 4
+    unit = torch.nn.functional.normalize(table.detach()[words], dim=1)
+    for p in np.flatnonzero(row_of.numpy() >= 0)[:25]:  # by hand: cosine against the other words of the texts
+        token = int(flat[p])
+        similar = unit @ unit[words.index(token)]
+        similar[words.index(token)] = float("-inf")
+        assert choices[row_of[p]].tolist() == [words[i] for i in similar.topk(4).indices.tolist()]
+    same = [p for p in range(len(flat)) if row_of[p] >= 0 and flat[p] == flat[np.flatnonzero(row_of.numpy() >= 0)[0]]]
+    assert len({int(row_of[p]) for p in same}) == 1  # one row per distinct word
+    loaded, _, digest = embedding_model(str(mlm_dir), tokenizer)
+    assert loaded.get_input_embeddings().weight.shape[0] == len(tokenizer) and len(digest) > 8
+    train = bundle(tmp_path, mlm_dir, candidates="embeddings", top_k=4).train.dataset
+    assert train.swaps is not None and train.swaps.choices.shape[1] == 4
+    small = tmp_path / "small"
+    from transformers import BertConfig, BertForSequenceClassification
+
+    BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                             intermediate_size=8)).save_pretrained(small)  # fmt: skip
+    with pytest.raises(TinykdError, match="has no input embeddings for the data's"):
+        embedding_model(str(small), tokenizer)

@@ -99,3 +99,51 @@ def test_what_cannot_be_pruned_is_one_line(tokenizer: object) -> None:
         prune_vocabulary(model, tokenizer, [tokenizer.pad_token_id, tokenizer.cls_token_id])
     with pytest.raises(TinykdError, match="has no `tokenizers` backend"):
         prune_vocabulary(model, SimpleNamespace(), [0])
+
+
+def test_a_narrower_student_is_a_selection_of_the_teachers_weights(tokenizer: object, tmp_path: Path) -> None:
+    """Weight selection: every tensor the teacher's at evenly spaced indices (the same ones for the same width
+    everywhere), position tables cut to their first rows; and `tinykd shrink --hidden-size` writes it with the
+    vocabulary pruned in the same step."""
+    from tinykd.models.hf import save_hf_directory
+    from tinykd.models.narrow import evenly_spaced, narrower
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48, max_position_embeddings=32,
+                                     num_labels=2)  # fmt: skip
+    teacher = transformers.BertForSequenceClassification(config).eval()
+    small = narrower(teacher, hidden_size=12, intermediate_size=16, positions=20)
+    assert (small.config.hidden_size, small.config.num_attention_heads) == (12, 2)  # 6 per head, as the teacher
+    h, f = evenly_spaced(24, 12), evenly_spaced(48, 16)
+    assert h.tolist() == sorted(set(h.tolist())) and h[0] == 0 and h[-1] == 23
+    state, wide = small.state_dict(), teacher.state_dict()
+    torch.testing.assert_close(state["bert.embeddings.word_embeddings.weight"],
+                               wide["bert.embeddings.word_embeddings.weight"][:, h])  # fmt: skip
+    torch.testing.assert_close(state["bert.embeddings.position_embeddings.weight"],
+                               wide["bert.embeddings.position_embeddings.weight"][:20][:, h])  # fmt: skip
+    key = "bert.encoder.layer.1.intermediate.dense.weight"
+    torch.testing.assert_close(state[key], wide[key][f][:, h])
+    key = "bert.encoder.layer.0.output.dense.weight"
+    torch.testing.assert_close(state[key], wide[key][h][:, f])
+    torch.testing.assert_close(state["classifier.weight"], wide["classifier.weight"][:, h])
+    batch = tokenizer(CORPUS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert small(**batch).logits.shape == (len(CORPUS), 2)
+    for widths, wanted in (({"hidden_size": 48}, "wider than the teacher's 24"),
+                           ({"hidden_size": 12, "heads": 5}, "not a multiple of --heads 5"),
+                           ({"positions": 64}, "the teacher has 32 positions")):  # fmt: skip
+        with pytest.raises(TinykdError, match=wanted):
+            narrower(teacher, **widths)
+    save_hf_directory(teacher, tmp_path / "teacher", tokenizer)
+    (tmp_path / "texts.csv").write_text("sentence,label\n" + "".join(f'"{t}",1\n' for t in CORPUS))
+    done = run_here("shrink", "teacher", "--layers", "1", "--vocabulary", "texts.csv", "--hidden-size", "12",
+                    "--intermediate-size", "16", "--out", "tiny", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "narrower, by weight selection: hidden_size 12, intermediate_size 16" in done.stdout
+    tiny = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny")
+    assert (tiny.config.hidden_size, tiny.config.num_hidden_layers) == (12, 1)
+    assert tiny.config.vocab_size == len(transformers.AutoTokenizer.from_pretrained(tmp_path / "tiny")) < len(tokenizer)
+    refused = run_here("shrink", "teacher", "--hidden-size", "0", "--out", "x", cwd=tmp_path)
+    assert refused.returncode == 2 and "widths must be 1 or more" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1

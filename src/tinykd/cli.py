@@ -234,14 +234,23 @@ def shrink(
     vocabulary: Annotated[Path | None, typer.Option(help="Keep only the tokens these texts use.")] = None,
     text_column: Annotated[str | None, typer.Option(help="The texts' column (default: text, sentence, ...).")] = None,
     min_count: Annotated[int, typer.Option(help="With --vocabulary: keep tokens used this often.")] = 1,
+    hidden_size: Annotated[int | None, typer.Option(help="Narrower: this width, by weight selection.")] = None,
+    intermediate_size: Annotated[int | None, typer.Option(help="Narrower: this feed-forward width.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads (default: the teacher's size per head).")] = None,
+    positions: Annotated[int | None, typer.Option(help="Keep the first this many position embeddings.")] = None,
 ) -> None:
-    """A transformer student that keeps some of its teacher's layers (DistilBERT-style) and, with --vocabulary,
-    only the tokens a corpus uses (model and tokenizer), as a Hugging Face directory."""
+    """A transformer student that keeps some of its teacher's layers (DistilBERT-style), with --vocabulary only
+    the tokens a corpus uses (model and tokenizer), and with --hidden-size and the other widths narrower (its
+    tensors selected from the teacher's), as a Hugging Face directory."""
     from tinykd.compress.shrink import shrink_command
 
-    report = shrink_command(source, layers, out, overwrite, vocabulary, text_column, min_count)
+    widths = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "heads": heads,
+              "positions": positions}  # fmt: skip
+    report = shrink_command(source, layers, out, overwrite, vocabulary, text_column, min_count, widths)
     print(f"wrote {report['out']}: layers {report['layers']} of {source}, {report['params_teacher']:,} -> "
           f"{report['params_student']:,} parameters{'' if report['tokenizer'] else ' (no tokenizer found to copy)'}")
+    if "widths" in report:
+        print("narrower, by weight selection: " + ", ".join(f"{k} {v}" for k, v in report["widths"].items()))
     if "vocabulary" in report:
         v = report["vocabulary"]
         print(f"vocabulary: {v['tokens_before']:,} -> {v['tokens_after']:,} tokens (those {v['rows']:,} texts of "

@@ -61,15 +61,34 @@ def build_data(recipe: Recipe, augment: bool | None = None, static_shapes: bool 
 
 
 def text_augment(recipe: Recipe) -> TextAugmentOptions | None:
-    """`data.text_augment` as the data builders take it (None: no word swaps), with the loader of its masked LM."""
+    """`data.text_augment` as the data builders take it (None: no word swaps), with the loader of the model that
+    proposes the swaps (a masked LM, or any model for its input embeddings)."""
     spec = recipe.data.text_augment
-    return None if spec is None else TextAugmentOptions(**spec.model_dump(), masked_lm=partial(masked_lm, spec.model))
+    if spec is None:
+        return None
+    loader = masked_lm if spec.candidates == "masked-lm" else embedding_model
+    return TextAugmentOptions(**spec.model_dump(), masked_lm=partial(loader, spec.model))
 
 
 def masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
     """The masked LM that proposes TinyBERT's word swaps, its name, and a digest of its weights."""
     model, name = load_masked_lm(spec, tokenizer)
     return model, name, weights_digest(model)
+
+
+def embedding_model(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
+    """The model whose input embeddings propose word swaps (candidates: embeddings): any model with the data's
+    vocabulary, such as the teacher; its name and a digest of its weights."""
+    from tinykd.loading import load_model
+
+    model = load_model(spec, purpose="read for data.text_augment's word embeddings").model
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if table is None or table.weight.shape[0] < len(tokenizer):
+        rows = "none" if table is None else f"{table.weight.shape[0]} rows"
+        raise TinykdError(f"data.text_augment.model {spec} has no input embeddings for the data's "
+                          f"{len(tokenizer)} tokens ({rows}); give a model that uses the data's tokenizer, such as "
+                          "the teacher")  # fmt: skip
+    return model, spec, weights_digest(model)
 
 
 def text_tokenizer(recipe: Recipe) -> str | None:

@@ -5,7 +5,10 @@ The student keeps the teacher's embeddings, the chosen layers (default every oth
 tensor for tensor, so that distillation starts from what the teacher knows rather than from random weights.
 With `vocabulary` (a csv, tsv, jsonl or parquet file of texts), only the embedding rows of the tokens those texts
 use are kept, and the tokenizer written beside the model has only those tokens: it tokenizes the corpus as the
-teacher's did. The result is a normal Hugging Face directory (model and tokenizer) that `from_pretrained` reads,
+teacher's did. With widths (`--hidden-size`, `--intermediate-size`, `--heads`,
+`--positions`), the student is also narrower, its tensors selected from the teacher's (weight selection,
+`models/narrow.py`), for students too small to keep the teacher's width. The result is a normal Hugging Face
+directory (model and tokenizer) that `from_pretrained` reads,
 and that a recipe names as `student: {name: "hf:DIR"}` (or `teacher:`); `student.init_from_teacher` does the
 layer part inside a run.
 """
@@ -22,9 +25,10 @@ from tinykd.measure import count_params
 
 def shrink_command(source: str | Path, layers: str = "every-other", out: str | Path | None = None,
                    overwrite: bool = False, vocabulary: str | Path | None = None, text_column: str | None = None,
-                   min_count: int = 1) -> dict[str, Any]:  # fmt: skip
+                   min_count: int = 1, widths: dict[str, int | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write a student that keeps `layers` ("every-other", "all" or "0,2,4") of the teacher at `source` into `out`,
-    and (with `vocabulary`, a file of texts) only the tokens those texts use, `min_count` times at least."""
+    (with `vocabulary`, a file of texts) only the tokens those texts use, `min_count` times at least, and (with
+    `widths`: hidden_size, intermediate_size, heads, positions) narrower, by weight selection (models/narrow.py)."""
     from tinykd.models.hf import is_hf_model, save_hf_directory, student_from_teacher
 
     chosen: Any = layers
@@ -48,6 +52,14 @@ def shrink_command(source: str | Path, layers: str = "every-other", out: str | P
     report: dict[str, Any] = {}
     if vocabulary is not None:
         student, tokenizer, report = _pruned(student, tokenizer, Path(vocabulary), text_column, min_count)
+    widths = {k: v for k, v in (widths or {}).items() if v is not None}
+    if widths:
+        from tinykd.models.narrow import narrower
+
+        if any(v < 1 for v in widths.values()):
+            raise TinykdError(f"widths must be 1 or more: {widths}")
+        student = narrower(student, **widths)
+        report["widths"] = widths
     save_hf_directory(student, target, tokenizer)
     return {"source": str(source), "out": str(target), "layers": chosen, "params_teacher": count_params(teacher),
             "params_student": count_params(student), "tokenizer": tokenizer is not None, **report}  # fmt: skip

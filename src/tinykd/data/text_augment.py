@@ -6,6 +6,10 @@ of its candidates with probability p (0.4). The student then learns from the tea
 labels never covered. A swap can change a sentence's meaning, so its label may no longer hold: train on
 augmented text with teacher terms (`kd`, hidden states), and give `ce` little or no weight.
 
+TinyBERT takes a multi-piece word's candidates from GloVe's nearest neighbours instead; `candidates: embeddings`
+takes every word's from its nearest neighbours in a model's own input embeddings (cosine), for teachers that have
+no masked-LM head (a sentence encoder, a classifier fine-tuned from one).
+
 Here the candidates are found once per training set and masked LM (and kept in a file named by their digests), and
 the swaps are drawn at batch time from a generator seeded by (seed, batch indices), as image augmentation is: each
 epoch sees new sentences, the validation split sees the originals, and a teacher cache keyed on the data stays
@@ -36,10 +40,11 @@ class TextAugmentOptions:
     """What the recipe's `data.text_augment` says (TinyBERT's defaults: K = 15, p = 0.4, one original in 21)."""
 
     model: str  # a masked LM sharing the data's tokenizer: a Hugging Face directory, a tinykd run folder, a hub id
+    candidates: str = "masked-lm"  # or "embeddings": the nearest words in the model's input embeddings
     top_k: int = 15
     word_prob: float = 0.4
     keep_original: float = 0.05
-    # tokenizer -> (the masked LM, its name, a digest of its weights): models are built a layer above the data
+    # tokenizer -> (the model, its name, a digest of its weights): models are built a layer above the data
     masked_lm: Callable[[Any], tuple[nn.Module, str, str]] | None = field(default=None, compare=False, repr=False)
 
 
@@ -166,6 +171,35 @@ def find_candidates(model: nn.Module, ids: np.ndarray, offsets: np.ndarray, type
     return row_of, found[kept]
 
 
+@torch.no_grad()
+def nearest_words(table: torch.Tensor, ids: np.ndarray, offsets: np.ndarray, tokenizer: Any, top_k: int,
+                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(row_of, choices) as `find_candidates` gives them, from the words nearest each word in the embedding `table`
+    (cosine similarity): the candidates of a word do not depend on its sentence, so there is one row per distinct
+    swappable word. As there, a candidate must stand as a whole word somewhere in these texts."""
+    word, continues = token_kinds(tokenizer)
+    positions = swappable(ids, offsets, word, continues)
+    row_of = torch.full((len(ids),), -1, dtype=torch.int64)
+    if not len(positions):
+        return row_of, torch.zeros((0, top_k), dtype=torch.int64)
+    whole = torch.from_numpy(np.unique(ids[positions]).astype(np.int64))
+    vectors = torch.nn.functional.normalize(table.detach().float()[whole], dim=1)
+    k = min(top_k, len(whole) - 1)
+    if k < 1:  # one distinct word: nothing to swap it for
+        return row_of, torch.zeros((0, top_k), dtype=torch.int64)
+    choices = torch.empty((len(whole), top_k), dtype=torch.int64)
+    for start in range(0, len(whole), chunk):
+        similar = vectors[start: start + chunk] @ vectors.T
+        here = torch.arange(similar.shape[0])
+        similar[here, here + start] = float("-inf")  # never the word itself
+        best = similar.topk(k, dim=1).indices
+        if k < top_k:
+            best = torch.cat([best, best[:, :1].expand(-1, top_k - k)], dim=1)
+        choices[start: start + len(best)] = whole[best]
+    row_of[torch.from_numpy(positions)] = torch.searchsorted(whole, torch.from_numpy(ids[positions]).long())
+    return row_of, choices
+
+
 def _masked_logits(model: nn.Module, inputs: dict[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
     """The masked LM's logits at one position per row. The head runs on that position only (a hook keeps it from
     the encoder's output: Hugging Face masked LMs apply their head to `base_model`'s first output); a model whose
@@ -200,7 +234,7 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
 
     from tinykd.data.loader import tensor_digest
 
-    if tokenizer.mask_token_id is None:
+    if options.candidates == "masked-lm" and tokenizer.mask_token_id is None:
         raise TinykdError(f"data.text_augment masks each word for a masked LM to guess, but the data's tokenizer "
                           f"({type(tokenizer).__name__}) has no mask token; use a BERT-style tokenizer and masked "
                           "LM")  # fmt: skip
@@ -208,7 +242,8 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
         raise TinykdError("data.text_augment: no masked LM loader was given (the pipeline gives one)")
     model, name, weights = options.masked_lm(tokenizer)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    digest = tensor_digest(CANDIDATES_FILE_VERSION, ids, offsets, type_ids, options.top_k, weights, vocab)
+    digest = tensor_digest(CANDIDATES_FILE_VERSION, ids, offsets, type_ids, options.top_k, weights, vocab,
+                           options.candidates)  # fmt: skip
     file = cache_dir / f"{digest[:32]}.safetensors"
     try:
         tensors = load_file(str(file)) if file.is_file() else None
@@ -220,7 +255,11 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
         began = time.perf_counter()
         print(f"tinykd: data.text_augment: finding {options.top_k} swaps per word of {len(offsets) - 1} texts with "
               f"{name} (once; kept in {cache_dir})", flush=True)  # fmt: skip
-        row_of, choices = find_candidates(model, ids, offsets, type_ids, tokenizer, options.top_k)
+        if options.candidates == "embeddings":
+            table = model.get_input_embeddings().weight
+            row_of, choices = nearest_words(table, ids, offsets, tokenizer, options.top_k)
+        else:
+            row_of, choices = find_candidates(model, ids, offsets, type_ids, tokenizer, options.top_k)
         print(f"tinykd: data.text_augment: {len(choices)} swappable words in {time.perf_counter() - began:.0f} s",
               flush=True)  # fmt: skip
         cache_dir.mkdir(parents=True, exist_ok=True)

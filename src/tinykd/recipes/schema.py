@@ -49,7 +49,13 @@ class TextAugmentSpec(Section):
     """TinyBERT's augmentation: in training batches, words swapped for a masked LM's guesses (data/text_augment.py)."""
 
     model: str = Field(min_length=1, description="a masked LM with the data's tokenizer: a Hugging Face directory, "
-                       "a tinykd masked-lm run folder, or a hub id")
+                       "a tinykd masked-lm run folder, or a hub id; with candidates: embeddings, any model with "
+                       "the data's tokenizer (the teacher)")
+    candidates: Literal["masked-lm", "embeddings"] = Field(
+        "masked-lm", description="masked-lm: the model's guesses for each masked word in its sentence (TinyBERT); "
+        "embeddings: the words nearest in the model's input embeddings (TinyBERT's GloVe route, for a teacher "
+        "without a masked-LM head)"
+    )  # fmt: skip
     top_k: int = Field(15, ge=1, le=1000, description="candidates per word: the masked LM's best guesses")
     word_prob: float = Field(0.4, ge=0, le=1, description="chance that a word is swapped")
     keep_original: float = Field(0.05, ge=0, le=1, description="chance that a text is left as it is (TinyBERT: "
