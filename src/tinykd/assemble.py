@@ -19,6 +19,7 @@ from tinykd.distill import Distiller
 from tinykd.distill.cache import TeacherCache
 from tinykd.engine import Engine
 from tinykd.engine.runtime import resolve_precision
+from tinykd.errors import TinykdError
 from tinykd.measure import timing_input
 from tinykd.models.checkpoint import CheckpointMeta
 from tinykd.models.hf import hf_checkpoint_spec, is_hf_model
@@ -117,9 +118,29 @@ def assemble(recipe: Recipe, *, join: bool = True, student: StudentBuilder | Non
         print(f"tinykd: data.bad_images=skip: left out {len(data.skipped)} unreadable file(s): {shown}")
     teacher = build_teacher(recipe, data, for_init=student is None)
     model = (student or build_student)(recipe, data, teacher)
+    check_positions(recipe, {"teacher": teacher, "student" if recipe.student is not None else "model": model})
     if not needs_teacher(recipe):
         teacher = None  # it was loaded only to start the student from its layers
     parts = Assembly(recipe, engine, data, data.task, teacher, model, probe_batch(data))
     if join:
         parts.join()
     return parts
+
+
+def check_positions(recipe: Recipe, models: dict[str, Any]) -> None:
+    """A text longer than a transformer's position table fails deep inside its forward pass; say it first: which
+    setting (`data.max_length`, or `measure.sequence_length` that latency is timed at) and which model."""
+    lengths = {"data.max_length": recipe.data.max_length}
+    if recipe.measure.enabled:
+        lengths["measure.sequence_length"] = recipe.measure.sequence_length
+    for role, model in models.items():
+        config = getattr(model, "config", None)
+        positions = getattr(config, "max_position_embeddings", None) if config is not None else None
+        if not isinstance(positions, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+            continue
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            positions -= 2  # their positions start after the padding index
+        for setting, length in lengths.items():
+            if length and length > positions:
+                raise TinykdError(f"{setting}={length} is longer than the {role}'s {positions} position embeddings; "
+                                  f"set {setting} to {positions} or less")  # fmt: skip

@@ -22,7 +22,7 @@ from tinykd.html_report import write_story_page
 from tinykd.recipes import load_recipe
 from tinykd.report import format_table, ratio, rows_markdown
 from tinykd.run import run
-from tinykd.rundir import prepare_run_dir
+from tinykd.rundir import prepare_run_dir, run_recipe_file
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,26 @@ class Demo:
     teacher_minutes: int  # what training the teacher takes here, about, on 2 CPU cores
     edge_goal: float  # the int8 student's speed-up over the fp32 teacher at batch 1, both in ONNX Runtime
     text: bool = False
+    pretrained: str | None = None  # a hub id the teacher is fine-tuned from: this demo runs when it is cached
+    teacher_budget: tuple[str, ...] = ()  # the teacher's recipe settings here (a demo, not a benchmark)
+    tiny: dict[str, Any] | None = None  # the student made from the teacher: `tinykd shrink` layers and widths
 
 
+# The tiny SST-2 student (sst2-minilm-tiny's comment gives the same two tinykd shrink steps): SST-2's vocabulary,
+# 4 of MiniLM's 6 layers, a third of its width; 2.17M parameters against the teacher's 22.7M.
+MINILM_TINY = {"layers": "0,2,3,5", "widths": {"hidden_size": 128, "intermediate_size": 384, "heads": None,
+                                               "positions": 64}}  # fmt: skip
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DEMOS = {
     "fmnist": Demo("Fashion-MNIST", ("fmnist-teacher",), "fmnist-student", "fmnist-distill",
                    "fmnist-teacher.safetensors", 30, 20.0),
     "sst2": Demo("SST-2", ("sst2-pretrain", "sst2-teacher"), "sst2-student", "sst2-distill", "sst2-teacher", 180,
                  3.0, text=True),
+    "sst2-minilm": Demo("SST-2, pretrained MiniLM teacher", ("sst2-minilm-teacher",), "sst2-minilm-tiny-ce",
+                        "sst2-minilm-tiny", "", 16, 10.0, text=True, pretrained=MINILM,
+                        teacher_budget=("train.epochs=1",), tiny=MINILM_TINY),
 }  # fmt: skip
+STUDENT_EPOCHS = {"sst2-minilm": 2}  # the demo's budget for the students, where it is not the recipe's
 TEACHER_RECIPE, SCRATCH_RECIPE, DISTILL_RECIPE = "fmnist-teacher", "fmnist-student", "fmnist-distill"  # bench/
 
 
@@ -65,30 +77,49 @@ def run_demo(
 
     `overrides` (`--set`) apply to both student runs, e.g. `runtime.device=cuda`.
     """
-    if task not in DEMOS:
-        raise TinykdError(f"unknown demo task '{task}'; tasks: {', '.join(DEMOS)}")
+    if task not in DEMOS or task == "sst2-minilm":
+        raise TinykdError(f"unknown demo task '{task}'; tasks: fmnist, sst2")
+    if task == "sst2":  # the pretrained teacher where its weights are there (make pretrained), as users start
+        task = "sst2-minilm" if _cached(MINILM) else task
+        if task == "sst2":
+            print(f"tinykd demo: {MINILM} is not in the Hugging Face cache (make pretrained puts it there): the "
+                  "teacher is trained from scratch instead")  # fmt: skip
     demo = DEMOS[task]
     start = time.perf_counter()
     run_dir = prepare_run_dir(out, f"demo-{task}" if task != "fmnist" else "demo", overwrite)
+    epochs = epochs or STUDENT_EPOCHS.get(task)
     budget = [*(overrides or []), *([f"train.epochs={epochs}"] if epochs else [])]
-    teacher = shipped_teacher(task)
-    if retrain_teacher or not teacher.exists():
+    teacher = shipped_teacher(task) if demo.shipped else None
+    teacher_run = None
+    if retrain_teacher or teacher is None or not teacher.exists():
         print(f"tinykd demo: training the teacher ({' then '.join(demo.teacher_recipes)}); this takes about "
               f"{demo.teacher_minutes} min on 2 CPU cores")  # fmt: skip
         previous: Path | None = None
         for name in demo.teacher_recipes:  # a pre-training run hands its Hugging Face directory to the next
             extra = [f"model.name=hf:{previous / 'model'}"] if previous is not None else []
-            previous = run(load_recipe(name, [*(overrides or []), *extra]), run_dir / name, mode="train").run_dir
+            teacher_run = run(load_recipe(name, [*(overrides or []), *demo.teacher_budget, *extra]), run_dir / name,
+                              mode="train")  # fmt: skip
+            previous = teacher_run.run_dir
         teacher = previous  # type: ignore[assignment]
-    tokenizer = [f"data.tokenizer={teacher.resolve() / 'tokenizer'}"] if demo.text else []
-    scratch = run(load_recipe(demo.scratch_recipe, [*budget, *tokenizer]), run_dir / "scratch", mode="train")
-    distill_recipe = load_recipe(demo.distill_recipe, [*budget, f"teacher.checkpoint={teacher.resolve()}"])
+    assert teacher is not None
+    if demo.tiny is not None:
+        scratch_settings, distill_settings = _tiny_student(teacher.resolve(), run_dir, demo.tiny)
+    else:
+        scratch_settings = [f"data.tokenizer={teacher.resolve() / 'tokenizer'}"] if demo.text else []
+        distill_settings = [f"teacher.checkpoint={teacher.resolve()}"]
+    scratch = run(load_recipe(demo.scratch_recipe, [*budget, *scratch_settings]), run_dir / "scratch", mode="train")
+    distill_recipe = load_recipe(demo.distill_recipe, [*budget, *distill_settings])
     distilled = run(distill_recipe, run_dir / "distill", mode="distill")
 
     int8_row = quantize_for_demo(distilled.student_checkpoint, run_dir / "student.int8.onnx")
-    # the same test set and timing settings as the int8 row
-    teacher_onnx = export_for_demo(teacher, run_dir / "teacher.onnx", "teacher (onnx fp32)", distill_recipe)
-    rows = _rows(distilled.metrics["models"], teacher_onnx, scratch.metrics["models"][0], int8_row)
+    # the same timing settings as the int8 row; the test set as the teacher's own recipe reads it (its tokenizer)
+    own = demo.tiny is not None and teacher_run is not None
+    teacher_recipe = load_recipe(run_recipe_file(teacher)) if own else distill_recipe
+    teacher_onnx = export_for_demo(teacher, run_dir / "teacher.onnx", "teacher (onnx fp32)", teacher_recipe)
+    distill_rows = distilled.metrics["models"]
+    if own:  # the teacher as the user holds it (whole vocabulary), as its own run measured it
+        distill_rows = [teacher_run.metrics["models"][0], distill_rows[1]]
+    rows = _rows(distill_rows, teacher_onnx, scratch.metrics["models"][0], int8_row)
     summary, story = _story(demo, rows, time.perf_counter() - start)
     summary.update(teacher_checkpoint=str(teacher), runs={"scratch": str(scratch.run_dir),
                    "distill": str(distilled.run_dir), "int8": int8_row["path"], "teacher_onnx": teacher_onnx["path"]})
@@ -101,6 +132,31 @@ def run_demo(
     print(story)
     print(f"demo folder: {run_dir}; the whole story on one page: {page}")
     return summary
+
+
+def _cached(repo_id: str) -> bool:
+    from tinykd.hub import is_cached
+
+    return is_cached(repo_id)
+
+
+def _tiny_student(teacher: Path, run_dir: Path, shape: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The student made from the trained teacher as the tiny recipes' comment says (the teacher with the training
+    texts' vocabulary, then the narrow student selected from it): the settings that point both student runs at
+    them."""
+    from tinykd.compress.shrink import shrink_command
+    from tinykd.data.datasets import sst2_train_file
+
+    vocab, init = run_dir / "teacher-sst2vocab", run_dir / "student-init"
+    report = shrink_command(teacher, "all", vocab, overwrite=True, vocabulary=sst2_train_file())
+    shrink_command(vocab, shape["layers"], init, overwrite=True, widths=shape["widths"])
+    v = report["vocabulary"]
+    print(f"tinykd demo: the student: {v['tokens_before']:,} -> {v['tokens_after']:,} tokens (SST-2's training "
+          f"texts), layers {shape['layers']} of the teacher at widths {shape['widths']}")  # fmt: skip
+    scratch = [f"data.tokenizer={vocab}", f"model.name=hf:{init}"]
+    distill = [f"data.tokenizer={vocab}", f"data.text_augment.model={vocab}", f"teacher.name=hf:{vocab}",
+               f"student.name=hf:{init}"]  # fmt: skip
+    return scratch, distill
 
 
 def _rows(distill_rows: list[dict[str, Any]], teacher_onnx: dict[str, Any], scratch_row: dict[str, Any],

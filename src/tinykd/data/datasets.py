@@ -412,6 +412,11 @@ def sst2_dirs(root: str | None) -> list[Path]:
     return [d for base in bases for d in (base, base / "SST-2")]
 
 
+def sst2_train_file(root: str | None = None) -> Path:
+    """SST-2's training texts (train.tsv), where `sst2_dirs` finds them."""
+    return _locate_sst2(root, download=False) / "train.tsv"
+
+
 def _locate_sst2(root: str | None, download: bool) -> Path:
     dirs = sst2_dirs(root)
     for directory in dirs:

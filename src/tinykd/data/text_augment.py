@@ -86,8 +86,11 @@ def token_kinds(tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
     special = np.zeros(size, dtype=bool)
     special[[i for i in tokenizer.all_special_ids if 0 <= i < size]] = True
     share = {mark: sum(t.startswith(mark) for t in tokens) / max(size, 1) for mark in ("##", "Ġ", "▁")}
-    if share["##"] > 0.01:
-        continues = np.array([t.startswith("##") for t in tokens])
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    wordpiece = type(backend).__name__ == "WordPiece"  # a pruned one may hold no continuation piece at all
+    if wordpiece or share["##"] > 0.01:
+        mark = getattr(backend, "continuing_subword_prefix", "##") if wordpiece else "##"
+        continues = np.array([t.startswith(mark) for t in tokens])
         word = np.array([t.isalpha() for t in tokens]) & ~continues
     else:
         mark = max(("Ġ", "▁"), key=lambda m: share[m])
