@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="every row's steps per epoch, at most")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and for the timings")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every row")
+    parser.add_argument("--teacher-seed", type=int, default=None,
+                        help="every seed's students learn from the teacher of this seed (DistilBERT had one "
+                             "teacher), and the teacher row is that one run; default: each seed its own teacher")
     parser.add_argument("--out", default="runs/pretrained-text")
     args = parser.parse_args()
 
@@ -92,23 +95,27 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {row: [] for row in args.rows}
     folders: dict[str, Path] = {}
     for seed in args.seeds:
-        teacher_dir = (out / f"teacher-{seed}").resolve()
+        teacher_seed = seed if args.teacher_seed is None else args.teacher_seed
+        teacher_dir = (out / f"teacher-{teacher_seed}").resolve()
         for row in args.rows:
             recipe_name, mode, needs_teacher = ROWS[row]
+            run_seed = teacher_seed if row == "teacher" else seed
+            if row == "teacher" and seed != teacher_seed and seed != args.seeds[0]:
+                continue  # the one teacher, once
             if needs_teacher and not (teacher_dir / "report.json").is_file():
-                sys.exit(f"row {row} needs the teacher of seed {seed} ({teacher_dir}); add the row 'teacher'")
+                sys.exit(f"row {row} needs the teacher of seed {teacher_seed} ({teacher_dir}); add the row 'teacher'")
             extra = [f"teacher.checkpoint={teacher_dir}", f"data.tokenizer={teacher_dir / 'tokenizer'}"] \
                 if needs_teacher else []  # fmt: skip
             if row.startswith("tiny"):
                 extra = tiny_settings(row, teacher_dir, Path(args.data) / "sst2" / "train.tsv", out.resolve())
-            folder = out / f"{row}-{seed}"
+            folder = out / f"{row}-{run_seed}"
             t0 = time.perf_counter()
-            metrics = run_once(load_recipe(recipe_name, [f"seed={seed}", *budget, *extra]), folder, mode)
+            metrics = run_once(load_recipe(recipe_name, [f"seed={run_seed}", *budget, *extra]), folder, mode)
             trained = trained_row(metrics)
-            results[row].append({"seed": seed, "accuracy": trained["test_accuracy"], "params": trained.get("params"),
-                                 "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+            results[row].append({"seed": run_seed, "accuracy": trained["test_accuracy"],
+                                 "params": trained.get("params"), "seconds": round(time.perf_counter() - t0, 1)})
             folders.setdefault(row, folder)
-            print(f"seed {seed} {row}: SST-2 dev {trained['test_accuracy']:.2%}", file=sys.stderr)
+            print(f"seed {run_seed} {row}: SST-2 dev {trained['test_accuracy']:.2%}", file=sys.stderr)
 
     teacher_mean = mean_std([r["accuracy"] for r in results["teacher"]])[0] if results.get("teacher") else None
     edge: dict[str, list[dict[str, Any]]] = {}

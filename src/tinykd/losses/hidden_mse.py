@@ -41,7 +41,11 @@ class HiddenMSE(LossTerm):
         super().__init__()
         if layers is not None and not layers:
             raise ValueError("layers must map at least one student layer to a teacher layer, e.g. {0: 0, 2: 6}")
-        self.layers = dict(layers) if layers is not None else None
+        try:  # keys written as strings (JSON in --set) are the same indices
+            self.layers = {int(i): int(j) for i, j in layers.items()} if layers is not None else None
+        except (TypeError, ValueError, AttributeError):
+            raise ValueError(f"layers must map student to teacher layer indices, e.g. {{0: 0, 2: 6}}; "
+                             f"got {layers!r}") from None
         self.pairs: dict[int, int] = dict(self.layers or {})
         self.projection: torch.nn.Module | None = None
 
