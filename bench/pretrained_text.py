@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--teacher-seed", type=int, default=None,
                         help="every seed's students learn from the teacher of this seed (DistilBERT had one "
                              "teacher), and the teacher row is that one run; default: each seed its own teacher")
+    parser.add_argument("--no-edge", action="store_true", help="train and tabulate only (runs of some seeds in "
+                        "parallel; a last run without it reads them all and times the models on a quiet machine)")
     parser.add_argument("--out", default="runs/pretrained-text")
     args = parser.parse_args()
 
@@ -119,7 +121,7 @@ def main() -> None:
 
     teacher_mean = mean_std([r["accuracy"] for r in results["teacher"]])[0] if results.get("teacher") else None
     edge: dict[str, list[dict[str, Any]]] = {}
-    for row, folder in folders.items():  # the first seed's models, in ONNX Runtime: fp32 and dynamic int8
+    for row, folder in {} if args.no_edge else folders.items():  # the first seed's models, fp32 and dynamic int8
         _, report = quantize_model(folder, "dynamic", out=out / f"{row}.int8.onnx", threads=args.threads,
                                    overwrite=True)  # fmt: skip
         edge[row] = report["rows"]

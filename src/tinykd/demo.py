@@ -60,7 +60,6 @@ DEMOS = {
                         "sst2-minilm-tiny", "", 16, 10.0, text=True, pretrained=MINILM,
                         teacher_budget=("train.epochs=1",), tiny=MINILM_TINY),
 }  # fmt: skip
-STUDENT_EPOCHS = {"sst2-minilm": 2}  # the demo's budget for the students, where it is not the recipe's
 TEACHER_RECIPE, SCRATCH_RECIPE, DISTILL_RECIPE = "fmnist-teacher", "fmnist-student", "fmnist-distill"  # bench/
 
 
@@ -91,7 +90,6 @@ def run_demo(
     demo = DEMOS[task]
     start = time.perf_counter()
     run_dir = prepare_run_dir(out, f"demo-{task}" if task != "fmnist" else "demo", overwrite)
-    epochs = epochs or STUDENT_EPOCHS.get(task)
     budget = [*(overrides or []), *([f"train.epochs={epochs}"] if epochs else [])]
     teacher = shipped_teacher(task) if demo.shipped else None
     teacher_run = None
