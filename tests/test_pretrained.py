@@ -350,9 +350,9 @@ def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_st
     settings = ["--set", "train.max_steps_per_epoch=4", "--set", "data.val_size=16", "--set", "data.batch_size=16",
                 "--set", "measure.latency_repeats=3"]  # fmt: skip
     code, out, err = call("demo", "--task", "sst2", "--epochs", "1", "--out", str(tmp_path / "demo"), *settings)
-    # MiniLM has 512 positions, this stand-in 32: the recipes' texts of 64 tokens are one line, before training
-    assert code == 2 and err.strip() == ("tinykd: error: data.max_length=64 is longer than the model's 32 position "
-                                         "embeddings; set data.max_length to 32 or less"), err  # fmt: skip
+    # MiniLM has 512 positions, this stand-in 32: timing at 64 tokens is one line, before training
+    assert code == 2 and err.strip() == ("tinykd: error: measure.sequence_length=64 is longer than the model's 32 "
+                                         "position embeddings; set measure.sequence_length to 32 or less"), err
     settings += ["--set", "data.max_length=24", "--set", "measure.sequence_length=24"]
     code, out, err = call("demo", "--task", "sst2", "--epochs", "1", "--out", str(tmp_path / "demo"), "--overwrite",
                           *settings)  # fmt: skip
@@ -366,3 +366,26 @@ def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_st
     assert init.vocab_size < len(transformers.AutoTokenizer.from_pretrained(model_dir))  # SST-2's tokens only
     assert "swaps words" in out or "data.text_augment" in out  # the distilled student sees augmented texts
     assert (tmp_path / "demo" / "report.html").is_file() and "Distillation gain" in out
+
+
+def test_a_text_longer_than_the_models_position_table_is_one_line_before_training(tmp_path: Path) -> None:
+    write_texts(tmp_path / "data")
+    recipe = {"name": "long", "data": {"name": "text", "train": str(tmp_path / "data/train.csv"),
+                                       "test": str(tmp_path / "data/test.csv"), "max_length": 64,
+                                       "vocab_size": 100, "batch_size": 16},
+              "student": {"name": "hf:bert", "kwargs": {"config": {"num_hidden_layers": 1, "hidden_size": 16,
+                                                                   "num_attention_heads": 2, "intermediate_size": 32,
+                                                                   "max_position_embeddings": 32}}},
+              "train": {"epochs": 1, "max_steps_per_epoch": 2}, "measure": {"enabled": False}}  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out, err = call("train", str(path), "--out", str(tmp_path / "short"))  # no text reaches 32: a warning
+    assert code == 0 and "data.max_length=64 is longer than the student's 32 position embeddings; no text" in out
+    with open(tmp_path / "data" / "train.csv", "a") as f:
+        f.write(" ".join(["great fun film"] * 20) + ",positive\n")  # 60 words: longer than 32 positions
+    code, _, err = call("train", str(path), "--out", str(tmp_path / "run"))
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err.strip() == ("tinykd: error: data.max_length=64 is longer than the student's 32 position embeddings "
+                           "(the longest text has 62 tokens); set data.max_length to 32 or less")  # 60 words, 2 marks
+    code, _, err = call("train", str(path), "--set", "data.max_length=32", "--out", str(tmp_path / "run"))
+    assert code == 0, err

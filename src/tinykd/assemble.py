@@ -118,7 +118,8 @@ def assemble(recipe: Recipe, *, join: bool = True, student: StudentBuilder | Non
         print(f"tinykd: data.bad_images=skip: left out {len(data.skipped)} unreadable file(s): {shown}")
     teacher = build_teacher(recipe, data, for_init=student is None)
     model = (student or build_student)(recipe, data, teacher)
-    check_positions(recipe, {"teacher": teacher, "student" if recipe.student is not None else "model": model})
+    roles = {"teacher": teacher, "student" if recipe.student is not None else "model": model}
+    check_positions(recipe, data, roles, say=engine.is_main)
     if not needs_teacher(recipe):
         teacher = None  # it was loaded only to start the student from its layers
     parts = Assembly(recipe, engine, data, data.task, teacher, model, probe_batch(data))
@@ -127,10 +128,17 @@ def assemble(recipe: Recipe, *, join: bool = True, student: StudentBuilder | Non
     return parts
 
 
-def check_positions(recipe: Recipe, models: dict[str, Any]) -> None:
-    """A text longer than a transformer's position table fails deep inside its forward pass; say it first: which
-    setting (`data.max_length`, or `measure.sequence_length` that latency is timed at) and which model."""
-    lengths = {"data.max_length": recipe.data.max_length}
+def check_positions(recipe: Recipe, data: DataBundle, models: dict[str, Any], say: bool = True) -> None:
+    """A text longer than a transformer's position table fails deep inside its forward pass; say it first, naming
+    the setting and the model: the data's longest text (every text at `data.max_length` with static shapes), and
+    `measure.sequence_length` that latency is timed at. A `data.max_length` beyond the table that no text reaches
+    yet is a warning: a longer text given to the trained model later would fail."""
+    if not data.is_text:
+        return
+    texts = [getattr(split, "dataset", split) for split in (data.train, data.val, data.test) if split is not None]
+    static = any(getattr(t, "static_shapes", False) for t in texts)
+    longest = max((max(t.sample_lengths(), default=0) for t in texts if hasattr(t, "sample_lengths")), default=0)
+    lengths = {"data.max_length": recipe.data.max_length if static else longest}
     if recipe.measure.enabled:
         lengths["measure.sequence_length"] = recipe.measure.sequence_length
     for role, model in models.items():
@@ -142,5 +150,11 @@ def check_positions(recipe: Recipe, models: dict[str, Any]) -> None:
             positions -= 2  # their positions start after the padding index
         for setting, length in lengths.items():
             if length and length > positions:
-                raise TinykdError(f"{setting}={length} is longer than the {role}'s {positions} position embeddings; "
-                                  f"set {setting} to {positions} or less")  # fmt: skip
+                what = "" if setting != "data.max_length" or static else f" (the longest text has {length} tokens)"
+                raise TinykdError(f"{setting}={recipe.data.max_length if setting == 'data.max_length' else length} "
+                                  f"is longer than the {role}'s {positions} position embeddings{what}; set {setting} "
+                                  f"to {positions} or less")  # fmt: skip
+        if recipe.data.max_length > positions and say:
+            print(f"tinykd: data.max_length={recipe.data.max_length} is longer than the {role}'s {positions} position "
+                  f"embeddings; no text here is, but a longer one would fail later: set data.max_length to "
+                  f"{positions} or less")  # fmt: skip
