@@ -26,7 +26,7 @@ from tinykd.hub import is_hub_id
 from tinykd.losses import LOSSES, LossTerm, build_loss_term
 from tinykd.models import create_model
 from tinykd.models.checkpoint import load_weights, read_meta, resolve_checkpoint, run_folder_of
-from tinykd.models.hf import load_masked_lm
+from tinykd.models.hf import load_embedding_model, load_masked_lm
 from tinykd.models.qat import is_pt2e
 from tinykd.models.registry import sized_for
 from tinykd.recipes import Recipe
@@ -66,7 +66,7 @@ def text_augment(recipe: Recipe) -> TextAugmentOptions | None:
     spec = recipe.data.text_augment
     if spec is None:
         return None
-    loader = masked_lm if spec.candidates == "masked-lm" else embedding_model
+    loader = embedding_model if spec.candidates == "embeddings" else masked_lm
     return TextAugmentOptions(**spec.model_dump(), masked_lm=partial(loader, spec.model))
 
 
@@ -79,16 +79,8 @@ def masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
 def embedding_model(spec: str, tokenizer: Any) -> tuple[nn.Module, str, str]:
     """The model whose input embeddings propose word swaps (candidates: embeddings): any model with the data's
     vocabulary, such as the teacher; its name and a digest of its weights."""
-    from tinykd.loading import load_model
-
-    model = load_model(spec, purpose="read for data.text_augment's word embeddings").model
-    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if table is None or table.weight.shape[0] < len(tokenizer):
-        rows = "none" if table is None else f"{table.weight.shape[0]} rows"
-        raise TinykdError(f"data.text_augment.model {spec} has no input embeddings for the data's "
-                          f"{len(tokenizer)} tokens ({rows}); give a model that uses the data's tokenizer, such as "
-                          "the teacher")  # fmt: skip
-    return model, spec, weights_digest(model)
+    model, name = load_embedding_model(spec, tokenizer)
+    return model, name, weights_digest(model)
 
 
 def text_tokenizer(recipe: Recipe) -> str | None:

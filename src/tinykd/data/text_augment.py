@@ -237,7 +237,7 @@ def word_swaps(options: TextAugmentOptions, ids: np.ndarray, offsets: np.ndarray
 
     from tinykd.data.loader import tensor_digest
 
-    if options.candidates == "masked-lm" and tokenizer.mask_token_id is None:
+    if options.candidates != "embeddings" and tokenizer.mask_token_id is None:
         raise TinykdError(f"data.text_augment masks each word for a masked LM to guess, but the data's tokenizer "
                           f"({type(tokenizer).__name__}) has no mask token; use a BERT-style tokenizer and masked "
                           "LM")  # fmt: skip

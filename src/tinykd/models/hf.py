@@ -368,6 +368,34 @@ def load_masked_lm(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
     return model, name
 
 
+def load_embedding_model(spec: str, tokenizer: Any) -> tuple[nn.Module, str]:
+    """The model named by `data.text_augment.model` with `candidates: embeddings` (any model whose input embeddings
+    cover the data's tokenizer: a Hugging Face directory, a tinykd text run folder, a hub id), as its config's own
+    class so that no weight goes unused, and its name."""
+    import transformers
+
+    from tinykd.hub import source_kwargs
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"  # a tinykd run folder: its Hugging Face directory
+    name = str(path) if path.is_dir() else spec
+    source = path if path.is_dir() else spec
+    extra = {} if path.is_dir() else source_kwargs(spec, "data.text_augment.model")
+    with quiet_transformers():
+        config = transformers.AutoConfig.from_pretrained(source, **extra)
+    kind = next(iter(config.architectures or []), None)
+    auto = getattr(transformers, kind, None) if kind else None
+    model = _load_pretrained(auto or transformers.AutoModel, source, name, **extra).eval()
+    table = model.get_input_embeddings()
+    if table is None or table.weight.shape[0] < len(tokenizer):
+        rows = "none" if table is None else f"{table.weight.shape[0]} rows"
+        raise TinykdError(f"data.text_augment.model {spec} has no input embeddings for the data's "
+                          f"{len(tokenizer)} tokens ({rows}); give a model that uses the data's tokenizer, such as "
+                          "the teacher")  # fmt: skip
+    return model, name
+
+
 def _own_tokenizer(path: Path) -> Any:
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
