@@ -53,6 +53,17 @@ def write_texts(folder: Path, names: tuple[str, str] = ("negative", "positive"))
         (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
 
 
+def small_text_recipe(tmp_path: Path, name: str, max_length: int) -> dict:
+    """A recipe training a 1-layer BERT with 32 positions, for 2 steps, on `write_texts`' files."""
+    return {"name": name, "data": {"name": "text", "train": str(tmp_path / "data/train.csv"),
+                                   "test": str(tmp_path / "data/test.csv"), "max_length": max_length,
+                                   "vocab_size": 100, "batch_size": 16},
+            "student": {"name": "hf:bert", "kwargs": {"config": {"num_hidden_layers": 1, "hidden_size": 16,
+                                                                 "num_attention_heads": 2, "intermediate_size": 32,
+                                                                 "max_position_embeddings": 32}}},
+            "train": {"epochs": 1, "max_steps_per_epoch": 2}, "measure": {"enabled": False}}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pretrained-shaped directory: a BertModel (no head, as sentence-transformers saves it) and its tokenizer."""
@@ -275,13 +286,7 @@ def test_a_damaged_model_safetensors_is_one_line_for_teacher_student_and_resume(
 
 def test_labels_written_as_names_become_ids_and_the_names_reach_the_report(tmp_path: Path) -> None:
     write_texts(tmp_path / "data")
-    recipe = {"name": "names", "data": {"name": "text", "train": str(tmp_path / "data/train.csv"),
-                                        "test": str(tmp_path / "data/test.csv"), "max_length": 16,
-                                        "vocab_size": 100, "batch_size": 16},
-              "student": {"name": "hf:bert", "kwargs": {"config": {"num_hidden_layers": 1, "hidden_size": 16,
-                                                                   "num_attention_heads": 2, "intermediate_size": 32,
-                                                                   "max_position_embeddings": 32}}},
-              "train": {"epochs": 1, "max_steps_per_epoch": 2}, "measure": {"enabled": False}}  # fmt: skip
+    recipe = small_text_recipe(tmp_path, "names", max_length=16)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     code, _, err = call("train", str(path), "--out", str(tmp_path / "sorted"))
@@ -370,13 +375,7 @@ def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_st
 
 def test_a_text_longer_than_the_models_position_table_is_one_line_before_training(tmp_path: Path) -> None:
     write_texts(tmp_path / "data")
-    recipe = {"name": "long", "data": {"name": "text", "train": str(tmp_path / "data/train.csv"),
-                                       "test": str(tmp_path / "data/test.csv"), "max_length": 64,
-                                       "vocab_size": 100, "batch_size": 16},
-              "student": {"name": "hf:bert", "kwargs": {"config": {"num_hidden_layers": 1, "hidden_size": 16,
-                                                                   "num_attention_heads": 2, "intermediate_size": 32,
-                                                                   "max_position_embeddings": 32}}},
-              "train": {"epochs": 1, "max_steps_per_epoch": 2}, "measure": {"enabled": False}}  # fmt: skip
+    recipe = small_text_recipe(tmp_path, "long", max_length=64)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     code, out, err = call("train", str(path), "--out", str(tmp_path / "short"))  # no text reaches 32: a warning
