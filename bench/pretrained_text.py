@@ -32,6 +32,7 @@ from typing import Any
 
 from text_kd import run_once  # bench/: a finished run folder is read, not trained again
 from tinykd.compress.quantize import quantize_model
+from tinykd.demo import MINILM_TINY
 from tinykd.recipes import load_recipe
 
 ROWS = {  # row: (recipe, mode, needs the teacher of its seed)
@@ -51,9 +52,8 @@ def tiny_settings(row: str, teacher_dir: Path, train_file: Path, out: Path) -> l
     vocab, init = out / f"{teacher_dir.name}-sst2vocab", out / f"{teacher_dir.name}-tiny-init"
     if not (vocab / "config.json").is_file():
         shrink_command(teacher_dir, "all", vocab, overwrite=True, vocabulary=train_file)
-    if not (init / "config.json").is_file():
-        widths = {"hidden_size": 128, "intermediate_size": 384, "heads": None, "positions": 64}
-        shrink_command(vocab, "0,2,3,5", init, overwrite=True, widths=widths)
+    if not (init / "config.json").is_file():  # the demo's tiny student: one shape for both
+        shrink_command(vocab, MINILM_TINY["layers"], init, overwrite=True, widths=MINILM_TINY["widths"])
     if row == "tiny-ce":
         return [f"data.tokenizer={vocab}", f"model.name=hf:{init}"]
     return [f"data.tokenizer={vocab}", f"data.text_augment.model={vocab}", f"teacher.name=hf:{vocab}",

@@ -347,11 +347,10 @@ def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_st
         lines = ["sentence\tlabel", *(f"{t}\t{int(lab == 'positive')}" for t, lab in (r.rsplit(",", 1) for r in rows))]
         (sst2 / f"{name}.tsv").write_text("\n".join(lines) + "\n")
     monkeypatch.setenv("TINYKD_DATA", str(tmp_path / "data"))
-    monkeypatch.setattr(demo, "MINILM", REPO)
     small = {"layers": "1", "widths": {"hidden_size": 8, "intermediate_size": 16, "heads": None, "positions": 24}}
     budget = ("train.epochs=1", "train.max_steps_per_epoch=4", f"model.name=hf:{REPO}")
     monkeypatch.setitem(demo.DEMOS, "sst2-minilm", dataclasses.replace(demo.DEMOS["sst2-minilm"],
-                        teacher_budget=budget, tiny=small))  # fmt: skip
+                        pretrained=REPO, teacher_budget=budget, tiny=small))  # fmt: skip
     settings = ["--set", "train.max_steps_per_epoch=4", "--set", "data.val_size=16", "--set", "data.batch_size=16",
                 "--set", "measure.latency_repeats=3"]  # fmt: skip
     code, out, err = call("demo", "--task", "sst2", "--epochs", "1", "--out", str(tmp_path / "demo"), *settings)

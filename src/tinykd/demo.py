@@ -86,9 +86,10 @@ def run_demo(
     if task not in DEMOS or task == "sst2-minilm":
         raise TinykdError(f"unknown demo task '{task}'; tasks: fmnist, sst2")
     if task == "sst2":  # the pretrained teacher where its weights are there (make pretrained), as users start
-        task = "sst2-minilm" if _cached(MINILM) else task
+        pretrained = DEMOS["sst2-minilm"].pretrained
+        task = "sst2-minilm" if pretrained and _cached(pretrained) else task
         if task == "sst2":
-            print(f"tinykd demo: {MINILM} is not in the Hugging Face cache (make pretrained puts it there): the "
+            print(f"tinykd demo: {pretrained} is not in the Hugging Face cache (make pretrained puts it there): the "
                   "teacher is trained from scratch instead")  # fmt: skip
     demo = DEMOS[task]
     start = time.perf_counter()
