@@ -10,10 +10,14 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 XVENV  := .venv-xla
 XSTAMP := $(XVENV)/.tinykd-installed
 XTORCH := torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
+# LiteRT's converter pins typing-extensions<4.13 (pydantic 2.11): its own small environment, which reads everything
+# else (torch, tinykd) from the main one through a .pth file: about 0.8 GB instead of another 7
+LVENV  := .venv-litert
+LSTAMP := $(LVENV)/.tinykd-installed
 # about 4.5 GB of wheels (torch 2.9.0 needs its CUDA libraries to import): kept here, outside the clone, when present
 WHEELS := $(HOME)/.cache/tinykd/wheels-xla
 
-.PHONY: demo test test-main test-xla fuzz data browser pretrained lint bench bench-text clean
+.PHONY: demo test test-main test-xla test-litert fuzz data browser pretrained lint bench bench-text clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +35,14 @@ $(XSTAMP): pyproject.toml | $(STAMP)
 	$(XVENV)/bin/python -m pip install --quiet --no-cache-dir -e ".[dev,edge,text]"
 	PJRT_DEVICE=CPU $(XVENV)/bin/python -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0')"
 	touch $(XSTAMP)
+
+$(LSTAMP): pyproject.toml | $(STAMP)
+	test -x $(LVENV)/bin/python || $(PYTHON) -m venv $(LVENV)
+	echo "import site; site.addsitedir('$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")')" \
+		> "$$($(LVENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/tinykd-main.pth"
+	$(LVENV)/bin/python -m pip install --quiet --no-cache-dir "litert-torch>=0.10" "ai-edge-quantizer>=0.10" $(TORCH)
+	$(LVENV)/bin/python -c "import litert_torch, ai_edge_litert.interpreter, tinykd"
+	touch $(LSTAMP)
 
 # Fashion-MNIST: Debian's package where apt is there, else the official files into ~/.cache/tinykd
 data: $(STAMP)
@@ -60,7 +72,7 @@ demo: $(STAMP) data
 # (--no-cache-dir): a second copy of every downloaded wheel is disk CI does not have
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-main $(XSTAMP)
-	$(MAKE) --no-print-directory test-xla
+	$(MAKE) --no-print-directory test-xla test-litert
 
 # the suite in two worker processes (tests/conftest.py: one torch thread each, and the modules that share a trained
 # model or run folder kept whole on one worker, longest first); PYTEST_WORKERS=0 runs it in this process
@@ -79,6 +91,11 @@ fuzz: $(STAMP)
 test-xla: $(XSTAMP)
 	PJRT_DEVICE=CPU $(XVENV)/bin/pytest -q --durations=6 -n 2 --dist loadgroup --no-loadscope-reorder tests/xla
 
+# LiteRT's .tflite export and interpreter, in its own environment (tests/litert; the ExecuTorch tests are in the main
+# suite)
+test-litert: $(LSTAMP) data
+	$(LVENV)/bin/python -m pytest -q --durations=5 -p no:cacheprovider tests/litert
+
 bench: $(STAMP) data
 	$(PY) bench/kd_gain.py
 
@@ -87,4 +104,4 @@ bench-text: $(STAMP)
 	$(PY) bench/text_kd.py --data $${TINYKD_DATA:?set TINYKD_DATA to a folder that holds sst2/}
 
 clean:
-	rm -rf $(VENV) $(XVENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(XVENV) $(LVENV) runs .pytest_cache .ruff_cache

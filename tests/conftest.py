@@ -186,3 +186,5 @@ def cli(fake_fmnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> C
 
 # tests/xla needs torch_xla: it runs in .venv-xla (see the Makefile), and is not collected elsewhere
 collect_ignore = [] if __import__("importlib").util.find_spec("torch_xla") else ["xla"]
+# tests/litert needs LiteRT: it runs in .venv-litert (see the Makefile), and is not collected elsewhere
+collect_ignore += [] if __import__("importlib").util.find_spec("litert_torch") else ["litert"]

@@ -27,8 +27,15 @@ def test_demo_runs_and_reports_three_models(cli, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     roles = [row["role"] for row in report["rows"]]
     assert roles == ["teacher", "teacher (onnx fp32)", "student (scratch)", "student (distilled)",
-                     "student (int8 onnx)"]  # fmt: skip
-    teacher, teacher_onnx, scratch, distilled, int8 = report["rows"]
+                     "student (int8 onnx)", "teacher (executorch fp32)", "student (int8 executorch)"]  # fmt: skip
+    teacher, teacher_onnx, scratch, distilled, int8, teacher_pte, int8_pte = report["rows"]
+    # ExecuTorch, the phones' runtime: the teacher verified against PyTorch, the int8 student timed beside it
+    assert teacher_pte["format"] == "executorch fp32" and int8_pte["format"] == "executorch int8 (static)"
+    assert abs(teacher_pte["test_accuracy"] - teacher["test_accuracy"]) < 0.01
+    assert int8_pte["size_bytes"] < teacher_pte["size_bytes"] / 20 and (tmp_path / "demo" / "teacher.pte").is_file()
+    assert report["executorch"]["faster_b1_same_runtime"] == pytest.approx(
+        teacher_pte["latency_ms_p50"] / int8_pte["latency_ms_p50"])
+    assert "In ExecuTorch (XNNPACK" in proc.stdout
     assert int8["size_bytes"] < distilled["size_bytes"] / 2 and int8["format"] == "onnx int8"
     assert teacher_onnx["format"] == "onnx fp32" and teacher_onnx["params"] == teacher["params"]
     assert abs(teacher_onnx["test_accuracy"] - teacher["test_accuracy"]) < 0.01  # the same model, verified export

@@ -155,20 +155,40 @@ ExporterOption = Annotated[str, typer.Option(help="ONNX exporter: auto (dynamo, 
 @app.command()
 def export(
     checkpoint: Annotated[str, typer.Argument(help="A .safetensors checkpoint or a run folder.")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="onnx or pt2 (torch.export).")] = "onnx",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model.onnx).")] = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="onnx, pt2 (torch.export), executorch (.pte, "
+                                                                 "XNNPACK) or litert (.tflite).")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model.<format>).")] = None,
+    precision: Annotated[str, typer.Option(help="executorch and litert: fp32, or int8 (static for images, "
+                                                "dynamic for text).")] = "fp32",
     exporter: ExporterOption = "auto",
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
-    tolerance: Annotated[float, typer.Option(help="Largest |logit difference| accepted in verification.")] = 1e-3,
-    verify_images: Annotated[int, typer.Option(help="Test images to verify the file on.")] = 1000,
+    tolerance: Annotated[float | None, typer.Option(help="Largest |logit difference| accepted in verification "
+                                                         "[1e-3 onnx and pt2, 1e-4 executorch and litert].")] = None,
+    verify_images: Annotated[int, typer.Option(help="Test samples to verify an fp32 file on.")] = 1000,
+    calibration: Annotated[int, typer.Option(help="int8 of an image model: training images that calibrate it.")] = 500,
+    max_drop: Annotated[float, typer.Option(help="int8: accuracy points the file may lose against PyTorch fp32 "
+                                                 "on the whole test set.")] = 0.5,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     set_: SetOption = None,
 ) -> None:
-    """Export a trained model to ONNX (or a torch.export program), verified against PyTorch on test images."""
+    """Export a trained model to ONNX, a torch.export program, ExecuTorch or LiteRT, verified against PyTorch on
+    test samples by the runtime that will run it."""
+    from tinykd.compress.mobile import FORMATS
+
+    if format_ in FORMATS:
+        from tinykd.compress.mobile import DEFAULT_TOLERANCE, describe_mobile, export_mobile
+
+        path, report = export_mobile(checkpoint, format_, precision, out, calibration, tolerance or DEFAULT_TOLERANCE,
+                                     verify_images, max_drop, overwrite, set_)  # fmt: skip
+        print(describe_mobile(path, report))
+        return
+    from tinykd.compress.export import DEFAULT_TOLERANCE as ONNX_TOLERANCE
     from tinykd.compress.export import describe_export, export_checkpoint
 
-    path, report = export_checkpoint(checkpoint, format_, out, exporter, opset, tolerance, verify_images, overwrite,
-                                     set_)  # fmt: skip
+    if precision != "fp32":
+        raise TinykdError(f"--precision {precision} is for executorch and litert; for ONNX use tinykd quantize")
+    path, report = export_checkpoint(checkpoint, format_, out, exporter, opset, tolerance or ONNX_TOLERANCE,
+                                     verify_images, overwrite, set_)  # fmt: skip
     print(describe_export(path, report))
 
 

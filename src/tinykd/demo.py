@@ -127,6 +127,7 @@ def run_demo(
     if own:  # the teacher as the user holds it (whole vocabulary), as its own run measured it
         distill_rows = [teacher_run.metrics["models"][0], distill_rows[1]]
     rows = _rows(distill_rows, teacher_onnx, scratch.metrics["models"][0], int8_row)
+    rows += _phone_rows(teacher, distilled.student_checkpoint, run_dir, teacher_recipe, distill_recipe, rows[0])
     summary, story = _story(demo, rows, time.perf_counter() - start)
     summary.update(teacher_checkpoint=str(teacher), runs={"scratch": str(scratch.run_dir),
                    "distill": str(distilled.run_dir), "int8": int8_row["path"], "teacher_onnx": teacher_onnx["path"]})
@@ -186,10 +187,29 @@ def _rows(distill_rows: list[dict[str, Any]], teacher_onnx: dict[str, Any], scra
     return rows
 
 
+def _phone_rows(teacher: Path, student: Path, run_dir: Path, teacher_recipe: Any, student_recipe: Any,
+                eager: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """The teacher (fp32) and the distilled student (int8) in ExecuTorch on XNNPACK, the runtime phones run
+    PyTorch models in, when it is installed; the speed-up in that runtime too."""
+    from tinykd.compress.mobile import available, row_for_demo
+
+    if not available("executorch"):
+        print("tinykd demo: ExecuTorch is not installed (pip install 'tinykd[executorch]'): no phone-runtime rows")
+        return []
+    teacher_row = row_for_demo(teacher, run_dir / "teacher.pte", "teacher (executorch fp32)", teacher_recipe)
+    student_row = row_for_demo(student, run_dir / "student.int8.pte", "student (int8 executorch)", student_recipe,
+                               precision="int8")  # fmt: skip
+    for row in (teacher_row, student_row):
+        row["compression"] = eager["params"] / row["params"] if row.get("params") else None
+        row["speedup"] = ratio(eager, row, "latency_ms_p50")  # against the teacher in PyTorch eager
+        row["speedup_same_runtime"] = ratio(teacher_row, row, "latency_ms_p50")
+    return [teacher_row, student_row]
+
+
 def _story(demo: Demo, rows: list[dict[str, Any]], seconds: float) -> tuple[dict[str, Any], str]:
     """The summary (report.json) and the story told under the table: what distillation gained, how the int8
     student compares with the teacher in the same runtime, and whether the edge goal was met."""
-    teacher_row, teacher_onnx, scratch_row, distilled_row, int8 = rows
+    teacher_row, teacher_onnx, scratch_row, distilled_row, int8 = rows[:5]
     gain = distilled_row["test_accuracy"] - scratch_row["test_accuracy"]
     summary: dict[str, Any] = {
         "rows": rows,
@@ -213,4 +233,11 @@ def _story(demo: Demo, rows: list[dict[str, Any]], seconds: float) -> tuple[dict
     story += (f" The int8 student is {same_runtime:.1f}x faster at batch 1 than the teacher in the same runtime (ONNX "
               f"Runtime, fp32){eager}, and {summary['int8_vs_teacher']['smaller']:.0f}x smaller on disk. Edge goal: "
               f">= {demo.edge_goal:.0f}x in the same runtime: {verdict}.")
+    if len(rows) == 7:  # ExecuTorch's rows
+        phone_teacher, phone_student = rows[5:]
+        faster = phone_student["speedup_same_runtime"]
+        summary["executorch"] = {"faster_b1_same_runtime": faster,
+                                 "smaller": phone_teacher["size_bytes"] / phone_student["size_bytes"]}  # fmt: skip
+        story += (f" In ExecuTorch (XNNPACK, the phones' runtime) the int8 student is {faster:.1f}x faster at batch 1 "
+                  f"than the fp32 teacher and {summary['executorch']['smaller']:.0f}x smaller.")  # fmt: skip
     return summary, story

@@ -128,8 +128,9 @@ def write_comparison(rows: list[dict[str, Any]], report: dict[str, Any], folder:
 def notes(report: dict[str, Any]) -> str:
     return (f"Ratios are against {report['reference']}. Latency: batch 1, median of {report['repeats']} calls after a "
             f"warm-up; throughput at batch {report['batch']}; CPU threads: {report['threads']}. PyTorch rows run "
-            f"eager fp32, .onnx rows in ONNX Runtime (CPU). Size: the file on disk (safetensors for PyTorch, the "
-            f".onnx file with any external data).")  # fmt: skip
+            f"eager fp32, .onnx rows in ONNX Runtime (CPU), .pte rows in ExecuTorch and .tflite rows in LiteRT "
+            f"(XNNPACK, batch 1, the file's fixed shape). Size: the file on disk (safetensors for PyTorch, the .onnx "
+            f"file with any external data).")  # fmt: skip
 
 
 MARKERS = {"QAT": "^", "PTQ": "s", "pruned": "D", "fp32": "o"}  # shape: how the model was made smaller
@@ -146,9 +147,19 @@ def kind_of(row: dict[str, Any]) -> str:
     return "pruned" if "pruned" in fmt else "fp32"
 
 
+RUNTIMES = {"onnx": ("ONNX Runtime", "tab:blue"), "executorch": ("ExecuTorch", "tab:red"),
+            "litert": ("LiteRT", "tab:green")}  # fmt: skip  (a row's format starts with its runtime; else PyTorch)
+
+
+def runtime_of(row: dict[str, Any]) -> tuple[str, str]:
+    """(runtime, edge colour) of a row, from its format: `onnx int8`, `executorch int8 (static)`, `pytorch fp32`."""
+    fmt = str(row.get("format", ""))
+    return next((v for k, v in RUNTIMES.items() if fmt.startswith(k)), ("PyTorch", "black"))
+
+
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int | None = None) -> bool:
-    """Accuracy against batch-1 latency, marker area by file size and shape by kind (circle fp32, square PTQ,
-    triangle QAT, diamond pruned); False when no row has an accuracy."""
+    """Accuracy against batch-1 latency, marker area by file size, shape by kind (circle fp32, square PTQ,
+    triangle QAT, diamond pruned) and edge colour by runtime; False when no row has an accuracy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -163,9 +174,10 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int |
     ax = fig.add_subplot()
     for i, row in enumerate(points):
         x, y = row["latency_ms_p50"], 100 * row["test_accuracy"]
-        label = f"{i + 1}. {row['role']} ({row.get('format', '?')}, {human_bytes(row['size_bytes'])})"
+        runtime, edge = runtime_of(row)
+        label = f"{i + 1}. {row['role']} ({row.get('format', '?')}, {runtime}, {human_bytes(row['size_bytes'])})"
         ax.scatter([x], [y], s=40 + 1600 * row["size_bytes"] / biggest, color=f"C{i % 10}", alpha=0.55,
-                   edgecolors="k", label=label, marker=MARKERS[kind_of(row)])  # fmt: skip
+                   edgecolors=edge, linewidths=2.0, label=label, marker=MARKERS[kind_of(row)])  # fmt: skip
         ax.annotate(str(i + 1), (x, y), ha="center", va="center", fontsize=8)
     legend = ax.legend(fontsize=8, loc="best", labelspacing=1.0)
     for handle in legend.legend_handles:
@@ -176,8 +188,9 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, threads: int |
     ax.margins(0.25)
     ax.set_xlabel(f"latency at batch 1, p50 (ms, CPU{f', threads: {threads}' if threads else ''})")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy against latency (area: size on disk; circle fp32, square PTQ, triangle QAT,\n"
-                 "diamond pruned)")
+    ax.set_title("accuracy against latency (area: size on disk; circle fp32, square PTQ, triangle QAT, diamond\n"
+                 "pruned; edge: the runtime, black PyTorch, blue ONNX Runtime, red ExecuTorch, green LiteRT)",
+                 fontsize=9)  # fmt: skip
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -304,7 +304,7 @@ def export_checkpoint(
 ) -> tuple[Path, dict[str, Any]]:
     """Export a tinykd checkpoint or run folder, then verify the file on the first `verify_images` test images."""
     if fmt not in ("onnx", "pt2"):
-        raise TinykdError(f"--format must be onnx or pt2, not '{fmt}'")
+        raise TinykdError(f"--format must be onnx, pt2, executorch or litert, not '{fmt}'")
     if tolerance <= 0 or verify_images < 1:
         raise TinykdError("--tolerance must be > 0 and --verify-images at least 1")
     loaded = load_model(source)

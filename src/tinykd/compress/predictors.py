@@ -38,6 +38,8 @@ from tinykd.tasks import Task, get_task, task_of_architecture
 
 RUN_FOLDER, HF_FOLDER = "run folder", "Hugging Face folder"  # the registry's keys of the two kinds of directory
 PREDICTORS: dict[str, type[Predictor]] = {}
+# runtimes in their own module, imported (and so registered) when a file of theirs is first opened
+LATER = {".pte": "tinykd.compress.executorch_rt", ".tflite": "tinykd.compress.litert_rt"}
 
 
 def register(*kinds: str) -> Callable[[type[Predictor]], type[Predictor]]:
@@ -264,17 +266,22 @@ def predictor_kind(path: Path) -> str:
 def is_model_path(source: str | Path) -> bool:
     """Whether `source` names a model file or folder some predictor reads (rather than, say, a model name)."""
     p = Path(source)
-    return p.is_dir() or (p.is_file() and predictor_kind(p) in PREDICTORS) or p.suffix.lower() == ".onnx"
+    known = predictor_kind(p) in PREDICTORS or predictor_kind(p) in LATER
+    return p.is_dir() or (p.is_file() and known) or p.suffix.lower() in (".onnx", *LATER)
 
 
 def open_predictor(path: str | Path, threads: int | None = None) -> Predictor:
     """The Predictor for a run folder, a checkpoint, a Hugging Face folder or an exported file."""
     p = Path(path)
     kind = predictor_kind(p)
+    if kind in LATER and kind not in PREDICTORS:
+        import importlib
+
+        importlib.import_module(LATER[kind])
     if kind not in PREDICTORS:
         if not p.exists():
             raise TinykdError(f"{p} does not exist")
-        known = ", ".join(sorted(k for k in PREDICTORS if k.startswith(".")))
+        known = ", ".join(sorted(k for k in {*PREDICTORS, *LATER} if k.startswith(".")))
         raise TinykdError(f"{p}: no runtime reads '{kind or p.name}' files; give a run folder, a Hugging Face folder "
                           f"or a file ending in {known}")  # fmt: skip
     return PREDICTORS[kind].open(p, threads)
@@ -358,3 +365,4 @@ def measure_row(predictor: Predictor, example: Any, repeats: int, batch: int) ->
     if row.get("macs") is not None:
         row["flops"] = 2 * int(row["macs"])
     return row
+

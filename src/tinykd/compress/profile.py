@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tinykd.compress.export import export_onnx
+from tinykd.compress.fixed_shape import FixedShapePredictor
 from tinykd.compress.onnxrt import onnx_inputs
 from tinykd.compress.predictors import (
     OnnxPredictor,
@@ -29,6 +30,7 @@ from tinykd.errors import TinykdError
 from tinykd.measure import timing_input
 
 TEXT_LENGTHS = (16, 64, 128)  # sequence lengths a text model is timed at
+PHONE_SUFFIXES = (".pte", ".tflite")  # timed at 1 and 2 threads unless --threads says otherwise
 
 
 def text_example(length: int, vocab_size: int, names: tuple[str, ...] = ("input_ids", "attention_mask")) -> dict:
@@ -57,7 +59,12 @@ def _examples(predictor: Predictor, source: str | Path, shape: tuple[int, int, i
               lengths: tuple[int, ...]) -> list[tuple[str, int | None, Any]]:  # fmt: skip
     """(label suffix, sequence length, input) to time: one image, or one text per length the model takes (an
     .onnx file's rows are told apart by their sequence_length alone)."""
-    suffix = "" if isinstance(predictor, OnnxPredictor) else " (seq {})"
+    suffix = "" if isinstance(predictor, OnnxPredictor | FixedShapePredictor) else " (seq {})"
+    if isinstance(predictor, FixedShapePredictor):  # a phone file: its one fixed shape
+        if predictor.length is None:
+            return [("", None, example_input(shape))]
+        names = tuple(predictor.names)
+        return [("", predictor.length, text_example(predictor.length, 100, names))]
     if isinstance(predictor, OnnxPredictor):
         names = tuple(onnx_inputs(predictor.path))
         vocab, longest = (100, max(lengths)) if is_token_inputs(names) else (None, None)
@@ -110,18 +117,25 @@ def profile_model(
     """
     if repeats < 1 or batch < 1:
         raise TinykdError("--repeats and --batch must be at least 1")
-    threads = threads or torch.get_num_threads()
-    predictor = open_predictor(source, threads) if is_model_path(source) else \
+    phone = str(source).lower().endswith(PHONE_SUFFIXES)
+    counts = [threads] if threads else ([1, 2] if phone else [torch.get_num_threads()])  # phones are thread-poor
+    predictor = open_predictor(source, counts[0]) if is_model_path(source) else \
         _untrained(str(source), num_classes, in_channels, image_size)  # fmt: skip
-    predictor.threads = threads
     shape = predictor.image_shape((in_channels, image_size, image_size))
     examples = _examples(predictor, source, shape, lengths)
-    rows = [{**measure_row(predictor, example, repeats, batch), "role": predictor.label + suffix,
-             **({"sequence_length": length} if length else {})} for suffix, length, example in examples]  # fmt: skip
+    rows = []
+    for count in counts:
+        predictor.threads = count
+        tag = f", {count} thread{'s' if count > 1 else ''}" if len(counts) > 1 else ""
+        rows += [{**measure_row(predictor, example, repeats, batch), "role": predictor.label + suffix + tag,
+                  **({"sequence_length": length} if length else {})}
+                 for suffix, length, example in examples]  # fmt: skip
+    threads = counts[-1]
     if onnx and isinstance(predictor, TorchPredictor):
         rows += _onnx_rows(predictor, examples, list(rows), exporter, repeats, batch)
     sequence = ["sequence", *(n for _, n, _ in examples)] if examples[0][1] else None
-    report = {"source": str(source), "input_shape": [1, *(sequence or shape)], "threads": threads, "repeats": repeats,
+    report = {"source": str(source), "input_shape": [1, *(sequence or shape)], "threads": counts if len(counts) > 1
+              else threads, "repeats": repeats,
               "batch": batch, "rows": rows}  # fmt: skip
     return rows, report
 

@@ -1,0 +1,67 @@
+"""ExecuTorch: a tiny CNN and a tiny BERT exported to .pte in fp32 and int8, run by ExecuTorch's own runtime and
+compared with PyTorch; compare and profile read .pte files; a damaged one is one line. (LiteRT: tests/litert.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from conftest import run_here, shared_folder
+from mobile_cases import check_export, make_runs
+from tinykd.compress.mobile import export_mobile
+from tinykd.errors import TinykdError
+
+pytest.importorskip("executorch")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = shared_folder(tmp_path_factory, "mobile-runs", make_runs)
+    return {"cnn": folder / "digits", "bert": folder / "bert"}
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bert"])
+def test_executorch_fp32_and_int8_match_pytorch(runs: dict[str, Path], kind: str, tmp_path: Path) -> None:
+    fp32 = check_export(runs[kind], "executorch", "fp32", tmp_path / "m.pte")
+    int8 = check_export(runs[kind], "executorch", "int8", tmp_path / "m.int8.pte")
+    assert int8["quantization"] == ("dynamic" if kind == "bert" else "static")
+    assert int8["size_bytes"] < fp32["size_bytes"]
+
+
+def test_a_file_that_does_not_match_pytorch_is_removed(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "strict.pte"
+    with pytest.raises(TinykdError, match=r"verification failed: executorch and PyTorch differ.*was removed"):
+        export_mobile(runs["cnn"], "executorch", "fp32", out, tolerance=1e-15)
+    assert not out.exists() and not (tmp_path / "strict.pte.json").exists()
+
+
+def test_compare_and_profile_read_pte_files_and_a_damaged_one_is_one_line(runs: dict[str, Path],
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "m.int8.pte"
+    export_mobile(runs["cnn"], "executorch", "int8", out, calibration=32, max_drop=5.0)
+    proc = run_here("compare", str(runs["cnn"]), str(out), "--repeats", "5", "--batch", "4", "--threads", "1",
+                    "--out", str(tmp_path / "cmp"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = __import__("json").loads((tmp_path / "cmp" / "compare.json").read_text())["models"]
+    assert rows[1]["format"] == "executorch int8 (static)" and rows[1]["test_accuracy"] > 0.5
+    proc = run_here("profile", str(out), "--repeats", "5", "--batch", "4", cwd=tmp_path)
+    assert proc.returncode == 0 and ", 1 thread" in proc.stdout and ", 2 threads" in proc.stdout, proc.stderr
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(out.read_bytes()[:200])
+    proc = run_here("compare", str(runs["cnn"]), str(bad), "--repeats", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "ExecuTorch cannot load" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_bad_options_and_a_missing_runtime_are_one_line(runs: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_here("export", str(runs["cnn"]), "--format", "executorch", "--precision", "int4", cwd=tmp_path)
+    assert proc.returncode == 2 and "--precision must be fp32 or int8" in proc.stderr
+    proc = run_here("export", str(runs["cnn"]), "--precision", "int8", cwd=tmp_path)
+    assert proc.returncode == 2 and "is for executorch and litert" in proc.stderr
+    if importlib.util.find_spec("litert_torch") is None:
+        proc = run_here("export", str(runs["cnn"]), "--format", "litert", cwd=tmp_path)
+        assert proc.returncode == 2 and "pip install 'tinykd[litert]'" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
