@@ -97,8 +97,9 @@ class ExecuTorchPredictor(FixedShapePredictor):
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self._init(path, threads)
         check_installed()
-        import executorch.kernels.quantized  # noqa: F401  (the int8 embedding tables' kernel)
-        from executorch.runtime import Runtime
+        with quiet_native():  # cpuinfo's notes on the CPU, printed when the runtime first loads
+            import executorch.kernels.quantized  # noqa: F401  (the int8 embedding tables' kernel)
+            from executorch.runtime import Runtime
 
 
         if not self.path.is_file():
