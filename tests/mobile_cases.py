@@ -29,14 +29,15 @@ DIGITS = {
 }
 
 
-def digits_cnn(folder: Path) -> Path:
-    """cnn_small trained for a few epochs on scikit-learn's 8x8 digits, saved as a run saves it (a second)."""
+def digits_cnn(folder: Path, recipe_data: dict | None = None) -> Path:
+    """cnn_small trained for a few epochs on scikit-learn's 8x8 digits (about 95% test accuracy), saved as a run
+    saves it (a second), under `recipe_data` (DIGITS by default); the run folder."""
     from tinykd.engine import make_loader
     from tinykd.measure import torch_threads
     from tinykd.pipeline import build_data
 
     torch.manual_seed(0)
-    recipe = validate_recipe(DIGITS)
+    recipe = validate_recipe(recipe_data or DIGITS)
     bundle = build_data(recipe, augment=False)
     model = create_model("cnn_small", num_classes=10, in_channels=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -46,24 +46,9 @@ def checkpoint_meta(name: str, recipe: dict | None = None) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn_small trained for a few epochs on digits (about 95% test accuracy), saved the way a run saves it."""
-    from tinykd.engine import make_loader
-    from tinykd.measure import torch_threads
-    from tinykd.pipeline import build_data
+    from mobile_cases import digits_cnn
 
-    torch.manual_seed(0)
-    bundle = build_data(validate_recipe(RECIPE), augment=False)
-    model = create_model("cnn_small", num_classes=10, in_channels=1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with torch_threads(1):  # tiny batches: one thread is fastest, and never fights other processes for cores
-        for _ in range(4):
-            for images, labels in make_loader(bundle.train, 64, train=True):
-                loss = nn.functional.cross_entropy(model(images), labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    path = tmp_path_factory.mktemp("run") / "digits" / "checkpoints" / "best.safetensors"
-    save_model(model.eval(), path, checkpoint_meta("cnn_small"))
-    return path
+    return digits_cnn(tmp_path_factory.mktemp("run"), RECIPE) / "checkpoints" / "best.safetensors"
 
 
 def test_pruned_checkpoints_load_by_shrinking_the_rebuilt_model(tmp_path: Path) -> None:
