@@ -15,11 +15,15 @@ teacher's latency over the student's in the same runtime and thread count. LiteR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +61,34 @@ def measure_file(path: Path, source: str, threads: list[int], repeats: int) -> d
     row: dict[str, Any] = {"file": str(path), "format": predictor.describe(), "size_bytes": predictor.size_bytes(),
                            "test_accuracy": evaluate(predictor, (inputs, labels))["accuracy"]}  # fmt: skip
     example = timing_input(inputs, recipe.measure.sequence_length)
-    for count in threads:
-        predictor.threads = count
-        if hasattr(predictor, "_session"):
-            predictor._session = None  # ONNX Runtime fixes its threads when the session is made
-        row[f"latency_ms_{count}t"] = speed(predictor, example, repeats, batch=1)["latency_ms_p50"]
+    with paused(PAUSE):
+        for count in threads:
+            predictor.threads = count
+            if hasattr(predictor, "_session"):
+                predictor._session = None  # ONNX Runtime fixes its threads when the session is made
+            row[f"latency_ms_{count}t"] = speed(predictor, example, repeats, batch=1)["latency_ms_p50"]
     return row
+
+
+PAUSE: list[int] = []  # --pause: processes stopped while a file is timed (a long training run beside the bench)
+
+
+@contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP `pids` (and their children) for the block, SIGCONT after: timings on a quiet machine."""
+    groups = [p for pid in pids for p in [pid, *children(pid)]]
+    for pid in groups:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in groups:
+            os.kill(pid, signal.SIGCONT)
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [n for c in found for n in [int(c), *children(int(c))]]
 
 
 def run_runtime(runtime: str, models: dict[str, str], threads: list[int], repeats: int, out: Path) -> list[dict]:
@@ -107,7 +133,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=500, help="timed calls at batch 1")
     parser.add_argument("--out", default="runs/bench-mobile")
     parser.add_argument("--json", help="write this runtime's rows here and stop (the LiteRT subprocess)")
+    parser.add_argument("--pause", type=int, nargs="*", default=[], help="processes to stop while timing")
     args = parser.parse_args()
+    PAUSE.extend(args.pause)
     out = Path(args.out)
     models = {**({"teacher": args.teacher} if args.teacher else {}), "student": args.student}
     rows: list[dict[str, Any]] = []
@@ -118,7 +146,8 @@ def main() -> None:
                 continue
             part = out / "litert.json"
             command = [str(LITERT_PYTHON), __file__, "--student", args.student, "--runtimes", "litert", "--threads",
-                       *map(str, args.threads), "--repeats", str(args.repeats), "--out", str(out), "--json", str(part)]
+                       *map(str, args.threads), "--repeats", str(args.repeats), "--out", str(out), "--json", str(part),
+                       "--pause", *map(str, args.pause)]
             if args.teacher:
                 command += ["--teacher", args.teacher]
             subprocess.run(command, check=True)
