@@ -129,8 +129,8 @@ def notes(report: dict[str, Any]) -> str:
     return (f"Ratios are against {report['reference']}. Latency: batch 1, median of {report['repeats']} calls after a "
             f"warm-up; throughput at batch {report['batch']}; CPU threads: {report['threads']}. PyTorch rows run "
             f"eager fp32, .onnx rows in ONNX Runtime (CPU), .pte rows in ExecuTorch and .tflite rows in LiteRT "
-            f"(XNNPACK; a file of batch 1, whose throughput is therefore at batch 1). Size: the file on disk (safetensors for PyTorch, the .onnx "
-            f"file with any external data).")  # fmt: skip
+            f"(XNNPACK; files of batch 1, so their throughput is at batch 1). Size: the file on disk (safetensors "
+            f"for PyTorch, the .onnx file with any external data).")  # fmt: skip
 
 
 MARKERS = {"QAT": "^", "PTQ": "s", "pruned": "D", "fp32": "o"}  # shape: how the model was made smaller
