@@ -93,6 +93,7 @@ def check_export(run: Path, fmt: str, precision: str, out: Path, max_drop: float
         assert card["sequence_length"] == recipe.data.max_length  # one fixed length: the recipe's
         assert [i["name"] for i in card["inputs"]] == list(inputs)
         assert all(i["shape"] == [1, recipe.data.max_length] for i in card["inputs"])
+        assert (out.parent / card["tokenizer"]).is_file()  # the vocabulary travels with the file
     else:
         assert card["inputs"][0]["shape"] == [1, *inputs.shape[1:]] and "normalization" in card
     return report

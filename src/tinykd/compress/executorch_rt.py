@@ -26,7 +26,9 @@ NAME = "executorch"
 def check_installed() -> None:
     """A missing ExecuTorch is one line naming the extra."""
     try:
-        import executorch.exir  # noqa: F401
+        with quiet_native():  # cpuinfo's notes on the CPU, printed when ExecuTorch's native library loads
+            import executorch.exir
+            import executorch.extension.pybindings.portable_lib  # noqa: F401
     except ModuleNotFoundError:
         raise TinykdError("--format executorch needs ExecuTorch: pip install 'tinykd[executorch]'") from None
 

@@ -20,6 +20,7 @@ removed: a silently wrong model on a phone is worse than none.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def _sequence_length(recipe: Any, inputs: Any) -> int | None:
 def _card(fmt: str, precision: str, quant: str | None, example: Any, names: list[str], logits: np.ndarray,
           loaded: Any, recipe: Any, length: int | None, dtypes: list[str]) -> dict[str, Any]:  # fmt: skip
     """What an app developer needs to call the file, in one place."""
+    from tinykd.compress.source import build_bundle
     from tinykd.measure import count_macs, count_params
 
     arrays = example if isinstance(example, dict) else {"input": example}
@@ -77,8 +79,6 @@ def _card(fmt: str, precision: str, quant: str | None, example: Any, names: list
     if length:
         card["text"] = (f"texts padded with 0 (attention_mask 0) or cut to {length} tokens: one fixed length, since "
                         f"{fmt} runs fixed shapes best; export again with --set data.max_length=N for another")
-    from tinykd.compress.source import build_bundle
-
     bundle = build_bundle(recipe)
     test = bundle.test
     while not hasattr(test, "mean") and hasattr(test, "dataset"):  # a subset of the dataset
@@ -154,6 +154,10 @@ def export_mobile(
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+    tokenizer = loaded.tokenizer_dir / "tokenizer.json" if loaded.tokenizer_dir else None
+    if text and tokenizer is not None and tokenizer.is_file():  # the app tokenizes with the very same vocabulary
+        shutil.copyfile(tokenizer, path.with_name(path.name + ".tokenizer.json"))
+        card["tokenizer"] = path.name + ".tokenizer.json"
     card_path(path).write_text(json.dumps(card, indent=2, default=str) + "\n")
     try:
         predictor = runtime.PREDICTOR.open(path, threads)
@@ -164,8 +168,8 @@ def export_mobile(
         verification = verify_file(predictor, reference, test_inputs, labels, precision, tolerance, verify_images,
                                    max_drop, loaded.meta.get("task"))  # fmt: skip
     except TinykdError as exc:
-        path.unlink(missing_ok=True)
-        card_path(path).unlink(missing_ok=True)
+        for done in (path, card_path(path), path.with_name(path.name + ".tokenizer.json")):
+            done.unlink(missing_ok=True)
         raise TinykdError(f"{exc}; {path} was removed") from None
     card["verification"] = verification
     card_path(path).write_text(json.dumps(card, indent=2, default=str) + "\n")
