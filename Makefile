@@ -68,11 +68,12 @@ pretrained: $(STAMP)
 demo: $(STAMP) data
 	$(VENV)/bin/tinykd demo
 
-# the XLA environment (4.5 GB of wheels to unpack, mostly disk) is built while the main suite runs; no pip cache
-# (--no-cache-dir): a second copy of every downloaded wheel is disk CI does not have
+# the XLA and LiteRT environments (4.5 GB and 0.8 GB of wheels to unpack, mostly disk) are built while the main
+# suite runs, one after the other (-j2: the suite and one install); no pip cache (--no-cache-dir): a second copy of
+# every downloaded wheel is disk CI does not have; then the XLA and LiteRT suites run side by side
 test:
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-main $(XSTAMP)
-	$(MAKE) --no-print-directory test-xla test-litert
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-main $(XSTAMP) $(LSTAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-xla test-litert
 
 # the suite in two worker processes (tests/conftest.py: one torch thread each, and the modules that share a trained
 # model or run folder kept whole on one worker, longest first); PYTEST_WORKERS=0 runs it in this process

@@ -362,8 +362,10 @@ def test_the_sst2_demo_fine_tunes_the_cached_pretrained_teacher_and_distils_a_st
                           *settings)  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    teacher, teacher_onnx, scratch, distilled, int8 = report["rows"]
+    teacher, teacher_onnx, scratch, distilled, int8, teacher_pte, int8_pte = report["rows"]
     assert teacher["params"] == teacher_onnx["params"] > 2 * distilled["params"]  # the whole-vocabulary teacher
+    assert teacher_pte["format"] == "executorch fp32" and int8_pte["format"] == "executorch int8 (dynamic)"
+    assert (tmp_path / "demo" / "student.int8.pte.tokenizer.json").is_file()  # the student's own vocabulary
     assert scratch["params"] == distilled["params"] and int8["format"] == "onnx int8"
     init = transformers.AutoConfig.from_pretrained(tmp_path / "demo" / "student-init")
     assert (init.hidden_size, init.num_hidden_layers, init.max_position_embeddings) == (8, 1, 24)
