@@ -141,24 +141,13 @@ def export_mobile(
     first = map_inputs(lambda v: torch.from_numpy(np.ascontiguousarray(v[:1])), test_inputs)
     example = tuple(first[n] for n in names) if text else (first,)
     quant = None if precision == "fp32" else ("dynamic" if text else "static")
-    calibration_set: list[tuple[torch.Tensor, ...]] = []
-    if quant == "static":
-        train, _ = dataset_arrays(recipe, "train", limit=calibration)
-        calibration_set = [(torch.from_numpy(np.ascontiguousarray(train[i : i + 1])),) for i in range(len(train))]
     start = time.perf_counter()
-    data, dtypes = runtime.export(module, example, quant, calibration_set)
+    data, dtypes = runtime.export(module, example, quant, _calibration_set(recipe, calibration, quant))
     seconds = round(time.perf_counter() - start, 2)
     reference = predict_all(TorchPredictor(model), test_inputs).numpy()
     card = _card(fmt, precision, quant, map_inputs(lambda v: v.numpy(), first), names, reference[:1], loaded, recipe,
                  length, dtypes)  # fmt: skip
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    tokenizer = loaded.tokenizer_dir / "tokenizer.json" if loaded.tokenizer_dir else None
-    if text and tokenizer is not None and tokenizer.is_file():  # the app tokenizes with the very same vocabulary
-        shutil.copyfile(tokenizer, path.with_name(path.name + ".tokenizer.json"))
-        card["tokenizer"] = path.name + ".tokenizer.json"
-    card_path(path).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    _write(path, data, card, loaded.tokenizer_dir if text else None)
     try:
         predictor = runtime.PREDICTOR.open(path, threads)
         inputs, outputs = predictor.file_io()  # the file's own view: LiteRT's static int8 takes int8, for one
@@ -178,6 +167,29 @@ def export_mobile(
               "checkpoint": str(loaded.path), "sequence_length": length, "verification": verification,
               "runtime": runtime.NAME}  # fmt: skip
     return path, report
+
+
+def _calibration_set(recipe: Any, count: int, quant: str | None) -> list[tuple[torch.Tensor, ...]]:
+    """Static int8's calibration inputs: the first `count` training images, one at a time (the file's batch)."""
+    from tinykd.compress.source import dataset_arrays
+
+    if quant != "static":
+        return []
+    train, _ = dataset_arrays(recipe, "train", limit=count)
+    return [(torch.from_numpy(np.ascontiguousarray(train[i : i + 1])),) for i in range(len(train))]
+
+
+def _write(path: Path, data: bytes, card: dict[str, Any], tokenizer_dir: Path | None) -> None:
+    """The file (whole or not at all), a text model's tokenizer beside it (the app tokenizes with the very same
+    vocabulary), and the card."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    tokenizer = tokenizer_dir / "tokenizer.json" if tokenizer_dir else None
+    if tokenizer is not None and tokenizer.is_file():
+        shutil.copyfile(tokenizer, path.with_name(path.name + ".tokenizer.json"))
+        card["tokenizer"] = path.name + ".tokenizer.json"
+    card_path(path).write_text(json.dumps(card, indent=2, default=str) + "\n")
 
 
 def verify_file(predictor: Predictor, reference: np.ndarray, inputs: Any, labels: np.ndarray, precision: str,
