@@ -40,8 +40,8 @@ def examples(count: int) -> int:
 # Modules whose tests share module-scoped state (a trained model, a run folder that later tests read or extend):
 # under xdist each runs whole on one worker, in order (`--dist loadgroup`, see GroupedModules). Listed longest
 # first: they are handed out first, and the other tests, one at a time, fill the workers around them.
-GROUPED_MODULES = ("test_text_e2e", "test_generative", "test_teacher_cache", "test_compress", "test_generative_onnx",
-                   "test_html_report")  # fmt: skip
+GROUPED_MODULES = ("test_text_e2e", "test_generative", "test_mobile", "test_teacher_cache", "test_compress",
+                   "test_generative_onnx", "test_html_report")  # fmt: skip
 
 
 def _module(item: pytest.Item) -> str:

@@ -75,3 +75,48 @@ def test_bad_options_and_a_missing_runtime_are_one_line(runs: dict[str, Path], t
         proc = run_here("export", str(runs["cnn"]), "--format", "litert", cwd=tmp_path)
         assert proc.returncode == 2 and "pip install 'tinykd[litert]'" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_quantization_aware_run_ships_the_int8_it_trained_with(tmp_path: Path) -> None:
+    """A convolutional QAT run (torchao's PT2E flow, uint8 activations) exports its own scales, no calibration:
+    the .pte computes what the converted QAT model computes, and its card says so."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from tinykd.compress.predictors import TorchPredictor, open_predictor, predict_all
+    from tinykd.compress.pt2e_export import trained_int8
+    from tinykd.compress.source import dataset_arrays
+    from tinykd.loading import load_model, recipe_from_checkpoint
+    from tinykd.recipes import load_recipe
+    from tinykd.run import run
+
+    pytest.importorskip("torchao")
+    recipe = load_recipe({"name": "qat-mobile", "seed": 0, "student": {"name": "cnn_tiny"},
+                          "data": {"name": "digits", "batch_size": 32, "val_size": 0.1},
+                          "quantize": {"weights": "int8"},
+                          "train": {"epochs": 3, "optimizer": {"lr": 0.1}},
+                          "runtime": {"threads": 1}, "measure": {"enabled": False}})  # fmt: skip
+    run(recipe, tmp_path / "run", mode="train")
+    calls = []
+    from tinykd.compress import mobile
+
+    original = mobile._calibration_set
+    mobile._calibration_set = lambda *a: calls.append(a) or original(*a)  # type: ignore[assignment]
+    try:
+        path, report = export_mobile(tmp_path / "run", "executorch", "int8", tmp_path / "qat.pte", threads=1)
+    finally:
+        mobile._calibration_set = original  # type: ignore[assignment]
+    assert report["quantization"] == "trained" and calls and calls[0][2] == "trained"
+    card = json.loads((tmp_path / "qat.pte.json").read_text())
+    assert card["format"] == "executorch int8 (trained)"
+    assert card["verification"]["against"] == "the QAT model in PyTorch"
+    loaded = load_model(tmp_path / "run")
+    run_recipe = recipe_from_checkpoint(loaded.meta, loaded.path)
+    images, labels = dataset_arrays(run_recipe, "test")
+    qat = trained_int8(loaded, run_recipe, torch.from_numpy(images[:1]))
+    want = predict_all(TorchPredictor(qat), images).numpy()
+    got = predict_all(open_predictor(path, threads=1), images).numpy()
+    assert (want.argmax(1) == labels).mean() > 0.8  # a model that learned, so agreement means something
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99 and np.abs(got - want).max() < 0.1

@@ -58,9 +58,9 @@ def run_in_fresh_process(tmp_path: Path, data: dict, name: str) -> dict:
     return json.loads((tmp_path / name / "report.json").read_text())
 
 
-@pytest.mark.parametrize("hint", [False, True], ids=["kd", "kd+fitnet"])
-def test_compilations_do_not_grow_with_steps_and_one_execution_per_step(tmp_path: Path, hint: bool) -> None:
-    reports = {n: run_in_fresh_process(tmp_path, recipe(tmp_path, n, hint), f"run{n}") for n in (10, 30)}
+def test_compilations_do_not_grow_with_steps_and_one_execution_per_step(tmp_path: Path) -> None:
+    """CE + KD + a FitNet hint read by forward hooks (the plain KD graph is the same without the hook's terms)."""
+    reports = {n: run_in_fresh_process(tmp_path, recipe(tmp_path, n, hint=True), f"run{n}") for n in (10, 30)}
     for report in reports.values():
         assert report["device"].startswith("xla"), report["device"]
     short, long = reports[10]["xla"], reports[30]["xla"]

@@ -63,8 +63,10 @@ def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], quant: st
 
     try:
         with quiet_native():
-            if quant:
+            if quant in ("static", "dynamic"):  # "trained": a QAT run's graph, converted already
                 module = quantized_module(module, example, quant, calibration, xnnpack_quantizer(quant))
+            if quant:  # the out variants of what stays outside XNNPACK (quantize/dequantize, int8 tables)
+                import executorch.kernels.quantized  # noqa: F401
             program = torch.export.export(module, example)
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             # what XNNPACK did not take (the int8 tables' lookups) becomes ExecuTorch's own quantized kernels

@@ -46,6 +46,10 @@ def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], quant: st
            calibration: list[tuple[torch.Tensor, ...]]) -> tuple[bytes, list[str]]:  # fmt: skip
     """The .tflite flatbuffer of `module` at the example's shapes (int8 through ai_edge_quantizer); and each
     input's dtype in the file."""
+    if quant == "trained":
+        raise TinykdError("a quantization-aware run's own int8 exports to ExecuTorch (--format executorch) and ONNX "
+                          "(the run's model.qat.onnx); LiteRT's converter does not take torchao's converted graph: "
+                          "use --precision fp32 with --format litert")  # fmt: skip
     import litert_torch
 
     from tinykd.compress.onnxrt import _first_line

@@ -9,8 +9,10 @@ the card to find the test set.
 
 Precision: `fp32`, or `int8`: static (activations and per-channel weights, calibrated on training images) for a
 model with convolutions, dynamic (int8 weights, activations quantized per call) for a text model, as ONNX
-Runtime's `quantize --mode auto` does. Each runtime is one file (`executorch_rt`, `litert_rt`) with an `export`
-function and a registered `Predictor`; this file is what they share: inputs, the card, the verification.
+Runtime's `quantize --mode auto` does; a convolutional quantization-aware run (recipe `quantize`) brings the int8
+it trained with instead ("trained": no calibration, verified against the QAT model it converts to). Each runtime
+is one file (`executorch_rt`, `litert_rt`) with an `export` function and a registered `Predictor`; this file is
+what they share: inputs, the card, the verification.
 
 Verification, right after writing: fp32 within `tolerance` of PyTorch and top-1 agreement >= 99.9% on the first
 test samples; int8 accuracy on the whole test set within `max_drop` points of PyTorch's fp32. A file that fails is
@@ -142,9 +144,14 @@ def export_mobile(
     example = tuple(first[n] for n in names) if text else (first,)
     quant = None if precision == "fp32" else ("dynamic" if text else "static")
     start = time.perf_counter()
+    if precision == "int8" and loaded.meta.get("qat") == "pt2e":  # the int8 it trained with, not a second one
+        from tinykd.compress.pt2e_export import trained_int8
+
+        quant = "trained"
+        model = module = trained_int8(loaded, recipe, example[0])
     data, dtypes = runtime.export(module, example, quant, _calibration_set(recipe, calibration, quant))
     seconds = round(time.perf_counter() - start, 2)
-    reference = predict_all(TorchPredictor(model), test_inputs).numpy()
+    reference = predict_all(TorchPredictor(model), test_inputs).numpy()  # a QAT run: its converted graph
     card = _card(fmt, precision, quant, map_inputs(lambda v: v.numpy(), first), names, reference[:1], loaded, recipe,
                  length, dtypes)  # fmt: skip
     _write(path, data, card, loaded.tokenizer_dir if text else None)
@@ -155,7 +162,8 @@ def export_mobile(
             mine.update(theirs)
         card["outputs"] = [{"name": "logits", **o} for o in outputs[:1]]
         verification = verify_file(predictor, reference, test_inputs, labels, precision, tolerance, verify_images,
-                                   max_drop, loaded.meta.get("task"))  # fmt: skip
+                                   max_drop, loaded.meta.get("task"),
+                                   "the QAT model in PyTorch" if quant == "trained" else "PyTorch fp32")  # fmt: skip
     except TinykdError as exc:
         for done in (path, card_path(path), path.with_name(path.name + ".tokenizer.json")):
             done.unlink(missing_ok=True)
@@ -193,10 +201,11 @@ def _write(path: Path, data: bytes, card: dict[str, Any], tokenizer_dir: Path | 
 
 
 def verify_file(predictor: Predictor, reference: np.ndarray, inputs: Any, labels: np.ndarray, precision: str,
-                tolerance: float, verify_images: int, max_drop: float,
-                task: str | None = None) -> dict[str, Any]:  # fmt: skip
+                tolerance: float, verify_images: int, max_drop: float, task: str | None = None,
+                against: str = "PyTorch fp32") -> dict[str, Any]:  # fmt: skip
     """fp32: the first `verify_images` samples within `tolerance` and top-1 agreement >= 99.9%; int8: accuracy on
-    every test sample within `max_drop` points of PyTorch's. Raises a one-line error otherwise."""
+    every test sample within `max_drop` points of the `reference` logits' (`against` names them). Raises a
+    one-line error otherwise."""
     from tinykd.tasks import get_task
 
     task_ = get_task(task or "classification")
@@ -211,7 +220,7 @@ def verify_file(predictor: Predictor, reference: np.ndarray, inputs: Any, labels
     acc_file = metrics_of(task_, outputs, labels[:count])["accuracy"]
     report = {"samples": count, "max_abs_diff": diff, "top1_agreement": agree, "accuracy_pytorch": acc_torch,
               f"accuracy_{what}": acc_file, "tolerance": tolerance if precision == "fp32" else None,
-              "max_drop_points": max_drop if precision == "int8" else None}  # fmt: skip
+              "max_drop_points": max_drop if precision == "int8" else None, "against": against}  # fmt: skip
     if not np.isfinite(outputs).all():
         raise TinykdError(f"verification failed: {what} returned non-finite logits")
     if precision == "fp32" and (diff > tolerance or agree < AGREEMENT):
@@ -220,7 +229,7 @@ def verify_file(predictor: Predictor, reference: np.ndarray, inputs: Any, labels
                           f"{AGREEMENT:.1%} needed)")  # fmt: skip
     if precision == "int8" and 100 * (acc_torch - acc_file) > max_drop:
         raise TinykdError(f"verification failed: the int8 file's accuracy in {what} is {acc_file:.2%} against "
-                          f"{acc_torch:.2%} in PyTorch fp32 on {count} test samples, more than --max-drop "
+                          f"{acc_torch:.2%} in {against} on {count} test samples, more than --max-drop "
                           f"{max_drop:g} points lower")  # fmt: skip
     return report
 
@@ -244,7 +253,8 @@ def describe_mobile(path: Path, report: dict[str, Any]) -> str:
                  f"{acc:.2%} ({report['runtime']})")  # fmt: skip
     else:
         third = (f"verified on all {v['samples']} test samples: accuracy {acc:.2%} ({report['runtime']} int8) vs "
-                 f"{v['accuracy_pytorch']:.2%} (PyTorch fp32), top-1 agreement {v['top1_agreement']:.2%}")  # fmt: skip
+                 f"{v['accuracy_pytorch']:.2%} ({v.get('against', 'PyTorch fp32')}), top-1 agreement "
+                 f"{v['top1_agreement']:.2%}")  # fmt: skip
     return f"{first}\n{second}\n{third}"
 
 

@@ -236,7 +236,8 @@ def _train_eval_freezes_observers(graph: nn.Module) -> None:
     )
 
     def train(self: nn.Module, mode: bool = True) -> nn.Module:
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        with _patterns_traced_once():
+            (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
         self.apply(enable_observer if mode else disable_observer)
         self.training = mode
         return self
@@ -247,6 +248,36 @@ def _train_eval_freezes_observers(graph: nn.Module) -> None:
     graph.train = types.MethodType(train, graph)  # type: ignore[method-assign]
     graph.eval = types.MethodType(evaluate, graph)  # type: ignore[method-assign]
     setattr(graph, PT2E_MARK, True)
+
+
+_PATTERNS: dict[Any, Any] = {}
+
+
+@contextmanager
+def _patterns_traced_once() -> Iterator[None]:
+    """torchao's train/eval switch of an exported graph traces its dropout and BatchNorm patterns with
+    torch.export at every call (about 1.3 s a switch on this CPU, two switches an epoch for validation). A traced
+    pattern depends only on the function's code, the values it captured, the example shapes and the device, so
+    each is traced once per process and reused (the rewriter copies a pattern's nodes; it never changes it)."""
+    from torchao.quantization.pt2e import utils
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    def cached(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any) -> Any:
+        fn = getattr(pattern, "fn", None)
+        if fn is None or kwargs or not hasattr(fn, "__code__"):
+            return original(pattern, example_inputs, is_cuda, **kwargs)
+        shapes = tuple(tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in example_inputs)
+        key = (fn.__code__, tuple(c.cell_contents for c in fn.__closure__ or ()), shapes, is_cuda)
+        if key not in _PATTERNS:
+            _PATTERNS[key] = original(pattern, example_inputs, is_cuda)
+        return _PATTERNS[key]
+
+    utils._get_aten_graph_module_for_pattern = cached
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
 
 
 def _exported_and_prepared(model: nn.Module, example: torch.Tensor, prepare: Any) -> tuple[nn.Module, torch.Tensor]:
@@ -291,7 +322,8 @@ def prepare_pt2e_qat(model: nn.Module, spec: Any, example: Any) -> nn.Module:
     _train_eval_freezes_observers(graph)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
-    move_exported_model_to_eval(graph)  # observers on, BatchNorm statistics frozen: one look at the example
+    with _patterns_traced_once():  # observers on, BatchNorm statistics frozen: one look at the example
+        move_exported_model_to_eval(graph)
     with torch.no_grad():
         graph(example)
     return graph.train()
