@@ -386,6 +386,27 @@ def pretrained(
     print(f"use it as hf:{repo_id} (offline too)")
 
 
+@app.command("make-dataset")
+def make_dataset(
+    name: Annotated[str, typer.Argument(help="The dataset to compose: fmnist-detect.")],
+    out: Annotated[Path, typer.Option("--out", help="A new folder for the train/ and test/ COCO folders.")],
+    train: Annotated[int, typer.Option("--train", help="Training scenes.")] = 6000,
+    test: Annotated[int, typer.Option("--test", help="Test scenes.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Scene i of a split depends on (seed, split, i) only.")] = 0,
+) -> None:
+    """Compose a dataset that cannot be downloaded here and write it in a standard format: fmnist-detect, scenes
+    of 1 to 6 Fashion-MNIST items on 128x128 canvases with their boxes, as COCO folders (train from the official
+    train images, test from the test images)."""
+    from tinykd.data.fmnist_detect import make_fmnist_detect
+
+    if name != "fmnist-detect":
+        raise TinykdError(f"make-dataset knows fmnist-detect, not '{name}'")
+    summary = make_fmnist_detect(out, train, test, seed)
+    for split in ("train", "test"):
+        counts = summary[split]
+        print(f"{out / split}: {counts['images']} images, {counts['boxes']} boxes (annotations.json + images/)")
+
+
 @app.command()
 def recipes() -> None:
     """List the built-in recipes (use their names wherever a recipe file is expected)."""
