@@ -163,14 +163,14 @@ def test_the_checker_finds_cycles_between_parts(tmp_path: Path) -> None:
     assert cycles(part_graph(import_graph(src))) == [["tinykd.p", "tinykd.q"]]
 
 
-# --- the README's design section stays true ------------------------------------------------------------------------
+# --- the design page (docs/design.md) stays true ------------------------------------------------------------------
 
-README = SRC.parent / "README.md"
+DESIGN = SRC.parent / "docs" / "design.md"
 BASE = {"tinykd.errors", "tinykd.version"}
 
 
-def _readme_block(marker: str) -> list[list[str]]:
-    text = README.read_text()
+def _design_block(marker: str) -> list[list[str]]:
+    text = DESIGN.read_text()
     block = text.split(f"<!-- {marker} -->", 1)[1].split(f"<!-- /{marker} -->", 1)[0]
     return [line.split() for line in block.strip().strip("`").strip().splitlines() if line.strip()]
 
@@ -179,22 +179,22 @@ def _name(short: str) -> str:
     return "tinykd" if short == "tinykd" else f"tinykd.{short}"
 
 
-def test_every_import_goes_down_the_layers_of_the_readme() -> None:
+def test_every_import_goes_down_the_layers_of_the_design_page() -> None:
     layers: dict[str, int] = {}
-    for words in _readme_block("layers"):
+    for words in _design_block("layers"):
         assert words[0] == "layer", words
         for short in words[2:]:
             if not short.replace("_", "").isalnum():
                 break  # the description starts
             layers[_name(short)] = int(words[1])
     parts = part_graph(import_graph())
-    assert sorted(set(parts) - set(layers)) == [], "a part of the package is missing from README's layer table"
+    assert sorted(set(parts) - set(layers)) == [], "a part of the package is missing from the design page's layer table"
     upward = sorted((a, b) for a, targets in parts.items() for b in targets if layers[b] >= layers[a])
-    assert upward == [], "imports that do not go down README's layers"
+    assert upward == [], "imports that do not go down the design page's layers"
 
 
-def test_the_readme_lists_who_imports_whom() -> None:
-    listed = {_name(words[0]): {_name(w) for w in words[2:]} for words in _readme_block("imports")}
+def test_the_design_page_lists_who_imports_whom() -> None:
+    listed = {_name(words[0]): {_name(w) for w in words[2:]} for words in _design_block("imports")}
     actual = {a: targets - BASE for a, targets in part_graph(import_graph()).items()
               if targets - BASE and a not in ("tinykd", "tinykd.__main__")}  # fmt: skip
     assert listed == actual
