@@ -86,7 +86,7 @@ def cli_markdown() -> str:
 
 
 def constraints(field: Any) -> str:
-    """`> 0`, `<= 100`, ... from pydantic's annotated-types metadata."""
+    """`(> 0, <= 100)`, ... from pydantic's annotated-types metadata."""
     marks = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length", "pattern": "matches"}
     found = []
     for meta in field.metadata:
@@ -94,20 +94,32 @@ def constraints(field: Any) -> str:
             value = getattr(meta, attr, None)
             if value is not None:
                 found.append(f"{sign} {value}")
-    return ", ".join(found)
+    return f"({', '.join(found)})" if found else ""
 
 
-def nested_model(annotation: Any) -> type | None:
+def nested_model(annotation: Any) -> tuple[type | None, str]:
+    """The section class inside a field's type, and how it is held: "" (itself), "list" or "map"."""
     from pydantic import BaseModel
 
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin = typing.get_origin(annotation)
+    for arg in typing.get_args(annotation):
+        found, how = nested_model(arg)
+        if found is not None:
+            return found, {list: "list", dict: "map"}.get(origin, how)  # type: ignore[call-overload]
+    return None, ""
+
+
+def shown(value: Any) -> str:
+    """A default as a recipe would write it: sections as plain mappings."""
+    if isinstance(value, dict):
+        return repr({k: v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v for k, v in value.items()})
+    return repr(value)
 
 
 def recipe_fields() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) of every recipe field, sections first-level to deepest."""
+    """(dotted key, type, default, description) of every recipe field, each section followed by its fields."""
     from pydantic_core import PydanticUndefined
 
     from tinykd.recipes.schema import Recipe
@@ -117,25 +129,23 @@ def recipe_fields() -> list[tuple[str, str, str, str]]:
     def walk(model: type, prefix: str) -> None:
         for key, field in model.model_fields.items():
             dotted = f"{prefix}{key}"
-            sub = nested_model(field.annotation)
+            sub, how = nested_model(field.annotation)
             if field.default is not PydanticUndefined:
-                default = repr(field.default) if sub is None or field.default is None else ""
-            elif field.default_factory is not None and sub is None:
-                default = repr(field.default_factory())
+                default = repr(field.default)
             elif field.default_factory is not None:
-                default = "(its defaults)"
+                default = "(its defaults)" if sub is not None and not how else shown(field.default_factory())
             else:
                 default = "required"
             about = " ".join(x for x in (field.description or "", constraints(field)) if x)
             if sub is not None:
                 about = about or first_paragraph(sub.__doc__)
-            type_text = "section" if sub is not None and type_name(field.annotation).count("|") <= 1 else ""
-            type_text = type_text or type_name(field.annotation)
-            if sub is not None and "list" in type_name(field.annotation):
-                type_text = "list of sections"
-            rows.append((dotted, type_text, default, about))
-            if sub is not None and sub.__name__ != "LossTermSpec":
-                walk(sub, f"{dotted}{'[]' if type_text == 'list of sections' else ''}.")
+            type_text = {"": "section", "list": "list of sections", "map": "map of NAME: section"}[how] if sub else ""
+            if model is Recipe and key == "model":
+                rows.append((dotted, "section", default, "the same as `student` (give one of the two)"))
+                continue
+            rows.append((dotted, type_text or type_name(field.annotation), default, about))
+            if sub is not None:
+                walk(sub, dotted + {"": ".", "list": "[].", "map": ".NAME."}[how])
 
     walk(Recipe, "")
     return rows
