@@ -234,3 +234,16 @@ def test_the_readme_is_a_front_page() -> None:
     assert "pip install" in text and (ROOT / "LICENSE").is_file()
     relative = [link for link in re.findall(r"\]\(([^)]+)\)", text) if not link.startswith(("https://", "http://"))]
     assert relative == [], f"links that break on PyPI, where the README is the package's page: {relative}"
+
+
+def test_every_benchmark_table_is_stamped() -> None:
+    """A measured table says when (date and commit), with which torch and on which hardware."""
+    unstamped = []
+    for page in sorted((ROOT / "docs").glob("benchmarks*.md")):
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines[1:], 1):
+            if line.strip().startswith("|---") and not lines[i - 2].strip().startswith("|"):
+                before = [x for x in lines[max(0, i - 4) : i - 1] if x.strip()]
+                if not any("**Recorded**" in x and "torch" in x.lower() for x in before):
+                    unstamped.append(f"{page.name}:{i}: {lines[i - 1][:60]}")
+    assert unstamped == []
