@@ -135,9 +135,8 @@ def demo(
         bool, typer.Option(help="Train the teacher here instead of using the shipped one.")
     ] = False,
     set_: SetOption = None,
-    task: Annotated[str, typer.Option(help="fmnist (images) or sst2 (text: needs GLUE's SST-2, see README).")] = (
-        "fmnist"
-    ),
+    task: Annotated[str, typer.Option(
+        help="fmnist (images) or sst2 (text: needs GLUE's SST-2, see docs/getting-started.md).")] = "fmnist",
 ) -> None:
     """Teacher, student from scratch, distilled student and int8 student, side by side (Fashion-MNIST or SST-2)."""
     from tinykd.demo import run_demo

@@ -20,7 +20,8 @@ class ModelSpec(Section):
     """A model by name (`resnet8x4`, `timm:resnet18`, `torchvision:mobilenet_v3_small`, `hf:bert`, `hf:DIR`,
     `hf:HUB_ID`), with weights optionally."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="a registered model (tinykd models), timm:NAME, torchvision:NAME, "
+                      "hf:TYPE (a config), hf:DIR or hf:HUB_ID (a Hugging Face model with its weights)")  # fmt: skip
     checkpoint: str | None = Field(None, description="a .safetensors file or a tinykd run folder")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
@@ -66,15 +67,16 @@ class DataSpec(Section):
     """Images (fashion-mnist, digits, cifar10, cifar100, imagefolder) or text (text, sst2, hf:DATASET[/CONFIG])."""
 
     name: str = Field(min_length=1, description="a registered dataset, or hf:DATASET[/CONFIG] for text")
-    root: str | None = None
-    download: bool = False
-    augment: bool = True
+    root: str | None = Field(None, description="the folder that holds the data (default: $TINYKD_DATA, then the "
+                             "dataset's usual places)")  # fmt: skip
+    download: bool = Field(False, description="fetch the official files when they are not found (needs a network)")
+    augment: bool = Field(True, description="the dataset's standard training augmentation (images: crop and flip)")
     val_size: float = Field(0.1, ge=0, description="fraction of the training set (or a count if >= 1)")
     train_subset: int | None = Field(None, gt=0, description="train on only this many images (seeded)")
-    image_size: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0, description="resize images to this side (default: the dataset's)")
     batch_size: int = Field(128, gt=0, le=65536, description="per process")
-    eval_batch_size: int = Field(512, gt=0, le=65536)
-    num_workers: int = Field(0, ge=0, le=256)
+    eval_batch_size: int = Field(512, gt=0, le=65536, description="per process, for validation and test")
+    num_workers: int = Field(0, ge=0, le=256, description="data loader worker processes (0: in the main process)")
     bad_images: Literal["error", "skip"] = Field(
         "error", description="imagefolder: an unreadable file stops the run before training, or is left out"
     )
@@ -83,7 +85,7 @@ class DataSpec(Section):
     test: str | None = Field(None, description="text: the test file")
     text_column: str | None = Field(None, description="text: default the first of text, sentence, content, review")
     text_pair_column: str | None = Field(None, description="text: a second text per sample (sentence pairs)")
-    label_column: str = "label"
+    label_column: str = Field("label", description="text: the column of class ids or names")
     label_names: list[str] | None = Field(
         None, min_length=1, description="text: the class names in id order (labels written as names map to them)"
     )
@@ -114,39 +116,39 @@ class LossTermSpec(BaseModel):
     """`weight` multiplies this term in the total; `type` is the registered term (default: the entry's key)."""
 
     model_config = ConfigDict(extra="allow")
-    type: str | None = None
-    weight: float = Field(1.0, ge=0)
+    type: str | None = Field(None, description="the registered loss term (default: the entry's key)")
+    weight: float = Field(1.0, ge=0, description="its weight in the total loss")
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 class OptimizerSpec(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0, le=100)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    name: Literal["sgd", "adamw"] = Field("sgd", description="the optimizer")
+    lr: float = Field(0.1, gt=0, le=100, description="peak learning rate, for the global batch as given")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="L2 (sgd) or decoupled (adamw) weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: the moment decay rates")
 
 
 class ScheduleSpec(Section):
     """Learning rate over training: step decay, cosine, or one-cycle, after an optional linear warm-up."""
 
-    name: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
+    name: Literal["constant", "step", "cosine", "onecycle"] = Field("cosine", description="the schedule")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0, in epochs (fractions allowed)")
     milestones: list[float] = Field(default_factory=list, description="step: epochs at which lr *= gamma")
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine/onecycle: final lr as a fraction of lr")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
 
 
 class TrainSpec(Section):
-    epochs: int = Field(5, gt=0, le=100000)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    grad_clip: float | None = Field(None, gt=0)
-    log_every: int = Field(50, gt=0)
+    epochs: int = Field(5, gt=0, le=100000, description="passes over the training set")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="the optimizer and its settings")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="the learning rate over training")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradients' global norm to this (null: no clip)")
+    log_every: int = Field(50, gt=0, description="steps between training log lines (metrics.jsonl)")
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cut epochs short (smoke tests)")
     checkpoint_every: int | None = Field(
         1000, gt=0, description="steps between resume checkpoints (also written at each epoch end); null: epochs only"
@@ -161,12 +163,15 @@ class TrainSpec(Section):
 class RuntimeSpec(Section):
     """Where and how the run executes. `auto` takes cuda, else xla (when PJRT_DEVICE is set), else mps, else cpu."""
 
-    device: Literal["auto", "cpu", "cuda", "mps", "xla"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps", "xla"] = Field(
+        "auto", description="where to train; auto: cuda, else xla (when PJRT_DEVICE is set), else mps, else cpu"
+    )  # fmt: skip
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="autocast; fp16 adds a loss scaler; auto: bf16 where native (GPU, TPU, AMX CPU), else fp32"
     )
     compile: bool = Field(False, description="torch.compile the training step (student and teacher forward)")
-    channels_last: bool = False
+    channels_last: bool = Field(False, description="images in channels-last memory format (faster convolutions "
+                                "on many CPUs and GPUs)")  # fmt: skip
     threads: int | None = Field(None, gt=0, le=1024, description="torch CPU threads (default: torch's choice)")
     deterministic: bool = Field(
         False, description="GPUs: deterministic kernels only (cuDNN autotuning off, PyTorch's deterministic "
@@ -183,14 +188,14 @@ class RuntimeSpec(Section):
 class MeasureSpec(Section):
     """What the report measures about each model after training."""
 
-    enabled: bool = True
-    latency_repeats: int = Field(200, gt=0, le=100000)
-    throughput_batch: int = Field(64, gt=0, le=65536)
+    enabled: bool = Field(True, description="time and size each model after training (off: accuracy only)")
+    latency_repeats: int = Field(200, gt=0, le=100000, description="timed calls at batch 1 (the median is reported)")
+    throughput_batch: int = Field(64, gt=0, le=65536, description="the batch size of the throughput measurement")
     sequence_length: int = Field(64, gt=0, le=8192, description="text models: tokens per timed sequence")
     generate_samples: int = Field(200, ge=0, le=1_000_000, description="seq2seq: test sources decoded greedily "
                                   "for exact match and ROUGE-L (0: none)")  # fmt: skip
     new_tokens: int = Field(32, gt=0, le=8192, description="generative models: new tokens per timed generation")
-    threads: int | None = Field(None, gt=0, le=1024)
+    threads: int | None = Field(None, gt=0, le=1024, description="CPU threads for the timings (default: torch's)")
 
 
 class PruneSpec(Section):
@@ -235,20 +240,21 @@ class QuantizeSpec(Section):
 class Recipe(Section):
     """A whole run. `teacher` is for distillation; `student` (alias `model`) is the model being trained."""
 
-    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0, lt=2**32)
-    data: DataSpec
-    teacher: ModelSpec | None = None
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="the run's name (reports)")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds the models' initialisation, data order and augmentation")
+    data: DataSpec = Field(description="the dataset and how it is batched")
+    teacher: ModelSpec | None = Field(None, description="the frozen teacher (distill)")
     teachers: list[TeacherSpec] | None = Field(
         None, min_length=1, description="several frozen teachers instead of one: terms read their weighted mean "
         "logits, or one teacher's outputs by tap ('0', '1', ...)"
     )  # fmt: skip
-    student: ModelSpec | None = None
-    model: ModelSpec | None = None
-    loss_terms: dict[str, LossTermSpec] = Field(default_factory=lambda: {"ce": LossTermSpec()})
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    student: ModelSpec | None = Field(None, description="the model trained")
+    model: ModelSpec | None = Field(None, description="the model trained, another name for student (train)")
+    loss_terms: dict[str, LossTermSpec] = Field(default_factory=lambda: {"ce": LossTermSpec()},
+                                                description="the weighted terms of the loss, by name")  # fmt: skip
+    train: TrainSpec = Field(default_factory=TrainSpec, description="epochs, optimizer, schedule, checkpoints")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="device, precision, threads, trackers")
+    measure: MeasureSpec = Field(default_factory=MeasureSpec, description="what the report measures")
     prune: PruneSpec | None = Field(None, description="tinykd prune: structured pruning, then recovery")
     quantize: QuantizeSpec | None = Field(None, description="quantization-aware training of the student")
 
