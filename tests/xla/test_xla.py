@@ -20,20 +20,20 @@ from tinykd import create_model
 from tinykd.models.checkpoint import save_model
 
 pytestmark = pytest.mark.skipif(os.environ.get("PJRT_DEVICE") != "CPU", reason="run with PJRT_DEVICE=CPU")
-FITNET = {"type": "fitnet", "weight": 1.0, "student": "stage2", "teacher": "layer2"}
+FITNET = {"type": "fitnet", "weight": 1.0, "student": "stage2", "teacher": "stage2"}
 
 
 def recipe(tmp_path: Path, steps: int, hint: bool, device: str = "xla") -> dict:
     teacher = tmp_path / "teacher.safetensors"
     if not teacher.exists():
-        save_model(create_model("resnet8", num_classes=10, in_channels=1), teacher, {"model": "resnet8"})
+        save_model(create_model("cnn_small", num_classes=10, in_channels=1), teacher, {"model": "cnn_small"})
     terms = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
     if hint:
         terms["hint"] = FITNET
     return {
         "name": "xla", "seed": 0,
         "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 64, "val_size": 0.1, "augment": False},
-        "teacher": {"name": "resnet8", "checkpoint": str(teacher)},
+        "teacher": {"name": "cnn_small", "checkpoint": str(teacher)},
         "student": {"name": "cnn_small"},
         "loss_terms": terms,
         # one epoch of `steps` steps, lr schedule changing every step (it must not recompile)
