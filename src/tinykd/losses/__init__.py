@@ -7,6 +7,7 @@ from tinykd.losses import (  # noqa: F401  (registers the built-in terms)
     cosine,
     crd,
     dkd,
+    fcos,
     fitnet,
     hidden_mse,
     kd,

@@ -1,0 +1,99 @@
+"""The FCOS detectors of the zoo, FCOS's loss term and the decoding of dense outputs into boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+import tinykd
+from tinykd.errors import TinykdError
+from tinykd.losses import build_loss_term
+from tinykd.losses.fcos import assign, centerness_target
+from tinykd.models.detection import decode
+from tinykd.models.small_cnn import cnn_tiny
+
+
+def scenes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` 128x128 images of 1-3 filled rectangles (class 0: wide, class 1: tall) and their padded targets."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = torch.zeros(n, 1, 128, 128), torch.full((n, 3, 5), -1.0)
+    for i in range(n):
+        for j in range(int(torch.randint(1, 4, (1,), generator=g))):
+            label = int(torch.randint(0, 2, (1,), generator=g))
+            w, h = (40, 20) if label == 0 else (20, 40)
+            x, y = (int(v) for v in torch.randint(0, 88, (2,), generator=g))
+            if (targets[i, :j, 0] >= 0).any() and (box_iou(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float),
+                                                           targets[i, :j, 1:]) > 0).any():  # fmt: skip
+                continue
+            images[i, 0, y : y + h, x : x + w] = 1.0
+            targets[i, j] = torch.tensor([label, x, y, x + w, y + h], dtype=torch.float)
+    return images, targets
+
+
+def test_the_zoo_has_student_and_teacher_sized_detectors_with_dense_outputs() -> None:
+    tiny, teacher = (tinykd.create_model(n, num_classes=10, in_channels=1) for n in ("fcos_tiny", "fcos_teacher"))
+    out = tiny(torch.randn(2, 1, 128, 128))
+    assert out.shape == (2, 16 * 16 + 8 * 8, 10 + 5) and len(tiny.locations) == out.shape[1]
+    assert (out[..., 10:14] > 0).all()  # distances are positive
+    params = [sum(p.numel() for p in m.parameters()) for m in (tiny, teacher)]
+    assert params[0] * 5 <= params[1]  # the issue's student: at most a fifth of the teacher
+    assert tinykd.create_model("fcos_small", num_classes=3, in_channels=3, image_size=64)(
+        torch.randn(1, 3, 64, 64)).shape == (1, 8 * 8 + 4 * 4, 8)  # fmt: skip
+
+
+def test_each_box_gets_locations_and_the_smaller_box_wins_where_two_overlap() -> None:
+    model = tinykd.create_model("fcos_tiny", num_classes=2, in_channels=1)
+    targets = torch.tensor([[[0, 10, 10, 50, 30], [1, 20, 12, 36, 28], [-1, 0, 0, 0, 0]]], dtype=torch.float)
+    labels, boxes = assign(targets, model.locations, model.strides, model.size_ranges)
+    assert labels.shape == (1, 320) and set(labels.unique().tolist()) == {-1, 0, 1}
+    inside_small = (model.locations[:, 0] > 20) & (model.locations[:, 0] < 36) & \
+        (model.locations[:, 1] > 12) & (model.locations[:, 1] < 28) & (labels[0] >= 0)  # fmt: skip
+    assert inside_small.any() and (labels[0, inside_small] == 1).all()  # inside both: the smaller one
+    assert (boxes[0, labels[0] < 0] == 0).all()
+    assert (centerness_target(model.locations, boxes)[0, labels[0] >= 0] > 0).all()
+    _, many = scenes(16)
+    labels, boxes = assign(many, model.locations, model.strides, model.size_ranges)
+    found = sum(len({tuple(b) for b in bx[lb >= 0].tolist()}) for bx, lb in zip(boxes, labels, strict=True))
+    assert found == (many[..., 0] >= 0).sum()  # every real box has at least one location
+
+
+def test_decoding_a_perfect_prediction_gives_back_the_boxes() -> None:
+    model = tinykd.create_model("fcos_tiny", num_classes=2, in_channels=1)
+    _, targets = scenes(4, seed=1)
+    labels, boxes = assign(targets, model.locations, model.strides, model.size_ranges)
+    dense = torch.full((4, 320, 7), -10.0)
+    positive = labels >= 0
+    dense[..., :2] = torch.where(torch.nn.functional.one_hot(labels.clamp(min=0), 2).bool() & positive[..., None],
+                                 10.0, -10.0)  # fmt: skip
+    xy = model.locations.expand(4, -1, -1)
+    dense[..., 2:6] = torch.where(positive[..., None], torch.cat([xy - boxes[..., :2], boxes[..., 2:] - xy], -1), 1.0)
+    dense[..., 6] = torch.where(positive, 10.0, -10.0)
+    for found, target in zip(decode(dense, model.locations, 2, image_size=128), targets, strict=True):
+        real = target[target[:, 0] >= 0]
+        assert len(found["boxes"]) == len(real)
+        iou = box_iou(found["boxes"], real[:, 1:])
+        assert (iou.max(1).values > 0.99).all() and (found["labels"] == real[iou.argmax(1), 0].long()).all()
+
+
+def test_the_fcos_term_trains_a_tiny_detector() -> None:
+    torch.manual_seed(0)
+    model = tinykd.create_model("fcos_tiny", num_classes=2, in_channels=1)
+    term = build_loss_term("fcos", {})
+    term.bind(torch.nn.Sequential(model), None)  # found inside a wrapper, as DDP or a distiller hands it over
+    images, targets = scenes(32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(40):
+        index = torch.arange(8) + 8 * (step % 4)
+        loss = term(tinykd.losses.Outputs(logits=model(images[index])), None, targets[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
+    with pytest.raises(ValueError, match="for detectors with dense outputs"):
+        term.bind(cnn_tiny(), None)
+    with pytest.raises(TinykdError, match="loss term 'fcos'"):
+        build_loss_term("fcos", {"alpha": 2.0})
