@@ -66,7 +66,7 @@ def test_each_bad_annotation_is_one_line_naming_it_or_is_skipped_and_counted(tmp
         read_coco(path)
     text = str(exc.value)
     assert str(path) in text and "annotation 100" in text and message in text and "\n" not in text
-    assert "data.bad_annotations: skip" in text
+    assert "data.bad_images: skip" in text
     split = read_coco(path, bad="skip")
     assert sum(split.skipped.values()) == 1 and sum(len(b) for b in split.boxes) == 2  # the other two kept
 
@@ -87,7 +87,7 @@ def test_a_missing_or_wrong_sized_image_and_a_broken_file_are_one_line(tmp_path:
     path.write_text(json.dumps({"images": []}))
     with pytest.raises(TinykdError, match="needs the lists 'images', 'annotations' and 'categories'"):
         read_coco(path)
-    with pytest.raises(TinykdError, match="bad_annotations must be one of error, skip"):
+    with pytest.raises(TinykdError, match="bad_images must be one of error, skip"):
         read_coco(path, bad="ignore")
 
 

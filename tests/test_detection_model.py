@@ -97,3 +97,46 @@ def test_the_fcos_term_trains_a_tiny_detector() -> None:
         term.bind(cnn_tiny(), None)
     with pytest.raises(TinykdError, match="loss term 'fcos'"):
         build_loss_term("fcos", {"alpha": 2.0})
+
+
+def test_coco_map_scores_perfect_and_empty_detections() -> None:
+    import numpy as np
+
+    from tinykd.tasks.detection import coco_map
+
+    truth = {"true_boxes": np.array([[10, 10, 40, 30], [50, 50, 90, 100]], np.float32),
+             "true_labels": np.array([0, 1])}  # fmt: skip
+    perfect = {**truth, "boxes": truth["true_boxes"], "scores": np.array([0.9, 0.8]), "labels": truth["true_labels"]}
+    scores = coco_map([perfect])
+    assert scores["map"] == pytest.approx(1.0) and scores["ap_per_class"] == pytest.approx({0: 1.0, 1: 1.0})
+    # moved 12 px right: IoU 0.43 (class 0: matched at no threshold) and 0.54 (class 1: at 0.50 only, 1 of 10)
+    shifted = coco_map([{**perfect, "boxes": truth["true_boxes"] + np.array([12, 0, 12, 0], np.float32)}])
+    assert shifted["map"] == pytest.approx(0.05) and shifted["map_50"] == pytest.approx(0.5)
+    none = {**truth, "boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+    assert coco_map([none]) == {"map": 0.0, "map_50": 0.0, "count": 1}
+
+
+def test_a_detector_trains_on_a_coco_folder_and_reports_map(tmp_path) -> None:
+    """tinykd train on fmnist-detect's COCO folders (made from the fake Fashion-MNIST): the detection task, the
+    fcos term, mAP picking the best checkpoint, and the report's columns."""
+    import json
+
+    from conftest import make_fake_fashion_mnist
+    from tinykd.data.fmnist_detect import make_fmnist_detect
+    from tinykd.recipes import load_recipe
+    from tinykd.run import run
+
+    fmnist = make_fake_fashion_mnist(tmp_path / "fmnist", n_train=200, n_test=50)
+    make_fmnist_detect(tmp_path / "fd", train=48, test=16, root=str(fmnist))
+    recipe = load_recipe({"name": "det", "seed": 0, "model": {"name": "fcos_tiny"}, "loss_terms": {"fcos": {}},
+                          "data": {"name": "coco", "root": str(tmp_path / "fd"), "task": "detection",
+                                   "batch_size": 8, "eval_batch_size": 8, "val_size": 12, "image_size": 64},
+                          "train": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.003}},
+                          "runtime": {"threads": 1}, "measure": {"enabled": False}})  # fmt: skip
+    result = run(recipe, tmp_path / "run", mode="train")
+    row = result.metrics["models"][0]
+    assert 0.0 <= row["test_map"] <= 1.0 and 0.0 <= row["test_map_50"] <= 1.0 and row["test_map_50"] >= row["test_map"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == 2 and all("val_map" in r for r in epochs)
+    assert "mAP@[.5:.95]" in (tmp_path / "run" / "report.md").read_text()

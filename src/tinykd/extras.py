@@ -3,8 +3,8 @@
 The core (`pip install tinykd`) distils and trains vision models and writes their reports; the extras add:
 `edge` (ONNX export, ONNX Runtime, quantization, pruning), `text` (Hugging Face models, tokenizers, datasets,
 generation metrics), `qat` (torchao quantization-aware training), `trackers` (TensorBoard), `executorch` (.pte
-files); `all` is all of them. `litert` (.tflite files) stands apart: its converter pins an older typing-extensions
-than pydantic's.
+files), `detection` (pycocotools, COCO's mAP); `all` is all of them. `litert` (.tflite files) stands apart: its
+converter pins an older typing-extensions than pydantic's.
 `xla` (torch_xla, for TPUs) stands apart: it must match torch's version exactly.
 Every import of an optional package in tinykd is inside the function that needs it, so the core never loads one.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 EXTRA_OF = {
     "onnx": "edge", "onnxruntime": "edge", "onnxscript": "edge", "torch_pruning": "edge",
     "transformers": "text", "tokenizers": "text", "datasets": "text", "rouge_score": "text",
-    "torchao": "qat", "tensorboard": "trackers", "executorch": "executorch",
+    "torchao": "qat", "tensorboard": "trackers", "executorch": "executorch", "pycocotools": "detection",
     "litert_torch": "litert", "ai_edge_litert": "litert", "ai_edge_quantizer": "litert",
 }  # fmt: skip
 

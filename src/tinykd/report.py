@@ -15,6 +15,8 @@ COLUMNS = [  # (key, header, format)
     ("test_perplexity", "test ppl", "{:.2f}"),
     ("test_exact_match", "exact match", "{:.2%}"),
     ("test_rouge_l", "ROUGE-L", "{:.2%}"),
+    ("test_map", "mAP@[.5:.95]", "{:.2%}"),
+    ("test_map_50", "mAP@.5", "{:.2%}"),
     ("params", "params", "{:,}"),
     ("size_bytes", "size", "size"),
     ("macs", "MACs", "macs"),

@@ -3,7 +3,8 @@
 Everything is checked when the split is read, before any training: a box outside its image, a box of zero area,
 an unknown category, an annotation of an unknown image, or an image file that is missing or not the size its
 entry says is one line naming the annotation file and the annotation (or image) id, with the fix. With
-`bad="skip"` such annotations (and images) are left out and counted by reason instead. Crowd annotations
+`bad="skip"` (a recipe's `data.bad_images: skip`) such annotations (and images) are left out and counted by reason
+instead. Crowd annotations
 (`iscrowd: 1`) are regions, not objects: they are left out of training and counted.
 
 Categories become class indices 0..C-1 in the order of their ids (COCO's own ids may have gaps); the names
@@ -95,7 +96,7 @@ class _Problems:
 
     def __call__(self, reason: str, what: str, fix: str) -> None:
         if self.bad == "error":
-            raise TinykdError(f"{self.path}: {what}; {fix}, or set data.bad_annotations: skip to leave such "
+            raise TinykdError(f"{self.path}: {what}; {fix}, or set data.bad_images: skip to leave such "
                               "annotations out (they are counted)")  # fmt: skip
         self.skipped[reason] += 1
 
@@ -104,7 +105,7 @@ def read_coco(annotations: str | Path, images: str | Path | None = None, bad: st
     """The split of `annotations` (a COCO .json) with its images in `images` (default: `images/` beside the file,
     else the file's folder); every box and image checked (see the module's docstring)."""
     if bad not in BAD_CHOICES:
-        raise TinykdError(f"data.bad_annotations must be one of {', '.join(BAD_CHOICES)}, not '{bad}'")
+        raise TinykdError(f"data.bad_images must be one of {', '.join(BAD_CHOICES)}, not '{bad}'")
     path = Path(annotations)
     data = _load_json(path)
     root = Path(images) if images is not None else (path.parent / "images" if (path.parent / "images").is_dir()
@@ -279,3 +280,37 @@ def unpad_targets(targets: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         real = row[:, 0] >= 0
         out.append({"boxes": row[real, 1:], "labels": row[real, 0].long()})
     return out
+
+
+def coco_splits(root: str | None, augment: bool, image_size: int | None,
+                bad_images: str = "error") -> tuple[Any, ...]:  # fmt: skip
+    """COCO detection folders: `root/train/annotations.json` with `root/train/images/`, and the same under `test/`
+    (what `tinykd make-dataset` writes); with `data.task: detection`. Images are resized to `image_size` (default:
+    the first training image's width), grey or RGB as the first training image is; normalised by the mean and std
+    of the first 256 training images. Augmentation: BoxAugment (flip, scale jitter). Returns (train, train without
+    augmentation, test, classes, channels, image size, what was skipped): the `coco` dataset's RawSplits
+    (data/datasets.py)."""
+    from PIL import Image
+
+    if not root:
+        raise TinykdError("dataset 'coco' needs data.root: a folder with train/ and test/ COCO folders "
+                          "(annotations.json + images/), e.g. from tinykd make-dataset fmnist-detect")  # fmt: skip
+    splits = {name: read_coco(Path(root) / name / "annotations.json", bad=bad_images) for name in ("train", "test")}
+    train, test = splits["train"], splits["test"]
+    if test.classes != train.classes:
+        raise TinykdError(f"{root}: the test categories {test.classes} are not the training ones {train.classes}")
+    if not train.files or not test.files:
+        raise TinykdError(f"{root}: a split has no images left to read")
+    with Image.open(train.files[0]) as first:
+        channels, size = (1 if first.mode in ("L", "I;16", "1") else 3), image_size or first.size[0]
+    sample = DetectionDataset(train, size, (0.0,) * channels, (1 / 255,) * channels, channels=channels)
+    pixels = torch.stack([sample.image_and_boxes(i)[0] for i in range(min(256, len(train.files)))]) / 255
+    mean, std = pixels.mean((0, 2, 3)).tolist(), pixels.std((0, 2, 3)).clamp(min=1e-3).tolist()
+    boxes = max(train.max_boxes, test.max_boxes)
+
+    def make(split: CocoSplit, augmentation: BoxAugment | None) -> DetectionDataset:
+        return DetectionDataset(split, size, mean, std, augmentation, max_boxes=boxes, channels=channels)
+
+    skipped = [f"{name}: {count} {reason}" for name, s in splits.items() for reason, count in s.skipped.items()]
+    return (make(train, BoxAugment() if augment else None), make(train, None), make(test, None), train.classes,
+            channels, size, skipped)  # fmt: skip

@@ -465,3 +465,14 @@ def hf_text(spec: str, download: bool, text: TextOptions) -> RawSplits:
     assert text.task is not None
     train, test, names, train_name, test_name = load_hf(spec, download, text.label_column, text.task.needs_labels)
     return _text_raw(text_splits(train, test, text, train_name, test_name, names), text)
+
+
+@DATASETS.register("coco")
+def coco(root: str | None, download: bool, augment: bool, image_size: int | None,
+         bad_images: str = "error") -> RawSplits:  # fmt: skip
+    """COCO detection folders `root/train/` and `root/test/` (annotations.json + images/), with `data.task:
+    detection`; every box checked on load (`data.bad_images: skip` leaves bad ones out). See data/coco.py."""
+    from tinykd.data.coco import coco_splits
+
+    train, train_eval, test, classes, channels, size, skipped = coco_splits(root, augment, image_size, bad_images)
+    return RawSplits(train, train_eval, test, classes, channels, size, skipped=skipped)

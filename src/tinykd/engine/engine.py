@@ -43,6 +43,16 @@ from tinykd.models.checkpoint import versioned
 from tinykd.recipes.schema import RuntimeSpec, TrainSpec
 from tinykd.tasks import Task
 
+
+def validation_text(val: dict[str, Any], best: str) -> str:
+    """The epoch line's validation part: accuracy and loss where the task has them, else its best metric."""
+    if not val:
+        return "no validation set"
+    if "accuracy" in val and "loss" in val:
+        return f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}"
+    return f"val {best} {val[best]:.4f}"
+
+
 _TOP1 = Task()  # `evaluate`'s default: top-1 accuracy and mean cross-entropy, what any classifier is scored by
 
 
@@ -259,7 +269,7 @@ class Engine:
         record.update({f"val_{k}": v for k, v in val.items()})
         result.history.append(record)
         if self.is_main:
-            val_text = f"val acc {val['accuracy']:.2%} loss {val['loss']:.4f}" if val else "no validation set"
+            val_text = validation_text(val, task.best_metric)
             console.print(f"epoch {epoch}/{loop.spec.epochs}: {val_text} ({seconds:.1f} s)")
         score = val.get(task.best_metric, epoch)  # without validation, the latest epoch counts as the best
         improved = score > result.best_accuracy

@@ -82,7 +82,8 @@ def interval_means(totals: list[float], previous: list[float] | None, names: lis
 
 def bar_stats(record: dict[str, Any], eta_seconds: float | None = None) -> str:
     eta = f"  run ETA {duration(eta_seconds)}" if eta_seconds is not None and math.isfinite(eta_seconds) else ""
-    return f"loss {record['loss']:.4f}  acc {record['accuracy']:.2%}  {record['samples_per_s']:,.0f} samples/s{eta}"
+    acc = f"  acc {record['accuracy']:.2%}" if math.isfinite(record["accuracy"]) else ""  # none: a task without
+    return f"loss {record['loss']:.4f}{acc}  {record['samples_per_s']:,.0f} samples/s{eta}"  # one label a sample
 
 
 def duration(seconds: float) -> str:

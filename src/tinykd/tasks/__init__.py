@@ -4,7 +4,7 @@ Outside this package no module compares a task's name: it asks the task (`get_ta
 """
 
 from tinykd.models.hf import register_hf_task
-from tinykd.tasks import causal_lm, classification, masked_lm, seq2seq  # noqa: F401  (registers the built-ins)
+from tinykd.tasks import causal_lm, classification, detection, masked_lm, seq2seq  # noqa: F401  (the built-ins)
 from tinykd.tasks.base import TASKS, Task
 
 # what `hf:` models of each task are (models never import tasks: they are told), in the order errors list them

@@ -45,6 +45,7 @@ class Task:
     best_metric: str = "accuracy"  # higher is better: picks the best checkpoint
     report_metrics: tuple[str, ...] = ("accuracy",)  # the report's test_<name> columns, from `metrics`
     scores_generations: bool = False  # the report adds ROUGE-L and exact match of generated texts
+    host_metrics: bool = False  # metrics need every sample's results at once (mAP): `collect` + `metrics_of`
 
     def step_counts(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[correct, counted] of a training batch, on the device: the running accuracy the log shows between
@@ -65,6 +66,14 @@ class Task:
         """The report's numbers from the summed `metric_sums` (of every batch and process)."""
         correct, loss, count = (float(v) for v in (sums.tolist() if isinstance(sums, torch.Tensor) else sums))
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "count": int(count)}
+
+    def collect(self, model: Any, logits: torch.Tensor, targets: torch.Tensor) -> Any:
+        """host_metrics: one batch's results, moved to the host (what `metrics_of` needs)."""
+        raise NotImplementedError(f"{type(self).__name__} sums its metrics on the device")
+
+    def metrics_of(self, collected: list[Any]) -> dict[str, Any]:
+        """host_metrics: the report's numbers from every batch's `collect` (of every process)."""
+        raise NotImplementedError(f"{type(self).__name__} sums its metrics on the device")
 
     def targets(self, dataset: Any, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
         """A text batch with its targets, from the padded `inputs` of `dataset`'s samples `index` (TextDataset)."""
