@@ -140,3 +140,36 @@ def test_a_detector_trains_on_a_coco_folder_and_reports_map(tmp_path) -> None:
     epochs = [r for r in records if r["event"] == "epoch"]
     assert len(epochs) == 2 and all("val_map" in r for r in epochs)
     assert "mAP@[.5:.95]" in (tmp_path / "run" / "report.md").read_text()
+    # the same detector as a teacher: a smaller student distilled from it with FCOS's loss, dense KD and box KD
+    student = load_recipe({**recipe.model_dump(mode="json", exclude={"model"}), "name": "det-kd",
+                           "teacher": {"name": "fcos_tiny", "checkpoint": str(tmp_path / "run")},
+                           "student": {"name": "fcos_tiny"}, "loss_terms": {"fcos": {}, "dense_kd": {"weight": 1.0},
+                                                                           "box_kd": {"weight": 0.5}}})  # fmt: skip
+    distilled = run(student, tmp_path / "kd", mode="distill")
+    roles = {r["role"]: r for r in distilled.metrics["models"]}
+    assert roles["teacher"]["test_map"] == pytest.approx(row["test_map"])  # the teacher scored as it trained
+    assert 0.0 <= roles["student"]["test_map"] <= 1.0
+    log = (tmp_path / "kd" / "metrics.jsonl").read_text()
+    assert '"loss/dense_kd"' in log and '"loss/box_kd"' in log
+
+
+def test_dense_and_box_kd_are_zero_for_the_teacher_itself_and_pull_a_student() -> None:
+    from tinykd.forward_pass import Outputs
+
+    torch.manual_seed(0)
+    teacher, student = (tinykd.create_model(n, num_classes=2, in_channels=1) for n in ("fcos_small", "fcos_tiny"))
+    images, targets = scenes(4)
+    with torch.no_grad():
+        t = Outputs(logits=teacher(images))
+    for name, params in (("dense_kd", {"temperature": 2.0}), ("box_kd", {"threshold": 0.0})):
+        term = build_loss_term(name, params)
+        term.bind(student, teacher)
+        assert float(term(t, t, targets)) == pytest.approx(0.0, abs=1e-5)
+        s = Outputs(logits=student(images))
+        loss = term(s, t, targets)
+        loss.backward()
+        pulled = student.cls_logits if name == "dense_kd" else student.box_distances  # what each term trains
+        assert float(loss.detach()) > 0 and pulled.weight.grad is not None and pulled.weight.grad.abs().sum() > 0
+        student.zero_grad()
+    with pytest.raises(ValueError, match="different numbers of classes"):
+        build_loss_term("dense_kd", {}).bind(student, tinykd.create_model("fcos_tiny", num_classes=3, in_channels=1))

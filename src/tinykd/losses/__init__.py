@@ -3,9 +3,11 @@
 from tinykd.losses import (  # noqa: F401  (registers the built-in terms)
     at,
     attention_mse,
+    box_kd,
     ce,
     cosine,
     crd,
+    dense_kd,
     dkd,
     fcos,
     fitnet,
