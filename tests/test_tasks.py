@@ -15,8 +15,8 @@ from tinykd.labels import IGNORE_INDEX
 from tinykd.tasks import TASKS, Task, generative_task, generative_tasks, get_task, is_generative
 
 
-def test_the_registry_knows_the_four_tasks_and_an_unknown_name_is_one_line() -> None:
-    assert TASKS.list() == ["causal-lm", "classification", "masked-lm", "seq2seq"]
+def test_the_registry_knows_the_five_tasks_and_an_unknown_name_is_one_line() -> None:
+    assert TASKS.list() == ["causal-lm", "classification", "detection", "masked-lm", "seq2seq"]
     assert all(get_task(name).name == name for name in TASKS.list())
     with pytest.raises(TinykdError, match=r"unknown task 'causal_lm' \(did you mean: causal-lm\?\); known: "):
         get_task("causal_lm")
