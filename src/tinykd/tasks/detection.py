@@ -70,26 +70,21 @@ def coco_map(images: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     for n, image in enumerate(images, 1):
         gt["images"].append({"id": n})
         for box, label in zip(image["true_boxes"], image["true_labels"], strict=True):
-            w, h = float(box[2] - box[0]), float(box[3] - box[1])
+            x, y, w, h = _xywh(box)
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": n, "category_id": int(label) + 1,
-                                      "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
+                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
         for box, score, label in zip(image["boxes"], image["scores"], image["labels"], strict=True):
-            detections.append({"image_id": n, "category_id": int(label) + 1, "score": float(score),
-                               "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
-    if not gt["annotations"]:
+            detections.append({"image_id": n, "category_id": int(label) + 1, "score": float(score), "bbox": _xywh(box)})
+    if not gt["annotations"] or not detections:  # nothing to find, or nothing found: COCOeval has no answer
         return {"map": 0.0, "map_50": 0.0, "count": len(images)}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and its table
         truth = COCO()
         truth.dataset = gt
         truth.createIndex()
-        found = truth.loadRes(detections) if detections else COCO()
-        evaluation = COCOeval(truth, found, "bbox")
-        if detections:
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
-    if not detections:
-        return {"map": 0.0, "map_50": 0.0, "count": len(images)}
+        evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
     precision = evaluation.eval["precision"][:, :, :, 0, -1]  # IoU x recall x class, all areas, 100 detections
     per_class = {}
     for k, c in enumerate(classes):
@@ -97,3 +92,8 @@ def coco_map(images: list[dict[str, np.ndarray]]) -> dict[str, Any]:
         per_class[c] = float(values[values > -1].mean()) if (values > -1).any() else 0.0
     return {"map": float(evaluation.stats[0]), "map_50": float(evaluation.stats[1]), "count": len(images),
             "ap_per_class": per_class}
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    """[x1, y1, x2, y2] -> COCO's [x, y, width, height]."""
+    return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
